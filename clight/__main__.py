@@ -1,0 +1,5 @@
+import sys
+
+from clight.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""The ``clight`` command: ``clight fit --config X.yaml`` and ``clight report RUN_DIR``.
+
+Configs are parsed by jsonargparse from the type hints of the classes (the same machinery as
+LightningCLI), so an unknown key, a wrong type or a bad value fails before anything runs, with
+the field named. The trainer section holds ``lightning.Trainer`` arguments; the runner builds a
+fresh Trainer from it for every task.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from clight.data.datamodule import TaskSequence
+from clight.methods.base import ContinualCallback
+from clight.models.module import ContinualModule
+from clight.runner import RESERVED_TRAINER_KEYS, SequenceRunner
+
+USAGE = """usage: clight {fit,report} ...
+
+  clight fit --config CONFIG.yaml [--key=value ...]   train a model on a task sequence
+  clight fit --config CONFIG.yaml --resume RUN_DIR    continue a killed run where it stopped
+  clight report RUN_DIR                               print the metrics, rebuild tables and plots
+
+Run `clight fit --help` for every option, `clight fit --config X --print_config` for the resolved config.
+"""
+
+
+def build_fit_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="clight fit", description="Train a model on a sequence of tasks.", exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_argument("--seed_everything", type=int, default=0, help="seed for model init, data and methods")
+    parser.add_argument("--run_dir", type=str, default="runs/run", help="folder for the run's outputs")
+    parser.add_argument("--resume", type=Optional[str], default=None, help="resume the run in this folder")
+    parser.add_subclass_arguments(ContinualModule, "model", required=True, help="the model (class_path, init_args)")
+    parser.add_class_arguments(TaskSequence, "data", help="the task sequence")
+    parser.add_argument("--methods", type=list[ContinualCallback], default=[], help="method callbacks, kept for the whole run")
+    parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=set(RESERVED_TRAINER_KEYS))
+    parser.add_class_arguments(
+        SequenceRunner, "runner", instantiate=False,
+        skip={"model", "data", "methods", "trainer", "run_dir", "seed", "resume", "config"},
+    )
+    parser.link_arguments("seed_everything", "data.seed")
+    return parser
+
+
+def _trainer_kwargs(cfg: Namespace, parser: ArgumentParser) -> dict:
+    defaults = parser.get_defaults().trainer.as_dict()
+    given = cfg.trainer.as_dict()
+    # Only what differs from Trainer's own defaults, so the config stays readable and portable.
+    return {k: v for k, v in given.items() if defaults.get(k) != v}
+
+
+def fit(argv: list[str]) -> int:
+    parser = build_fit_parser()
+    cfg = parser.parse_args(argv)
+    run_dir = cfg.resume or cfg.run_dir
+    L.seed_everything(cfg.seed_everything, verbose=False)
+    init = parser.instantiate_classes(cfg)
+    config_text = parser.dump(cfg, skip_none=False)
+    runner = SequenceRunner(
+        model=init.model,
+        data=init.data,
+        methods=init.methods,
+        trainer=_trainer_kwargs(cfg, parser),
+        run_dir=run_dir,
+        seed=cfg.seed_everything,
+        resume=cfg.resume is not None,
+        config=config_text,
+        **cfg.runner.as_dict(),
+    )
+    result = runner.run()
+    _print_report(result.run_dir)
+    return 0
+
+
+def _print_report(run_dir: Path) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from rich.console import Console
+
+    from clight.report import format_report
+
+    if rank_zero_only.rank == 0:
+        Console().print(format_report(run_dir))
+        Console().print(f"run folder: {run_dir}")
+
+
+def report(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="clight report", description="Print a run's metrics and rebuild its tables and plots.")
+    parser.add_argument("run_dir", type=str)
+    args = parser.parse_args(argv)
+    from clight.report import write_report
+
+    write_report(args.run_dir)
+    _print_report(Path(args.run_dir))
+    return 0
+
+
+COMMANDS = {"fit": fit, "report": report}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"clight: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except (ValueError, FileNotFoundError, TypeError, KeyError) as exc:
+        from clight.runner import RunFolderError  # noqa: F401  (documented error type)
+
+        print(f"clight {command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""TaskSequence: the LightningDataModule that serves a continual sequence of tasks."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from clight.data.replay import Replay, ReplayMemory
+from clight.data.samplers import ShardedBatchSampler, evaluation_batches
+from clight.data.scenarios import Scenario, SplitClasses
+from clight.data.task import SequenceInfo, Task
+from clight.data.views import ConcatViews, TaskView, collate_dict_batch
+
+
+class TaskSequence(L.LightningDataModule):
+    """Tasks ``0..T-1`` from a scenario, the task being trained, and the replay stream.
+
+    ``set_task(t)`` selects the task whose data ``train_dataloader`` / ``val_dataloader``
+    serve; ``evaluation_loader(j)`` serves task ``j``'s test split whether or not it has been
+    trained. ``batch_size`` is the global batch: under DDP each of W ranks gets
+    ``batch_size / W`` samples of every batch. Tasks are built from ``seed`` alone, so every
+    rank and every resumed run sees the same tasks in the same order.
+    """
+
+    def __init__(
+        self,
+        scenario: Optional[Scenario] = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        replay: Optional[Replay] = None,
+        collate_fn: Optional[Callable] = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        self.scenario = scenario if scenario is not None else SplitClasses()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.replay = replay
+        self.collate_fn = collate_fn or collate_dict_batch
+        self.memory: Optional[ReplayMemory] = replay.make_memory(seed) if replay else None
+        self._tasks: Optional[list[Task]] = None
+        self.current_task = 0
+        self.joint = False
+
+    # -- the sequence -------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[Task]:
+        if self._tasks is None:
+            self._tasks = self.scenario.build(self.seed, self.val_fraction)
+        return self._tasks
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def info(self) -> SequenceInfo:
+        sample = self.tasks[0].train[0]
+        shape = tuple(sample["input"].shape) if isinstance(sample, dict) and "input" in sample else None
+        return SequenceInfo(
+            setting=self.scenario.setting,
+            num_tasks=self.num_tasks,
+            num_classes=self.scenario.num_classes,
+            task_classes=[t.classes for t in self.tasks],
+            input_shape=shape,
+        )
+
+    def set_task(self, task: int) -> None:
+        if not 0 <= task < self.num_tasks:
+            raise IndexError(f"task {task} is outside the sequence of {self.num_tasks} tasks")
+        self.current_task = task
+        self.joint = False
+
+    def set_joint(self) -> None:
+        """Train on the union of all tasks at once (the joint-training upper bound)."""
+        self.joint = True
+
+    def on_task_end(self, task: int) -> None:
+        """Offer the finished task's training samples to the replay memory."""
+        if self.memory is not None:
+            self.memory.add_task(task, self.tasks[task].train.targets)
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset, batch_sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataset(self):
+        """The current training stream: current task, then the replay memory's samples."""
+        if self.joint:
+            return ConcatViews([t.train for t in self.tasks]), 0
+        current = self.tasks[self.current_task].train
+        if self.memory is None or len(self.memory) == 0:
+            return current, 0
+        memory_views = [
+            _subset(self.tasks[t].train, (self.memory.entries[:, 0] == t).nonzero().flatten(), self.memory.entries)
+            for t in self.memory.entries[:, 0].unique().tolist()
+        ]
+        memory = ConcatViews(memory_views)
+        return ConcatViews([current, memory]), len(memory)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset, n_memory = self.train_dataset()
+        rank, world = self._rank_world()
+        sampler = ShardedBatchSampler(
+            n_current=len(dataset) - n_memory,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            task=-1 if self.joint else self.current_task,
+            n_memory=n_memory,
+            replay_batch_size=self.replay.batch_size if self.replay else 0,
+            mode=self.replay.mode if self.replay else "mix",
+            rank=rank,
+            world_size=world,
+        )
+        return self._loader(dataset, sampler)
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        rank, world = self._rank_world()
+        return self._loader(dataset, evaluation_batches(len(dataset), self.eval_batch_size, rank, world))
+
+    def val_dataloader(self) -> DataLoader:
+        if self.joint:
+            return self._eval_loader(ConcatViews([t.val for t in self.tasks]))
+        return self._eval_loader(self.tasks[self.current_task].val)
+
+    def evaluation_loader(self, task: int, split: str = "test") -> DataLoader:
+        """Task ``task``'s ``test`` (or ``val``) split, this rank's share of it, in order."""
+        return self._eval_loader(getattr(self.tasks[task], split))
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"current_task": self.current_task}
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current_task = int(state.get("current_task", 0))
+        if self.memory is not None and "memory" in state:
+            self.memory.load_state_dict(state["memory"])
+
+    def describe(self) -> dict:
+        return {
+            "scenario": type(self.scenario).__name__,
+            "setting": self.scenario.setting,
+            "tasks": [{"index": t.index, "name": t.name, "classes": t.classes, "train": len(t.train), "val": len(t.val), "test": len(t.test)} for t in self.tasks],
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "replay": self.replay.describe() if self.replay else None,
+        }
+
+
+def _subset(view: TaskView, rows: torch.Tensor, entries: torch.Tensor) -> TaskView:
+    """The memory entries ``rows`` (all of one task) as a view of that task's training set."""
+    return TaskView(view.base, view.indices[entries[rows, 1]], view.task_id, view.transform)

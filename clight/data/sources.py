@@ -1,0 +1,267 @@
+"""Where images come from: bundled, on-disk and downloadable data sets, or the user's own.
+
+A source's ``load()`` returns a ``SourceData``: train and test data sets (and a validation set
+where the source has one), the number of classes and their names. Scenarios cut tasks out of it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from clight.data.views import ArrayDataset
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DOWNLOAD_ROOT = Path(os.environ.get("CLIGHT_DATA", Path.home() / ".cache" / "clight" / "data"))
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@dataclass
+class SourceData:
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    val: Optional[Dataset] = None
+    class_names: list[str] = field(default_factory=list)
+    name: str = "data"
+
+
+class Source:
+    """A data set provider. Subclasses implement ``load``; results are cached per instance."""
+
+    name = "source"
+
+    def load(self) -> SourceData:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def data(self) -> SourceData:
+        if getattr(self, "_data", None) is None:
+            self._data = self.load()
+        return self._data
+
+
+class Digits(Source):
+    """scikit-learn's bundled 8x8 digits (1797 images): the embedded default, no download.
+
+    There is no official test split, so a stratified ``test_fraction`` is held out with a
+    fixed ``split_seed`` (independent of the run seed, so every run sees the same test set).
+    """
+
+    name = "digits"
+
+    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0) -> None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"Digits.test_fraction must be in (0, 1), got {test_fraction}")
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def load(self) -> SourceData:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+        y = torch.tensor(digits.target, dtype=torch.long)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(y)), test_size=self.test_fraction, stratify=digits.target, random_state=self.split_seed
+        )
+        return SourceData(
+            train=ArrayDataset(x[train_idx], y[train_idx]),
+            test=ArrayDataset(x[test_idx], y[test_idx]),
+            num_classes=10,
+            class_names=[str(i) for i in range(10)],
+            name=self.name,
+        )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file (header {zero:#x} {dtype_code:#x})")
+        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    for candidate in (folder / f"{stem}.gz", folder / stem, folder / "raw" / f"{stem}.gz", folder / "raw" / stem):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+class FashionMNIST(Source):
+    """Fashion-MNIST (60k train, 10k test, 28x28 grey).
+
+    Looked up in order: ``root`` (a folder of the four IDX files, gzipped or not), the Debian
+    package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then a
+    torchvision download into ``root`` or ``~/.cache/clight/data`` when ``download`` is true.
+    """
+
+    name = "fashion_mnist"
+    stems = {
+        "train_x": "train-images-idx3-ubyte",
+        "train_y": "train-labels-idx1-ubyte",
+        "test_x": "t10k-images-idx3-ubyte",
+        "test_y": "t10k-labels-idx1-ubyte",
+    }
+
+    def __init__(self, root: Optional[str] = None, download: bool = True) -> None:
+        self.root = Path(root) if root else None
+        self.download = download
+
+    def _folders(self) -> list[Path]:
+        folders = [self.root, self.root / "FashionMNIST"] if self.root else []
+        return folders + [DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST"]
+
+    def _load_folder(self, folder: Path) -> Optional[SourceData]:
+        paths = {key: _find_idx(folder, stem) for key, stem in self.stems.items()}
+        if any(p is None for p in paths.values()):
+            return None
+        arrays = {key: torch.from_numpy(read_idx(p).copy()) for key, p in paths.items()}
+        for split in ("train", "test"):
+            x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+            if x.dim() != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
+                raise ValueError(
+                    f"Fashion-MNIST {split} files in {folder} have shape {tuple(x.shape)} with {len(y)} labels; "
+                    "expected [N, 28, 28] images and N labels. Replace the files or point `root` elsewhere."
+                )
+        return SourceData(
+            train=ArrayDataset(arrays["train_x"].unsqueeze(1), arrays["train_y"]),
+            test=ArrayDataset(arrays["test_x"].unsqueeze(1), arrays["test_y"]),
+            num_classes=10,
+            class_names=list(FASHION_MNIST_CLASSES),
+            name=self.name,
+        )
+
+    def load(self) -> SourceData:
+        for folder in self._folders():
+            data = self._load_folder(folder)
+            if data is not None:
+                return data
+        download_root = self.root or DEFAULT_DOWNLOAD_ROOT
+        error = None
+        if self.download:
+            try:
+                import torchvision
+
+                torchvision.datasets.FashionMNIST(str(download_root), train=True, download=True)
+                torchvision.datasets.FashionMNIST(str(download_root), train=False, download=True)
+                data = self._load_folder(download_root / "FashionMNIST")
+                if data is not None:
+                    return data
+            except Exception as exc:  # the network is often closed; report it below
+                error = exc
+        raise FileNotFoundError(
+            "Fashion-MNIST was not found. clight looked for the four IDX files in:\n"
+            f"  1. the folder you gave (data.source.init_args.root = {self.root}),\n"
+            f"  2. the Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST}; "
+            "install it with `sudo apt-get install dataset-fashion-mnist`),\n"
+            f"  3. a torchvision download into {download_root} "
+            + (f"(failed: {error})" if error else "(disabled: download=false)")
+            + "."
+        )
+
+
+class Torchvision(Source):
+    """A torchvision data set by name (MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN).
+
+    Needs the network the first time (``download``); images are kept as uint8 tensors.
+    """
+
+    name = "torchvision"
+
+    def __init__(self, dataset: str = "MNIST", root: Optional[str] = None, download: bool = True) -> None:
+        self.dataset = dataset
+        self.root = Path(root) if root else DEFAULT_DOWNLOAD_ROOT
+        self.download = download
+        self.name = dataset.lower()
+
+    def _split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        import torchvision
+
+        if not hasattr(torchvision.datasets, self.dataset):
+            raise ValueError(f"torchvision has no data set named {self.dataset!r}")
+        cls = getattr(torchvision.datasets, self.dataset)
+        try:
+            if self.dataset == "SVHN":
+                ds = cls(str(self.root), split="train" if train else "test", download=self.download)
+                x, y = torch.from_numpy(ds.data), torch.from_numpy(ds.labels)
+            else:
+                ds = cls(str(self.root), train=train, download=self.download)
+                x = torch.as_tensor(np.asarray(ds.data))
+                y = torch.as_tensor(np.asarray(ds.targets))
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"could not load torchvision {self.dataset} from {self.root} (download={self.download}): {exc}. "
+                "Download it on a machine with network access and set `root` to that folder."
+            ) from exc
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 3:
+            x = x.permute(0, 3, 1, 2).contiguous()
+        return x, y, list(getattr(ds, "classes", []))
+
+    def load(self) -> SourceData:
+        train_x, train_y, names = self._split(True)
+        test_x, test_y, _ = self._split(False)
+        num_classes = int(max(train_y.max(), test_y.max())) + 1
+        return SourceData(
+            train=ArrayDataset(train_x, train_y),
+            test=ArrayDataset(test_x, test_y),
+            num_classes=num_classes,
+            class_names=names or [str(i) for i in range(num_classes)],
+            name=self.name,
+        )
+
+
+class DatasetSource(Source):
+    """Any torch data sets the user passes (samples ``(input, target)`` or dicts)."""
+
+    name = "custom"
+
+    def __init__(
+        self,
+        train: Dataset,
+        test: Dataset,
+        num_classes: int,
+        val: Optional[Dataset] = None,
+        class_names: Optional[Sequence[str]] = None,
+        name: str = "custom",
+    ) -> None:
+        self.train, self.test, self.val = train, test, val
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.name = name
+
+    def load(self) -> SourceData:
+        return SourceData(self.train, self.test, self.num_classes, self.val, self.class_names, self.name)
+
+
+SOURCES = {"digits": Digits, "fashion_mnist": FashionMNIST}
+
+
+def resolve_source(source: "Source | str") -> Source:
+    """A ``Source`` instance from an instance or a short name (``digits``, ``fashion_mnist``)."""
+    if isinstance(source, Source):
+        return source
+    if source in SOURCES:
+        return SOURCES[source]()
+    raise ValueError(f"unknown data source {source!r}; use one of {sorted(SOURCES)} or a Source instance")

@@ -1,0 +1,42 @@
+"""A task of a continual sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch.utils.data import Dataset
+
+SETTINGS = ("task_incremental", "class_incremental", "domain_incremental")
+
+
+@dataclass
+class Task:
+    """One task: its position, its data and the global class ids it contains."""
+
+    index: int
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: list[int]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class SequenceInfo:
+    """What a model must know of the whole sequence before training starts."""
+
+    setting: str
+    num_tasks: int
+    num_classes: int
+    task_classes: list[list[int]]
+    input_shape: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")

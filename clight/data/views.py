@@ -1,0 +1,138 @@
+"""Data set views that serve dict batches ``{"input", "target", "task_id"}``.
+
+Every in-memory source is an ``ArrayDataset``; a task sees it through a ``TaskView`` (a subset
+of indices, the task id and an optional batch transform such as a pixel permutation). Both
+implement ``__getitems__`` so a DataLoader fetches a batch with one tensor index instead of one
+Python call per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ArrayDataset(Dataset):
+    """``(inputs[i], targets[i])`` over tensors; uint8 inputs are scaled to [0, 1]."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+        self.inputs = inputs
+        self.targets = torch.as_tensor(targets).long()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.inputs[index]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return x, self.targets[index]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([int(i)])
+        return x[0], y[0]
+
+
+def dataset_targets(dataset: Dataset) -> torch.Tensor:
+    """Integer class targets of a data set: its ``targets`` attribute, else read sample by sample."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [int(_split_sample(dataset[i])[1]) for i in range(len(dataset))]
+    return torch.as_tensor(targets).long()
+
+
+def _split_sample(sample) -> tuple:
+    if isinstance(sample, dict):
+        return sample["input"], sample["target"]
+    if isinstance(sample, (tuple, list)) and len(sample) >= 2:
+        return sample[0], sample[1]
+    raise TypeError(
+        f"a data set sample must be (input, target) or a dict with 'input' and 'target', got {type(sample).__name__}"
+    )
+
+
+def fetch_pairs(base: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(base, "__getitems__"):
+        return base.__getitems__(indices)
+    pairs = [_split_sample(base[i]) for i in indices]
+    x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).float()
+    y = torch.as_tensor([int(p[1]) for p in pairs], dtype=torch.long)
+    return x, y
+
+
+class TaskView(Dataset):
+    """Task ``task_id``'s part of a base data set: ``indices`` into it and a batch transform."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        indices: torch.Tensor,
+        task_id: int,
+        transform: Optional[BatchTransform] = None,
+    ) -> None:
+        self.base = base
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.task_id = task_id
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return dataset_targets(self.base)[self.indices]
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        x, y = fetch_pairs(self.base, self.indices[torch.as_tensor(indices, dtype=torch.long)].tolist())
+        if self.transform is not None:
+            x = self.transform(x)
+        return {"input": x, "target": y, "task_id": torch.full((len(y),), self.task_id, dtype=torch.long)}
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[0] for k, v in self.__getitems__([int(i)]).items()}
+
+
+class ConcatViews(Dataset):
+    """Several task views behind one index space; a batch may mix samples of many views."""
+
+    def __init__(self, views: Sequence[Dataset]) -> None:
+        self.views = list(views)
+        sizes = torch.tensor([len(v) for v in self.views], dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        which = torch.searchsorted(self.offsets, index, right=True) - 1
+        parts, order = [], []
+        for v in which.unique().tolist():
+            positions = (which == v).nonzero().flatten()
+            parts.append(_getitems(self.views[v], (index[positions] - self.offsets[v]).tolist()))
+            order.append(positions)
+        inverse = torch.empty_like(index)
+        inverse[torch.cat(order)] = torch.arange(len(index))
+        return {key: torch.cat([p[key] for p in parts])[inverse] for key in parts[0]}
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[0] for k, v in self.__getitems__([int(i)]).items()}
+
+
+def _getitems(view: Dataset, indices: list[int]) -> dict:
+    if hasattr(view, "__getitems__"):
+        return view.__getitems__(indices)
+    return torch.utils.data.default_collate([view[i] for i in indices])
+
+
+def collate_dict_batch(items) -> dict:
+    """Collate for DataLoaders over views: a fetched batch passes through unchanged."""
+    if isinstance(items, dict):
+        return items
+    return torch.utils.data.default_collate(items)

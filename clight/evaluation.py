@@ -1,0 +1,51 @@
+"""Evaluate a model on every task of a sequence, exactly, on one process or many."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.utilities import move_data_to_device
+
+
+@torch.no_grad()
+def evaluate_tasks(module: Any, datamodule: Any, strategy: Optional[Any] = None, split: str = "test") -> dict[str, list[float]]:
+    """Accuracy of ``module`` on every task's ``split``, as ``{count name: [acc per task]}``.
+
+    Each rank scores its own share of every split (no sample twice, none padded) and the summed
+    counts are reduced across ranks, so the result is exact and identical on every rank. A task
+    the module cannot score yet (no head) gets NaN.
+    """
+    device = strategy.root_device if strategy is not None else module.device
+    module.to(device)
+    was_training = module.training
+    module.eval()
+    keys: Optional[list[str]] = None
+    rows: list[Optional[torch.Tensor]] = []
+    for j in range(datamodule.num_tasks):
+        if not getattr(module, "can_evaluate", lambda _: True)(j):
+            rows.append(None)
+            continue
+        sums: dict[str, torch.Tensor] = {}
+        for batch in datamodule.evaluation_loader(j, split):
+            for name, value in module.evaluation_counts(move_data_to_device(batch, device)).items():
+                sums[name] = sums.get(name, 0) + value.detach().double()
+        keys = keys or sorted(sums)
+        rows.append(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in keys]))
+    module.train(was_training)
+    if keys is None:
+        return {"correct": [math.nan] * len(rows)}
+    stacked = torch.stack([r if r is not None else torch.zeros(len(keys), dtype=torch.float64, device=device) for r in rows])
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+        stacked = strategy.reduce(stacked, reduce_op="sum")
+    stacked = stacked.cpu()
+    total = stacked[:, keys.index("total")]
+    result = {}
+    for i, name in enumerate(keys):
+        if name == "total":
+            continue
+        result[name] = [
+            math.nan if rows[j] is None or total[j] == 0 else float(stacked[j, i] / total[j]) for j in range(len(rows))
+        ]
+    return result

@@ -1,0 +1,3 @@
+from clight.methods.base import ContinualCallback
+
+__all__ = ["ContinualCallback"]

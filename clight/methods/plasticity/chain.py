@@ -1,0 +1,305 @@
+"""Finding the layer chains whose units can be replaced: unit layer -> [norm] -> ... -> consumer.
+
+A *unit* is one output feature of a ``Linear`` or one output channel of a ``Conv2d``. To replace
+a unit without changing what the network computes, clight needs three things: the layer that
+produces it (incoming weights), the norm layer right after it (whose per-unit entries must be
+reset), and the single layer that consumes it (whose outgoing weights are zeroed).
+
+Discovery records one forward pass with hooks on every leaf module, following each unit layer's
+output tensor through per-unit pass-through modules (a norm, activations, dropout, pooling) to
+the one ``Linear``/``Conv2d`` that takes it as input. Tensors used by plain functions (a
+residual addition, a concatenation, indexing) are invisible to module hooks, so every candidate
+is then *verified*: with the consumer's columns zeroed, perturbing the units must leave the
+output unchanged. Candidates that fail (e.g. a ResNet's stem, whose output also feeds a
+shortcut) are skipped with the reason recorded; layers the user names explicitly must pass or
+discovery raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+UNIT_LAYERS = (nn.Linear, nn.Conv2d)
+PER_UNIT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+NORMS = PER_UNIT_NORMS + (nn.LayerNorm,)
+ACTIVATIONS = (
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish,
+    nn.Hardswish, nn.ReLU6, nn.Identity,
+)
+ELEMENTWISE = ACTIVATIONS + (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+SPATIAL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+@dataclass
+class Chain:
+    """One replaceable layer: ``unit`` produces the units, ``consumer`` reads them."""
+
+    unit_name: str
+    unit: nn.Module
+    consumer_name: str
+    consumer: nn.Module
+    norm_name: Optional[str] = None
+    norm: Optional[nn.Module] = None
+    path: list[str] = field(default_factory=list)
+
+    @property
+    def num_units(self) -> int:
+        return self.unit.out_features if isinstance(self.unit, nn.Linear) else self.unit.out_channels
+
+    @property
+    def exact(self) -> bool:
+        """Whether replacing a unit leaves the output exactly unchanged (a LayerNorm mixes units)."""
+        return not isinstance(self.norm, nn.LayerNorm)
+
+    def outgoing_abs_sum(self) -> torch.Tensor:
+        """``sum_k |w_out[k, i]|`` per unit i (a conv consumer also sums over its kernel)."""
+        w = self.consumer.weight.detach()
+        return w.abs().sum(dim=0) if w.dim() == 2 else w.abs().sum(dim=(0, 2, 3))
+
+    def outgoing_abs_mean(self) -> torch.Tensor:
+        w = self.consumer.weight.detach()
+        return w.abs().mean(dim=0) if w.dim() == 2 else w.abs().mean(dim=(0, 2, 3))
+
+    def incoming_abs_mean(self) -> torch.Tensor:
+        w = self.unit.weight.detach()
+        return w.abs().reshape(w.shape[0], -1).mean(dim=1)
+
+    def describe(self) -> dict:
+        return {"unit": self.unit_name, "norm": self.norm_name, "consumer": self.consumer_name, "units": self.num_units}
+
+
+class ChainError(ValueError):
+    pass
+
+
+def default_forward(module: nn.Module, batch: Any) -> Any:
+    """What discovery runs: ``task_loss`` for clight modules, else ``module(batch['input'])``."""
+    if hasattr(module, "task_loss") and isinstance(batch, dict):
+        loss, outputs = module.task_loss(batch)
+        return (loss, outputs)
+    if isinstance(batch, dict):
+        return module(batch["input"])
+    if isinstance(batch, (tuple, list)):
+        return module(batch[0])
+    return module(batch)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=1e-5, atol=1e-6, equal_nan=True) for x, y in zip(ta, tb)
+    )
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    input: Optional[torch.Tensor]
+    output: Optional[torch.Tensor]
+
+
+def _record(model: nn.Module, forward: ForwardFn, batch: Any) -> list[_Call]:
+    calls: list[_Call] = []
+    handles = []
+    for name, m in model.named_modules():
+        if len(list(m.children())) > 0:
+            continue
+
+        def hook(mod, args, out, name=name):
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            calls.append(_Call(name, mod, x, out if isinstance(out, torch.Tensor) else None))
+
+        handles.append(m.register_forward_hook(hook))
+    try:
+        forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], Optional[int], list[str], str]:
+    """From the unit layer's call ``start``, walk to its consumer. Returns (norm call, consumer
+    call, path, reason-if-none)."""
+    tensor = calls[start].output
+    norm_at, path = None, []
+    i = start
+    while True:
+        users = [j for j in range(i + 1, len(calls)) if calls[j].input is tensor]
+        if not users:
+            return None, None, path, "its output reaches no module (used by a plain function, or it is an output layer)"
+        if len(users) > 1:
+            return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}"
+        j = users[0]
+        m = calls[j].module
+        if isinstance(m, UNIT_LAYERS):
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                return None, None, path, f"consumer {calls[j].name} is a grouped convolution"
+            if conv and isinstance(m, nn.Linear):
+                if tensor.dim() != 4 or tensor.shape[2:].numel() != 1:
+                    return None, None, path, f"a conv output reaches Linear {calls[j].name} with spatial size > 1"
+            if not conv and isinstance(m, nn.Conv2d):
+                return None, None, path, f"a Linear output reaches Conv2d {calls[j].name}"
+            return norm_at, j, path, ""
+        if isinstance(m, NORMS):
+            if norm_at is not None or path:
+                return None, None, path, f"norm {calls[j].name} is not directly after the unit layer"
+            if isinstance(m, nn.LayerNorm) and (conv or len(m.normalized_shape) != 1):
+                return None, None, path, f"LayerNorm {calls[j].name} does not normalise over the units only"
+            norm_at = j
+        elif isinstance(m, ELEMENTWISE) or (conv and isinstance(m, SPATIAL)) or (conv and isinstance(m, nn.Flatten)):
+            pass
+        else:
+            return None, None, path, f"it passes through {type(m).__name__} {calls[j].name}, which clight does not treat as per-unit"
+        path.append(calls[j].name)
+        if calls[j].output is None:
+            return None, None, path, f"{calls[j].name} returns no single tensor"
+        tensor = calls[j].output
+        i = j
+
+
+def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> bool:
+    """Zero the consumer's columns, perturb the units: the output must not move."""
+    probe = chain.unit if chain.exact else chain.norm  # a LayerNorm mixes units: perturb after it
+    saved = chain.consumer.weight.detach().clone()
+    handle = None
+    try:
+        with torch.no_grad():
+            chain.consumer.weight.zero_()
+            before = forward(model, batch)
+
+            def perturb(mod, args, out):
+                return out + 1.0 + torch.arange(out.numel(), device=out.device, dtype=out.dtype).reshape(out.shape) % 7
+
+            handle = probe.register_forward_hook(perturb)
+            after = forward(model, batch)
+    finally:
+        if handle is not None:
+            handle.remove()
+        with torch.no_grad():
+            chain.consumer.weight.copy_(saved)
+    return _same_outputs(before, after)
+
+
+def _training_flags(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def find_chains(
+    model: nn.Module,
+    batch: Any,
+    forward: ForwardFn = default_forward,
+    layers: Optional[Sequence[str]] = None,
+    declared: Optional[Iterable[dict]] = None,
+    exclude: Sequence[str] = (),
+    verify: bool = True,
+) -> tuple[list[Chain], dict[str, str]]:
+    """Chains of ``model`` found on ``batch``; also ``{layer: why it was skipped}``.
+
+    ``layers``: only these unit layers (each must form a valid chain or ``ChainError``).
+    ``declared``: explicit chains ``{"unit": name, "consumer": name, "norm": name | None}`` for
+    models too irregular to trace (still verified unless ``verify=False``).
+    """
+    modules = dict(model.named_modules())
+    flags = _training_flags(model)
+    model.eval()
+    chains: list[Chain] = []
+    skipped: dict[str, str] = {}
+    try:
+        with torch.no_grad():
+            if declared:
+                for spec in declared:
+                    chains.append(_declared_chain(modules, spec))
+            else:
+                calls = _record(model, forward, batch)
+                counts: dict[str, int] = {}
+                for c in calls:
+                    counts[c.name] = counts.get(c.name, 0) + 1
+                wanted = set(layers) if layers is not None else None
+                if wanted is not None:
+                    missing = wanted - {c.name for c in calls if isinstance(c.module, UNIT_LAYERS)}
+                    if missing:
+                        raise ChainError(f"layers {sorted(missing)} are not Linear/Conv2d layers used in the forward pass")
+                for k, c in enumerate(calls):
+                    if not isinstance(c.module, UNIT_LAYERS) or c.name in exclude:
+                        continue
+                    if wanted is not None and c.name not in wanted:
+                        continue
+                    if not any(p.requires_grad for p in c.module.parameters()):
+                        skipped[c.name] = "frozen"
+                        continue
+                    if counts[c.name] > 1:
+                        skipped[c.name] = "called more than once per forward pass (shared weights)"
+                        continue
+                    norm_at, cons_at, path, why = _follow(calls, k, isinstance(c.module, nn.Conv2d))
+                    if cons_at is None:
+                        skipped[c.name] = why
+                        continue
+                    cons = calls[cons_at]
+                    if counts[cons.name] > 1:
+                        skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
+                        continue
+                    norm = calls[norm_at] if norm_at is not None else None
+                    chains.append(Chain(c.name, c.module, cons.name, cons.module, norm.name if norm else None, norm.module if norm else None, path))
+            if verify:
+                kept = []
+                for ch in chains:
+                    if _verify(model, forward, batch, ch):
+                        kept.append(ch)
+                    else:
+                        skipped[ch.unit_name] = (
+                            f"verification failed: with {ch.consumer_name}'s input columns zeroed the output still depends on "
+                            "these units (a residual/shortcut or another function uses them)"
+                        )
+                chains = kept
+    finally:
+        for name, m in model.named_modules():
+            m.training = flags.get(name, m.training)
+    explicit = list(layers or []) + [s["unit"] for s in (declared or [])]
+    bad = {name: skipped[name] for name in explicit if name in skipped}
+    if bad:
+        raise ChainError(f"these layers cannot have their units replaced: {bad}. Declare the chain yourself (chains=[...]) or leave them out.")
+    if not chains:
+        raise ChainError(
+            f"no replaceable unit layer found in {type(model).__name__}: {skipped or 'no Linear/Conv2d layer ran'}. "
+            "Declare chains as [{'unit': ..., 'norm': ..., 'consumer': ...}]."
+        )
+    return chains, skipped
+
+
+def _declared_chain(modules: dict[str, nn.Module], spec: dict) -> Chain:
+    for key in ("unit", "consumer"):
+        if key not in spec:
+            raise ChainError(f"a declared chain needs '{key}' (got {spec})")
+    for key in ("unit", "consumer", "norm"):
+        name = spec.get(key)
+        if name is not None and name not in modules:
+            raise ChainError(f"declared chain {key} {name!r} is not a module of the model")
+    unit, consumer = modules[spec["unit"]], modules[spec["consumer"]]
+    if not isinstance(unit, UNIT_LAYERS) or not isinstance(consumer, UNIT_LAYERS):
+        raise ChainError(f"declared chain {spec}: unit and consumer must be Linear or Conv2d")
+    norm = modules[spec["norm"]] if spec.get("norm") else None
+    if norm is not None and not isinstance(norm, NORMS):
+        raise ChainError(f"declared chain {spec}: norm must be BatchNorm1d/2d or LayerNorm")
+    n_in = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
+    n_out = unit.out_features if isinstance(unit, nn.Linear) else unit.out_channels
+    if n_in != n_out:
+        raise ChainError(f"declared chain {spec}: {spec['unit']} has {n_out} units but {spec['consumer']} reads {n_in}")
+    return Chain(spec["unit"], unit, spec["consumer"], consumer, spec.get("norm"), norm)

@@ -1,0 +1,121 @@
+"""ContinualClassifier: a backbone with task-incremental heads or one class-incremental head."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torch.nn import functional as F
+
+from clight.data.task import SequenceInfo, Task
+from clight.models.backbones import MLP
+from clight.models.module import ContinualModule, default_optimizer
+
+
+class ContinualClassifier(ContinualModule):
+    """Image (or feature) classifier over a task sequence.
+
+    task_incremental: one linear head per task, added at task start; a sample is scored by its
+    own task's head. class/domain incremental: one head over all classes of the sequence whose
+    outputs for classes not yet seen are masked out (set to -inf) in training and evaluation.
+    ``train_backbone=False`` freezes the backbone (a linear probe).
+    """
+
+    def __init__(
+        self,
+        backbone: Optional[nn.Module] = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        train_backbone: bool = True,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        self.backbone = backbone if backbone is not None else MLP()
+        if not hasattr(self.backbone, "num_features"):
+            raise ValueError(f"backbone {type(self.backbone).__name__} must expose `num_features` (its output width)")
+        self.train_backbone = train_backbone
+        self.heads = nn.ModuleDict()
+        self.register_buffer("seen_mask", torch.zeros(0, dtype=torch.bool), persistent=True)
+        self.register_buffer("local_index", torch.zeros(0, dtype=torch.long), persistent=True)
+
+    @property
+    def multi_head(self) -> bool:
+        return self.sequence is not None and self.sequence.setting == "task_incremental"
+
+    def setup_sequence(self, info: SequenceInfo) -> None:
+        super().setup_sequence(info)
+        if hasattr(self.backbone, "adapt_to") and info.input_shape is not None:
+            self.backbone.adapt_to(info.input_shape)
+        self.seen_mask = torch.zeros(info.num_classes, dtype=torch.bool, device=self.seen_mask.device)
+        local = torch.zeros(info.num_classes, dtype=torch.long)
+        for classes in info.task_classes:
+            local[torch.tensor(classes)] = torch.arange(len(classes))
+        self.local_index = local.to(self.local_index.device)
+        if not self.multi_head and "all" not in self.heads:
+            self.heads["all"] = nn.Linear(self.backbone.num_features, info.num_classes)
+        self.backbone.requires_grad_(self.train_backbone)
+
+    def on_task_start(self, task: Task) -> None:
+        super().on_task_start(task)
+        if self.multi_head and str(task.index) not in self.heads:
+            self.heads[str(task.index)] = nn.Linear(self.backbone.num_features, task.num_classes).to(self.device)
+        self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
+
+    def head_for(self, task_id: int) -> nn.Module:
+        return self.heads[str(task_id) if self.multi_head else "all"]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class-incremental: masked logits over all classes. Task-incremental: each sample's
+        logits from its own task's head (``task_id`` required), padded with -inf to equal width."""
+        return self.logits(self.features(x), task_id)
+
+    def logits(self, features: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.multi_head:
+            out = self.heads["all"](features)
+            return out.masked_fill(~self.seen_mask, float("-inf"))
+        if task_id is None:
+            raise ValueError("a task-incremental model needs the task id of every sample")
+        width = max(self.heads[str(t)].out_features for t in task_id.unique().tolist())
+        out = features.new_full((len(features), width), float("-inf"))
+        for t in task_id.unique().tolist():
+            rows = task_id == t
+            head_out = self.heads[str(t)](features[rows])
+            out[rows, : head_out.shape[1]] = head_out
+        return out
+
+    def _targets(self, batch: dict) -> torch.Tensor:
+        return self.local_index[batch["target"]] if self.multi_head else batch["target"]
+
+    def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        features = self.features(batch["input"])
+        logits = self.logits(features, batch["task_id"])
+        loss = F.cross_entropy(logits, self._targets(batch))
+        return loss, {"features": features, "logits": logits}
+
+    @torch.no_grad()
+    def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
+        features = self.features(batch["input"])
+        logits = self.logits(features, batch["task_id"])
+        correct = (logits.argmax(1) == self._targets(batch)).sum()
+        counts = {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}
+        if not self.multi_head:
+            counts["correct_task_aware"] = self._task_aware_correct(self.heads["all"](features), batch)
+        return counts
+
+    def _task_aware_correct(self, raw_logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Task-incremental accuracy of a single-head model: argmax within the sample's task."""
+        allowed = torch.zeros_like(raw_logits, dtype=torch.bool)
+        for t in batch["task_id"].unique().tolist():
+            rows = (batch["task_id"] == t).nonzero().flatten()
+            cols = torch.tensor(self.sequence.task_classes[t], device=raw_logits.device)
+            allowed[rows.unsqueeze(1), cols.unsqueeze(0)] = True
+        return (raw_logits.masked_fill(~allowed, float("-inf")).argmax(1) == batch["target"]).sum()
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update({"backbone": type(self.backbone).__name__, "train_backbone": self.train_backbone, "heads": list(self.heads)})
+        return info
