@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from typing import Optional
 
 from lightning.pytorch.loggers import CSVLogger
@@ -19,10 +20,18 @@ class SequenceCSVLogger(CSVLogger):
 
     @property
     def experiment(self):
-        experiment = super().experiment
-        if not experiment.metrics_keys and os.path.isfile(experiment.metrics_file_path):
-            with open(experiment.metrics_file_path, newline="") as f:
-                header = next(csv.reader(f), [])
+        if self._experiment is not None:
+            return self._experiment
+        path = os.path.join(self.log_dir, "metrics.csv")
+        previous = open(path, newline="").read() if os.path.isfile(path) else None
+        with warnings.catch_warnings():
+            # Lightning deletes an existing metrics.csv here; a resumed run puts it back and appends.
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            experiment = super().experiment
+        if previous is not None and hasattr(experiment, "metrics_keys"):
+            with open(path, "w", newline="") as f:
+                f.write(previous)
+            header = next(csv.reader(previous.splitlines()), [])
             experiment.metrics_keys.extend(k for k in header if k not in experiment.metrics_keys)
         return experiment
 

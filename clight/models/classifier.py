@@ -20,7 +20,9 @@ class ContinualClassifier(ContinualModule):
     task_incremental: one linear head per task, added at task start; a sample is scored by its
     own task's head. class/domain incremental: one head over all classes of the sequence whose
     outputs for classes not yet seen are masked out (set to -inf) in training and evaluation.
-    ``train_backbone=False`` freezes the backbone (a linear probe).
+    ``train_backbone=False`` freezes the backbone (a linear probe). Earlier tasks' heads are
+    frozen while a later task trains unless ``train_old_heads`` (useful with replay); this also
+    keeps every trainable parameter in use, as DDP requires.
     """
 
     def __init__(
@@ -29,12 +31,14 @@ class ContinualClassifier(ContinualModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         train_backbone: bool = True,
+        train_old_heads: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.backbone = backbone if backbone is not None else MLP()
         if not hasattr(self.backbone, "num_features"):
             raise ValueError(f"backbone {type(self.backbone).__name__} must expose `num_features` (its output width)")
         self.train_backbone = train_backbone
+        self.train_old_heads = train_old_heads
         self.heads = nn.ModuleDict()
         self.register_buffer("seen_mask", torch.zeros(0, dtype=torch.bool), persistent=True)
         self.register_buffer("local_index", torch.zeros(0, dtype=torch.long), persistent=True)
@@ -58,12 +62,16 @@ class ContinualClassifier(ContinualModule):
 
     def on_task_start(self, task: Task) -> None:
         super().on_task_start(task)
-        if self.multi_head and str(task.index) not in self.heads:
-            self.heads[str(task.index)] = nn.Linear(self.backbone.num_features, task.num_classes).to(self.device)
+        if self.multi_head:
+            if str(task.index) not in self.heads:
+                self.heads[str(task.index)] = nn.Linear(self.backbone.num_features, task.num_classes).to(self.device)
+            for key, head in self.heads.items():
+                head.requires_grad_(key == str(task.index) or self.train_old_heads)
         self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
 
-    def head_for(self, task_id: int) -> nn.Module:
-        return self.heads[str(task_id) if self.multi_head else "all"]
+    def can_evaluate(self, task_id: int) -> bool:
+        """A task-incremental model has no head for a task it has not started."""
+        return not self.multi_head or str(task_id) in self.heads
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
