@@ -31,7 +31,7 @@ Run `clight fit --help` for every option, `clight fit --config X --print_config`
 
 
 def build_fit_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="clight fit", description="Train a model on a sequence of tasks.", exit_on_error=False)
+    parser = ArgumentParser(prog="clight fit", description="Train a model on a sequence of tasks.", allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed for model init, data and methods")
     parser.add_argument("--run_dir", type=str, default="runs/run", help="folder for the run's outputs")

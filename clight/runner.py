@@ -57,6 +57,21 @@ class _KeepBestWeights(Callback):
             module.load_state_dict(self.state)
 
 
+def derived_seed(seed: int, *salt: int) -> int:
+    return hash((seed,) + salt) & 0x7FFF_FFFF
+
+
+class _EpochSeed(Callback):
+    """Reseeds the global generators at every epoch from (seed, task, epoch), so dropout, head
+    initialisation and anything else drawn from them repeat exactly after a resume."""
+
+    def __init__(self, seed: int, task: int) -> None:
+        self.seed, self.task = seed, task
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        L.seed_everything(derived_seed(self.seed, self.task, trainer.current_epoch), verbose=False)
+
+
 class SequenceRunner:
     """Trains ``model`` on every task of ``data`` in order and records what it remembers.
 
@@ -130,6 +145,7 @@ class SequenceRunner:
         for t in range(self.finished_tasks, self.data.num_tasks):
             task = self.data.tasks[t]
             self.data.set_task(t)
+            L.seed_everything(derived_seed(self.seed, t), verbose=False)
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)
@@ -158,19 +174,19 @@ class SequenceRunner:
 
     def _fit(self, t: int, name: str) -> L.Trainer:
         task_dir = self.run_dir / "checkpoints" / f"task_{t}"
-        trainer = self._make_trainer(task_dir)
+        trainer = self._make_trainer(task_dir, t)
         resume_from = task_dir / "last.ckpt"
         ckpt_path = str(resume_from) if self.resume and resume_from.exists() else None
         trainer.fit(self.model, datamodule=self.data, ckpt_path=ckpt_path, weights_only=True)
         return trainer
 
-    def _make_trainer(self, task_dir: Path) -> L.Trainer:
+    def _make_trainer(self, task_dir: Path, task: int) -> L.Trainer:
         kwargs = copy.deepcopy(self.trainer_kwargs)
         kwargs.setdefault("enable_model_summary", False)
         kwargs.setdefault("log_every_n_steps", 10)
         if self.max_steps_per_task is not None:
             kwargs.update(max_steps=self.max_steps_per_task, max_epochs=-1)
-        fresh: list[Callback] = []
+        fresh: list[Callback] = [_EpochSeed(self.seed, task)]
         if self.checkpoint_every_epoch:
             fresh.append(ModelCheckpoint(dirpath=str(task_dir), save_last=True, save_top_k=0, enable_version_counter=False))
         if self.early_stopping_patience is not None:

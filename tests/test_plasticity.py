@@ -1,0 +1,343 @@
+"""Plasticity methods: chains, continual backprop, ReDo, shrink & perturb, monitor (CPU, fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from clight.data.task import SequenceInfo, Task
+from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains
+from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, weight_magnitude
+from clight.methods.plasticity.units import replace_units, shared_generator
+from clight.models.backbones import MLP, SmallCNN
+from clight.models.classifier import ContinualClassifier
+
+INFO = SequenceInfo(setting="domain_incremental", num_tasks=2, num_classes=4, task_classes=[[0, 1, 2, 3]] * 2, input_shape=(1, 6, 6))
+TASK0 = Task(0, "t0", None, None, None, [0, 1, 2, 3])
+TASK1 = Task(1, "t1", None, None, None, [0, 1, 2, 3])
+
+
+def make_model(backbone: nn.Module, optimizer=None) -> ContinualClassifier:
+    torch.manual_seed(0)
+    kwargs = {"optimizer": optimizer} if optimizer else {}
+    model = ContinualClassifier(backbone, **kwargs)
+    model.setup_sequence(INFO)
+    model.on_task_start(TASK0)
+    return model
+
+
+def make_batch(n: int = 8, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"input": torch.rand(n, 1, 6, 6, generator=g), "target": torch.randint(0, 4, (n,), generator=g), "task_id": torch.zeros(n, dtype=torch.long)}
+
+
+class DictData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 64, seed: int = 0) -> None:
+        self.batch = make_batch(n, seed)
+
+    def __len__(self) -> int:
+        return len(self.batch["target"])
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+def loader(n: int = 64, batch_size: int = 16) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(DictData(n), batch_size=batch_size, shuffle=False)
+
+
+def trainer(callbacks, **kw) -> L.Trainer:
+    args = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+# -- chains ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+def test_mlp_chains_found_with_norms(norm):
+    model = make_model(MLP([5, 7], norm=norm))
+    chains, skipped = find_chains(model, make_batch())
+    assert [(c.unit_name, c.consumer_name) for c in chains] == [("backbone.layers.0", f"backbone.layers.{3 if norm else 2}"), (f"backbone.layers.{3 if norm else 2}", "heads.all")]
+    assert all((c.norm is not None) == (norm is not None) for c in chains)
+    assert all(c.exact == (norm != "layer") for c in chains)  # a LayerNorm mixes units: replacement is not exact
+    assert "heads.all" in skipped  # the output layer is never a unit layer
+
+
+def test_resnet18_chains_skip_residual_layers():
+    from clight.models.backbones import TimmBackbone
+
+    model = make_model(TimmBackbone("resnet18", image_size=16))
+    chains, skipped = find_chains(model, make_batch(2))
+    names = [c.unit_name for c in chains]
+    assert names == [f"backbone.model.layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
+    assert all(isinstance(c.norm, nn.BatchNorm2d) for c in chains)
+    # the stem and every block's conv2 feed a residual addition: never chosen, reason recorded
+    assert "backbone.model.conv1" in skipped and "backbone.model.layer1.0.conv2" in skipped
+    with pytest.raises(ChainError, match="layer1.0.conv2"):
+        find_chains(model, make_batch(2), layers=["backbone.model.layer1.0.conv2"])
+    batch = make_batch(2)
+    model.train()
+    with torch.no_grad():
+        for chain in chains:
+            chain.consumer.weight[:, :3] = 0
+        before = model(batch["input"])
+        for k, chain in enumerate(chains):
+            replace_units(chain, torch.arange(3), shared_generator(0, k), init="kaiming_normal_fan_out")
+        torch.testing.assert_close(model(batch["input"]), before, rtol=0, atol=1e-5)
+
+
+def test_declared_and_bad_layers_raise_clear_errors():
+    model = make_model(MLP([5, 7]))
+    with pytest.raises(ChainError, match="heads.all"):
+        find_chains(model, make_batch(), layers=["heads.all"])
+    with pytest.raises(ChainError, match="not a module"):
+        find_chains(model, make_batch(), declared=[{"unit": "nope", "consumer": "heads.all"}])
+    chains, _ = find_chains(model, make_batch(), declared=[{"unit": "backbone.layers.0", "consumer": "backbone.layers.2"}])
+    assert chains[0].unit_name == "backbone.layers.0"
+
+
+@pytest.mark.parametrize("backbone", [lambda: MLP([5, 7]), lambda: MLP([5, 7], norm="batch"), lambda: SmallCNN([4, 6])])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_output_unchanged_at_replacement(backbone, mode):
+    model = make_model(backbone())
+    batch = make_batch()
+    chains, _ = find_chains(model, batch)
+    with torch.no_grad():
+        for p in model.parameters():  # non-trivial norm state, so a reset would show if wrong
+            p.add_(0.1)
+    getattr(model, mode)()
+    with torch.no_grad():
+        # the units leave the function the moment their outgoing weights are 0; the fresh incoming
+        # weights, bias and norm entries must add nothing on top of that
+        for chain in chains:
+            chain.consumer.weight[:, [0, 2]] = 0
+        before = model(batch["input"])
+        for k, chain in enumerate(chains):
+            replace_units(chain, torch.tensor([0, 2]), shared_generator(0, k))
+        after = model(batch["input"])
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    units = {id(c.unit) for c in chains}
+    for chain in chains:
+        w_out = chain.consumer.weight
+        if id(chain.consumer) in units:  # its own rows 0 and 2 were replaced afterwards: fresh values
+            w_out = w_out[[r for r in range(w_out.shape[0]) if r not in (0, 2)]]
+        assert (w_out[:, [0, 2]] == 0).all() and (w_out[:, 1] != 0).any()
+        if chain.norm is not None:
+            assert (chain.norm.weight[[0, 2]] == 1).all() and (chain.norm.bias[[0, 2]] == 0).all()
+
+
+def test_fresh_weights_follow_the_layers_default_initialiser():
+    layer = nn.Linear(400, 3000)
+    chain_like = type("C", (), {})()
+    from clight.methods.plasticity.units import draw_incoming
+
+    w = draw_incoming(layer, 3000, shared_generator(0, 1))
+    bound = 1 / math.sqrt(400)
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+    assert abs(w.std().item() - layer.weight.std().item()) < 0.01 * bound
+    assert torch.equal(w, draw_incoming(layer, 3000, shared_generator(0, 1)))
+
+
+# -- continual backprop: hand-computed utility and counts -----------------------------------
+def tiny_chain_model() -> nn.Module:
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -0.5]]))
+    return net
+
+
+def cbp_step(cb: ContinualBackprop, net: nn.Module, x: torch.Tensor):
+    net.train()
+    cb._in_step = True
+    with torch.enable_grad():
+        net(x)
+    cb._in_step = False
+    cb.step_count += 1
+    return cb.after_step(cb._reduced_stats(None), None)
+
+
+def test_cbp_utility_and_replacement_counts_by_hand():
+    net = tiny_chain_model()
+    x = torch.tensor([[1.0, 2.0], [3.0, 0.0]])  # h = relu([[1,2,3],[3,0,3]]): mean |h| = [2, 1, 3]
+    cb = ContinualBackprop(replacement_rate=0.3, maturity_threshold=1, decay=0.9, forward=lambda m, b: m(b))
+    cb.discover(net, x)
+    cb._attach()
+    out_sum = torch.tensor([4.0, 3.0, 1.0])  # sum_k |w_out[k, i]|
+    expected_u = torch.zeros(3)
+    # step 1: ages 1, nobody eligible (age > 1 needed)
+    assert cbp_step(cb, net, x) == 0
+    expected_u = 0.9 * expected_u + 0.1 * torch.tensor([2.0, 1.0, 3.0]) * out_sum
+    st = cb.unit_state["0"]
+    torch.testing.assert_close(st["utility"], expected_u)
+    assert st["age"].tolist() == [1, 1, 1] and float(st["accumulator"]) == 0
+    # step 2: 3 eligible -> acc 0.9, none replaced
+    assert cbp_step(cb, net, x) == 0
+    expected_u = 0.9 * expected_u + 0.1 * torch.tensor([2.0, 1.0, 3.0]) * out_sum
+    torch.testing.assert_close(st["utility"], expected_u)  # [1.52, 0.57, 0.57]: tie between 1 and 2
+    assert math.isclose(float(st["accumulator"]), 0.9)
+    # step 3: utilities [2.168, 0.813, 0.813] -> acc 1.8: one unit, the lowest (tie -> lower index 1)
+    w_out_before = net[2].weight.detach().clone()
+    assert cbp_step(cb, net, x) == 1
+    assert math.isclose(float(st["accumulator"]), 0.8, abs_tol=1e-9)
+    assert st["age"].tolist() == [3, 0, 3] and st["utility"][1] == 0
+    assert (net[2].weight[:, 1] == 0).all()
+    torch.testing.assert_close(net[2].weight[:, [0, 2]], w_out_before[:, [0, 2]])
+    assert net[0].bias[1] == 0 and not torch.equal(net[0].weight[1], torch.tensor([0.0, 1.0]))
+    # step 4: eligible are units 0 and 2 only (unit 1 is young): acc 0.8 + 0.6 = 1.4 -> one more
+    assert cbp_step(cb, net, x) == 1
+    assert math.isclose(float(st["accumulator"]), 0.4, abs_tol=1e-9)
+    assert cb.replaced == {"0": 2}
+
+
+def test_cbp_variants_and_bias_compensation():
+    net = tiny_chain_model()
+    x = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    cb = ContinualBackprop(replacement_rate=0.0, maturity_threshold=0, decay=0.9, utility="adaptable_contribution", bias_correction=True, forward=lambda m, b: m(b))
+    cb.discover(net, x)
+    cb._attach()
+    cbp_step(cb, net, x)
+    st = cb.unit_state["0"]
+    # first step: reference mean 0, so |h - m| = |h|; adaptable divides by mean |w_in| = [0.5, 0.5, 1]
+    expected = 0.1 * torch.tensor([2.0, 1.0, 3.0]) * torch.tensor([2.0, 1.5, 0.5]) / torch.tensor([0.5, 0.5, 1.0])
+    torch.testing.assert_close(st["utility"], expected)
+    torch.testing.assert_close(st["mean_activation"], 0.1 * torch.tensor([2.0, 1.0, 3.0]))
+    assert cb.describe()["utility"] == "adaptable_contribution" and cb.describe()["variant"] == "released_code_options"
+    # bias compensation keeps the expected output: b += w_out[:, i] * mean_h_i
+    net.eval()
+    mean = torch.tensor([2.0, 1.0, 3.0])
+    chain = cb.chains[0]
+    expected_out = net(x).mean(0)
+    replace_units(chain, torch.tensor([0, 1, 2]), shared_generator(0), None, mean_activation=mean)
+    torch.testing.assert_close(net(x).mean(0), expected_out)
+
+
+# -- optimizer state -------------------------------------------------------------------------
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_optimizer_state_of_replaced_entries_zero_others_untouched(opt):
+    net = tiny_chain_model()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01) if opt == "adam" else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(torch.randn(5, 2)).pow(2).sum().backward()
+        optimizer.step()
+    keys = ["exp_avg", "exp_avg_sq"] if opt == "adam" else ["momentum_buffer"]
+    before = {id(p): {k: optimizer.state[p][k].clone() for k in keys} for p in net.parameters()}
+    chains, _ = find_chains(net, torch.randn(4, 2), forward=lambda m, b: m(b))
+    replace_units(chains[0], torch.tensor([1]), shared_generator(0), optimizer)
+    rows = [0, 2]
+    for k in keys:
+        for p, dim in ((net[0].weight, 0), (net[0].bias, 0), (net[2].weight, 1)):
+            s, b = optimizer.state[p][k], before[id(p)][k]
+            assert (s.select(dim, 1) == 0).all()
+            torch.testing.assert_close(s.index_select(dim, torch.tensor(rows)), b.index_select(dim, torch.tensor(rows)), rtol=0, atol=0)
+        torch.testing.assert_close(optimizer.state[net[2].bias][k], before[id(net[2].bias)][k], rtol=0, atol=0)
+        assert (before[id(net[0].weight)][k][1] != 0).any()
+
+
+# -- inside a Lightning fit ------------------------------------------------------------------
+def test_cbp_in_trainer_replaces_and_checkpoints(tmp_path):
+    model = make_model(MLP([16, 16]), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    model.eval()  # Lightning >= 2.2 keeps eval mode during fit: the callback must still collect statistics
+    cb = ContinualBackprop(replacement_rate=0.05, maturity_threshold=2)
+    trainer(cb, max_epochs=3).fit(model, loader())
+    assert sum(cb.replaced.values()) > 0 and cb.step_count == 12
+    state = cb.state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    cb2 = ContinualBackprop()
+    cb2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert cb2.replaced == cb.replaced and torch.equal(cb2.unit_state["backbone.layers.0"]["age"], cb.unit_state["backbone.layers.0"]["age"])
+    assert [l["unit"] for l in cb.describe()["layers"]] == ["backbone.layers.0", "backbone.layers.2"]
+
+
+def test_resume_reproduces_replacements(tmp_path):
+    def run(split: bool):
+        model = make_model(MLP([16, 16]), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+        cb = ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, seed=3)
+        if not split:
+            trainer(cb, max_epochs=4).fit(model, loader())
+            return model, cb
+        t = trainer(cb, max_epochs=2)
+        t.fit(model, loader())
+        t.save_checkpoint(tmp_path / "mid.ckpt")
+        model2 = make_model(MLP([16, 16]), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+        cb2 = ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, seed=3)
+        trainer(cb2, max_epochs=4).fit(model2, loader(), ckpt_path=tmp_path / "mid.ckpt")
+        return model2, cb2
+
+    (m1, c1), (m2, c2) = run(False), run(True)
+    assert c1.replaced == c2.replaced and sum(c1.replaced.values()) > 0
+    for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+
+
+def test_redo_recycles_dead_units():
+    model = make_model(MLP([16, 16]), optimizer=lambda p: torch.optim.SGD(p, lr=1e-3))
+    layer = model.backbone.layers[0]
+    with torch.no_grad():
+        layer.weight[:3] = -1.0  # inputs are >= 0: these three units never fire
+        layer.bias[:3] = -1.0
+    cb = ReDo(threshold=0.025, frequency=2, layers=["backbone.layers.0"])
+    trainer(cb, max_steps=2).fit(model, loader())
+    assert cb.replaced["backbone.layers.0"] >= 3
+    assert (layer.weight[:3] > -1).all() and (layer.bias[:3] == 0).all()
+    assert (model.backbone.layers[2].weight[:, :3].abs() < 1e-2).all()  # zeroed, then one small SGD step at most
+
+
+def test_shrink_perturb_boundary_and_step():
+    from clight.methods.plasticity.shrink_perturb import fresh_parameters
+
+    model = make_model(MLP([8]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sp = ShrinkPerturb(shrink=0.4, perturb=0.1, seed=5)
+    sp.on_task_start(model, TASK0)  # nothing at the first task
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    sp.on_task_start(model, TASK1)
+    fresh = fresh_parameters(model, 5 * 100_003 + 1)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, 0.4 * before[n] + 0.1 * fresh[n])
+    assert sp.describe()["only_shrunk"] == []
+    step = ShrinkPerturb(mode="step", weight_decay=0.1, noise_std=0.0)
+    model2 = make_model(MLP([8]), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    w = model2.backbone.layers[0].weight.detach().clone()
+    trainer(step, max_steps=3).fit(model2, loader())
+    torch.testing.assert_close(model2.backbone.layers[0].weight, w * 0.9**3)
+    with pytest.raises(ValueError, match="mode"):
+        ShrinkPerturb(mode="sometimes")
+
+
+# -- statistics and the monitor --------------------------------------------------------------
+def test_statistics_by_hand():
+    h = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    h[0, 2] = 5.0
+    assert dead_fraction(h) == pytest.approx(1 / 3)
+    assert dormant_fraction(h, active_share=0.5) == pytest.approx(2 / 3)  # unit 2 is active on 1/3 < 0.5
+    assert effective_rank(torch.eye(4)) == pytest.approx(4.0)
+    assert effective_rank(torch.ones(5, 3)) == pytest.approx(1.0)
+    net = nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
+    assert weight_magnitude(net) == pytest.approx(2.5)
+
+
+def test_monitor_writes_history_and_plot(tmp_path):
+    model = make_model(MLP([8, 8]))
+
+    class DM:
+        collate_fn = staticmethod(torch.utils.data.default_collate)
+        tasks = [Task(0, "t0", DictData(40), None, None, [0, 1, 2, 3])]
+
+    mon = PlasticityMonitor(probe_size=32)
+    mon.run_dir = tmp_path
+    mon.setup_sequence(model, DM())
+    mon.on_task_end(model, TASK0)
+    hist = json.loads((tmp_path / "plasticity.json").read_text())
+    assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude", "task"}
+    assert 1 <= hist[0]["effective_rank"] <= 8
+    assert (tmp_path / "plots" / "plasticity.png").stat().st_size > 0
