@@ -134,6 +134,10 @@ class SequenceRunner:
             method.setup_sequence(self.model, self.data)
         if self.resume and (self.run_dir / MANIFEST).exists():
             self._restore()
+        self.logger.log_hyperparams(
+            {"model": self.model.describe(), "data": self.data.describe(), "methods": [m.describe() for m in self.methods],
+             "runner": {"baseline": self.baseline, "seed": self.seed, "max_steps_per_task": self.max_steps_per_task}}
+        )
         progress = SequenceProgress(self.data, enabled=self.trainer_kwargs.get("enable_progress_bar", True))
         if self.baseline == "joint":
             self._run_joint(progress)
