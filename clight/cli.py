@@ -18,7 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from clight.data.datamodule import TaskSequence
 from clight.methods.base import ContinualCallback
 from clight.models.module import ContinualModule
-from clight.runner import RESERVED_TRAINER_KEYS, SequenceRunner
+from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, SequenceRunner
 
 USAGE = """usage: clight {fit,report} ...
 
@@ -114,9 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as exc:
-        from clight.runner import RunFolderError  # noqa: F401  (documented error type)
-
+    except (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, RunFolderError) as exc:
         print(f"clight {command}: error: {exc}", file=sys.stderr)
         return 2
 
