@@ -1,6 +1,6 @@
 """CLR: channel-wise lightweight reprogramming (Ge et al., ICCV 2023), task-keyed like peft."""
 
-from clight.methods.reprogramming.inject import (
+from clight.methods.reprogramming.injection import (
     CONV_VARIANTS, DEFAULT_LINEAR_TARGETS, VARIANTS, add_task, conv_targets, inject, linear_targets, remove_task,
     set_task, task_layers, task_parameters,
 )

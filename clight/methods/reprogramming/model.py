@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clight.data.task import SequenceInfo, Task
-from clight.methods.reprogramming import inject as clr_inject
+from clight.methods.reprogramming import injection as clr_inject
 from clight.methods.reprogramming.layers import ChannelAffine, ReprogrammedConv, TaskKeyedLayer, TaskNorm
 from clight.models.classifier import ContinualClassifier
 from clight.models.module import default_optimizer
@@ -97,7 +97,7 @@ class CLRClassifier(ContinualClassifier):
         return clr_inject.task_layers(self.backbone)
 
     def task_keys(self) -> list[str]:
-        return [k for k in self.heads.keys() if k.isdigit() or k not in ("all",)]
+        return list(self.heads.keys())
 
     def add_task(self, task: TaskRef, num_classes: int) -> None:
         """Create task ``task``'s kernels, norms (from the frozen backbone's) and head, if missing."""
@@ -130,9 +130,8 @@ class CLRClassifier(ContinualClassifier):
 
     # -- task hooks ----------------------------------------------------------------------------
     def on_task_start(self, task: Task) -> None:
-        self.current_task = task.index
+        super().on_task_start(task)  # the task's head
         self.add_task(task.index, task.num_classes)
-        self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
         self.requires_grad_(False)
         for p in self.task_parameters(task.index):
             p.requires_grad_(True)

@@ -49,6 +49,7 @@ def _is_wrapped(name: str, model: nn.Module) -> bool:
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    new.train(root.get_submodule(name).training)  # a wrapper keeps the train/eval mode of what it wraps
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
