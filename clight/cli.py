@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
 
 from clight.data.datamodule import TaskSequence
 from clight.methods.base import ContinualCallback
@@ -37,14 +37,16 @@ def build_fit_parser() -> ArgumentParser:
     parser.add_argument("--run_dir", type=str, default="runs/run", help="folder for the run's outputs")
     parser.add_argument("--resume", type=Optional[str], default=None, help="resume the run in this folder")
     parser.add_subclass_arguments(ContinualModule, "model", required=True, help="the model (class_path, init_args)")
-    parser.add_class_arguments(TaskSequence, "data", help="the task sequence")
+    parser.add_subclass_arguments(
+        TaskSequence, "data", default=lazy_instance(TaskSequence), help="the task sequence (class_path optional: TaskSequence)"
+    )
     parser.add_argument("--methods", type=list[ContinualCallback], default=[], help="method callbacks, kept for the whole run")
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=set(RESERVED_TRAINER_KEYS))
     parser.add_class_arguments(
         SequenceRunner, "runner", instantiate=False,
         skip={"model", "data", "methods", "trainer", "run_dir", "seed", "resume", "config"},
     )
-    parser.link_arguments("seed_everything", "data.seed")
+    parser.link_arguments("seed_everything", "data.init_args.seed")
     return parser
 
 

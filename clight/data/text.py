@@ -89,15 +89,18 @@ class LabelledTexts:
 
 
 def _labelled(texts: Sequence[str], raw_labels: Sequence, label_names: Optional[list[str]]) -> LabelledTexts:
+    """Labels by name (``label_names`` or the sorted distinct values), or integer ids into ``label_names``."""
     names = list(label_names) if label_names else sorted({str(v) for v in raw_labels})
     index = {n: i for i, n in enumerate(names)}
-    labels = []
-    for v in raw_labels:
-        key = names[v] if isinstance(v, int) and not isinstance(v, bool) and str(v) not in index else str(v)
-        if key not in index:
-            raise ValueError(f"label {v!r} is not among label_names {names}")
-        labels.append(index[key])
-    return LabelledTexts(list(texts), labels, names)
+
+    def to_index(v) -> int:
+        if str(v) in index:
+            return index[str(v)]
+        if isinstance(v, int) and 0 <= v < len(names):
+            return v
+        raise ValueError(f"label {v!r} is not among label_names {names}")
+
+    return LabelledTexts(list(texts), [to_index(v) for v in raw_labels], names)
 
 
 def _package_file(package: str, *parts: str) -> Path:

@@ -50,6 +50,25 @@ def unpack(packed: torch.Tensor, dims: int) -> torch.Tensor:
     return codes.reshape(packed.shape[0], -1)[:, :dims]
 
 
+def token_rows(offsets: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Rows ``offsets[i] .. offsets[i] + lengths[k]`` of samples ``indices``, concatenated in order.
+
+    Checks that every replayed sample has exactly the tokens it had when its rows were stored.
+    """
+    indices = indices.to(offsets.device).long()
+    lengths = lengths.to(offsets.device).long()
+    stored = offsets[indices + 1] - offsets[indices]
+    if not torch.equal(stored, lengths):
+        bad = (stored != lengths).nonzero().flatten()[0]
+        raise ValueError(
+            f"general sample {int(indices[bad])} has {int(lengths[bad])} tokens in this batch but "
+            f"{int(stored[bad])} when its states were computed: the general set must be tokenised and "
+            "truncated the same way every time (same tokenizer, same general_max_length)"
+        )
+    local = torch.arange(int(lengths.sum()), device=offsets.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    return torch.repeat_interleave(offsets[indices], lengths) + local
+
+
 class PackedStates:
     """The states of every token of the general set, with each sample's token range.
 
@@ -78,29 +97,19 @@ class PackedStates:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def state_bytes(self) -> int:
+        """Bytes of the packed codes (the per-entry state; compare with 4 bytes per entry for float32)."""
+        return self.packed.numel() * self.packed.element_size()
+
     def nbytes(self) -> int:
-        """Bytes held: the packed codes and the sample offsets."""
-        return self.packed.numel() * self.packed.element_size() + self.offsets.numel() * self.offsets.element_size()
+        """All bytes held: the packed codes and the sample offsets (an index any layout needs)."""
+        return self.state_bytes() + self.offsets.numel() * self.offsets.element_size()
 
     def to(self, device) -> "PackedStates":
         return PackedStates(self.packed.to(device), self.offsets.to(device), self.dims)
 
     def rows(self, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        indices = indices.to(self.offsets.device).long()
-        lengths = lengths.to(self.offsets.device).long()
-        stored = self.lengths[indices]
-        if not torch.equal(stored, lengths):
-            bad = (stored != lengths).nonzero().flatten()[0]
-            raise ValueError(
-                f"general sample {int(indices[bad])} has {int(lengths[bad])} tokens in this batch but "
-                f"{int(stored[bad])} when its states were computed: the general set must be tokenised and "
-                "truncated the same way every time (same tokenizer, same general_max_length)"
-            )
-        starts = self.offsets[indices]
-        local = torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(
-            lengths.cumsum(0) - lengths, lengths
-        )
-        return torch.repeat_interleave(starts, lengths) + local
+        return token_rows(self.offsets, indices, lengths)
 
     def gather(self, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``[sum(lengths), d]`` uint8 codes of the given samples' leading tokens."""

@@ -1,0 +1,201 @@
+"""ContinualCausalLM: a Hugging Face causal language model as a ContinualModule.
+
+Full fine-tuning or LoRA (peft; target modules and rank from the config). The task loss is the
+language-model cross-entropy on answer tokens (labels -100 elsewhere); when a batch mixes
+replayed general samples with task samples, ``general_ce`` decides how their cross-entropies
+combine (``equal``: the mean of the two token-averaged losses, as the released GeRe code does).
+Evaluation scores each candidate answer's log-likelihood after the prompt and counts the
+argmax as correct (``evaluation="generate"``: greedy generation must reproduce the answer).
+Mixed precision comes from the Trainer (``precision: bf16-mixed`` on GPUs that support it);
+``dtype`` sets the weights' storage dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from clight.models.module import ContinualModule, default_optimizer
+
+IGNORE = -100
+GENERAL_CE = ("equal", "pooled", "none")
+TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    """A randomly initialised small Llama (seeded), for tests and notebooks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, **{**TINY_LLAMA, **overrides})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def load_causal_lm(model: str, tokenizer, dtype: str = "float32", seed: int = 0, tiny_config: Optional[dict] = None):
+    if model == "tiny":
+        return tiny_llama(len(tokenizer), seed, **(tiny_config or {})).to(getattr(torch, dtype))
+    from transformers import AutoModelForCausalLM
+
+    from clight.models.smollm2 import resolve_pretrained
+
+    return AutoModelForCausalLM.from_pretrained(resolve_pretrained(model), dtype=getattr(torch, dtype))
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position next-token NLL ``[B, L-1]`` and the mask of positions that count."""
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    return nll.view(targets.shape), targets != IGNORE
+
+
+class ContinualCausalLM(ContinualModule):
+    """A causal LM trained on text tasks one after another.
+
+    ``model``: ``tiny`` (random small Llama over the tokenizer's vocabulary), ``smollm2`` (the
+    offline SmolLM2-135M-Instruct) or any HF name/path. ``lora``: ``None`` for full fine-tuning,
+    else ``{"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}``.
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2",
+        tokenizer: Optional[str] = None,
+        lora: Optional[dict] = None,
+        dtype: str = "float32",
+        general_ce: str = "equal",
+        evaluation: str = "likelihood",
+        length_normalize: bool = False,
+        tiny_config: Optional[dict] = None,
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        if general_ce not in GENERAL_CE:
+            raise ValueError(f"general_ce must be one of {GENERAL_CE}, got {general_ce!r}")
+        if evaluation not in ("likelihood", "generate"):
+            raise ValueError(f"evaluation must be 'likelihood' or 'generate', got {evaluation!r}")
+        from clight.data.text import load_tokenizer
+
+        self.model_name = model
+        self.tokenizer = load_tokenizer(tokenizer or ("char" if model == "tiny" else model))
+        self.net = load_causal_lm(model, self.tokenizer, dtype, seed, tiny_config)
+        if gradient_checkpointing:
+            self.net.gradient_checkpointing_enable()
+        self.lora_config = dict(lora) if lora else None
+        if self.lora_config:
+            self.net = self._add_lora(self.net, self.lora_config)
+        self.dtype_name, self.general_ce = dtype, general_ce
+        self.evaluation, self.length_normalize = evaluation, length_normalize
+
+    @staticmethod
+    def _add_lora(net, cfg: dict):
+        from peft import LoraConfig, get_peft_model
+
+        unknown = set(cfg) - {"r", "alpha", "dropout", "target_modules"}
+        if unknown:
+            raise ValueError(f"unknown lora keys {sorted(unknown)}: use r, alpha, dropout, target_modules")
+        config = LoraConfig(r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),
+                            lora_dropout=float(cfg.get("dropout", 0.0)),
+                            target_modules=list(cfg.get("target_modules", ["q_proj", "v_proj"])), task_type="CAUSAL_LM")
+        return get_peft_model(net, config)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.net.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Logits and the last hidden layer: for Llama-style models the final-norm output
+        (transformers' ``hidden_states[-1]`` is tied to ``last_hidden_state``)."""
+        out = self.net(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        return out.logits, out.hidden_states[-1]
+
+    def base_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The base model's outputs: LoRA adapters disabled (no copy needed); None for full fine-tuning."""
+        if not self.lora_config:
+            return None
+        with torch.no_grad(), self.net.disable_adapter():
+            return self.forward(input_ids, attention_mask)
+
+    # -- loss -----------------------------------------------------------------------------------
+    def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits, hidden = self(batch["input_ids"], batch["attention_mask"])
+        nll, valid = token_nll(logits, batch["labels"])
+        general = batch.get("is_general", torch.zeros(len(nll), dtype=torch.bool, device=nll.device)).to(nll.device)
+
+        def mean(rows: torch.Tensor) -> Optional[torch.Tensor]:
+            n = valid[rows].sum()
+            return nll[rows].sum() / n if n > 0 else None
+
+        ce_task, ce_general = mean(~general), mean(general)
+        if self.general_ce == "pooled":
+            ce = nll.sum() / valid.sum().clamp_min(1)
+        elif self.general_ce == "none" or ce_general is None:
+            ce = ce_task if ce_task is not None else nll.sum() * 0.0
+        else:
+            ce = ce_general if ce_task is None else 0.5 * (ce_task + ce_general)
+        outputs = {"logits": logits, "hidden": hidden, "ce": ce, "ce_task": ce_task, "ce_general": ce_general}
+        return ce, outputs
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def choice_scores(self, batch: dict) -> torch.Tensor:
+        """Log-likelihood ``[B, K]`` of each candidate answer after its prompt (-inf for padding choices)."""
+        b, k, length = batch["choice_input_ids"].shape
+        logits, _ = self(batch["choice_input_ids"].view(b * k, length), batch["choice_attention_mask"].view(b * k, length))
+        nll, valid = token_nll(logits, batch["choice_labels"].view(b * k, length))
+        score = -(nll * valid).sum(1)
+        if self.length_normalize:
+            score = score / valid.sum(1).clamp_min(1)
+        return score.view(b, k).masked_fill(~batch["choice_valid"], float("-inf"))
+
+    def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "choice_input_ids" not in batch:
+            raise ValueError("evaluation batches need candidate answers: build them with TextCollator(choices=True)")
+        if self.evaluation == "generate":
+            correct = self._generate_matches(batch)
+        else:
+            correct = self.choice_scores(batch).argmax(1) == batch["target"]
+        return {"correct": correct.sum(), "total": torch.tensor(len(correct), device=correct.device)}
+
+    @torch.no_grad()
+    def _generate_matches(self, batch: dict) -> torch.Tensor:
+        """Exact match of greedy generation with the gold answer (one sample at a time: no left padding)."""
+        matches = []
+        for i in range(len(batch["target"])):
+            labels = batch["labels"][i]
+            answer = labels[labels != IGNORE]
+            prompt_len = int((labels == IGNORE).logical_and(batch["attention_mask"][i].bool()).sum())
+            prompt = batch["input_ids"][i, :prompt_len].unsqueeze(0)
+            out = self.net.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=len(answer),
+                                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            matches.append(torch.equal(out[0, prompt_len:], answer))
+        return torch.tensor(matches, device=batch["input_ids"].device)
+
+    @torch.no_grad()
+    def perplexity(self, loader) -> float:
+        """exp(mean token NLL) over every labelled token of ``loader``'s batches."""
+        was_training = self.training
+        self.eval()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            logits, _ = self(batch["input_ids"], batch["attention_mask"])
+            nll, valid = token_nll(logits, batch["labels"])
+            total += float((nll * valid).sum())
+            count += int(valid.sum())
+        self.train(was_training)
+        return math.exp(total / max(count, 1))
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update({"model": self.model_name, "lora": self.lora_config, "dtype": self.dtype_name,
+                    "general_ce": self.general_ce, "evaluation": self.evaluation, "hidden_size": self.hidden_size})
+        return out
