@@ -12,6 +12,39 @@ from clight.metrics import (
 from clight.models import MLP, ContinualClassifier, ContinualModule, SmallCNN, TimmBackbone
 from clight.runner import RunResult, SequenceRunner
 
+# Method families and language models; imported on first use (transformers and peft are heavy).
+_LAZY = {
+    "EWC": "clight.methods.regularization",
+    "LwF": "clight.methods.regularization",
+    "CLRClassifier": "clight.methods.reprogramming",
+    "save_task_adapter": "clight.methods.reprogramming",
+    "load_task_adapter": "clight.methods.reprogramming",
+    "PretrainedTimmBackbone": "clight.models.pretrained",
+    "Subsample": "clight.data.subsample",
+    "GeneralReplay": "clight.methods.general_replay",
+    "GeneralPerplexity": "clight.methods.general_replay",
+    "ContinualCausalLM": "clight.models.causal_lm",
+    "TextTaskSequence": "clight.data.text",
+    "TextTaskSpec": "clight.data.text",
+    "JsonlText": "clight.data.text",
+    "CsvText": "clight.data.text",
+    "HFText": "clight.data.text",
+    "RottenTomatoes": "clight.data.text",
+    "Tweets": "clight.data.text",
+    "WikiExcerpt": "clight.data.text",
+    "JsonlGeneral": "clight.data.text",
+    "TextFolder": "clight.data.text",
+    "HFGeneral": "clight.data.text",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clight' has no attribute {name!r}")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -20,4 +53,5 @@ __all__ = [
     "SplitClasses", "Task", "TaskSequence", "TimmBackbone", "Torchvision", "average_accuracy",
     "average_incremental_accuracy", "backward_transfer", "evaluate_tasks", "forgetting", "forward_transfer",
     "summarize",
+    *_LAZY,
 ]

@@ -125,10 +125,11 @@ class SequenceRunner:
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunResult:
         quiet_lightning_banners()
+        info = self.data.info  # loads the data: a missing or malformed data set fails before the run folder exists
         self._prepare_run_dir()
         L.seed_everything(self.seed, workers=True, verbose=False)
         self.logger = SequenceCSVLogger(str(self.run_dir))
-        self.model.setup_sequence(self.data.info)
+        self.model.setup_sequence(info)
         for method in self.methods:
             method.run_dir = self.run_dir
             method.setup_sequence(self.model, self.data)

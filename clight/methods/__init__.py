@@ -1,3 +1,4 @@
 from clight.methods.base import ContinualCallback
+from clight.methods.regularization import EWC, LwF
 
-__all__ = ["ContinualCallback"]
+__all__ = ["EWC", "ContinualCallback", "LwF"]

@@ -115,7 +115,8 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
         if weights_file is not None:
-            load_local_weights(self.model, weights_file, key_map)
+            classifier = self.model.pretrained_cfg.get("classifier")
+            load_local_weights(self.model, weights_file, key_map, drop_prefixes=[f"{classifier}."] if classifier else None)
         cfg = self.model.pretrained_cfg
         channels, height, width = cfg.get("input_size", (3, 224, 224))
         self.in_chans = channels

@@ -69,6 +69,13 @@ class ContinualClassifier(ContinualModule):
                 head.requires_grad_(key == str(task.index) or self.train_old_heads)
         self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
 
+    def train(self, mode: bool = True) -> "ContinualClassifier":
+        """A frozen backbone stays in eval mode, so its BatchNorm statistics never drift."""
+        super().train(mode)
+        if not self.train_backbone:
+            self.backbone.eval()
+        return self
+
     def can_evaluate(self, task_id: int) -> bool:
         """A task-incremental model has no head for a task it has not started."""
         return not self.multi_head or str(task_id) in self.heads
