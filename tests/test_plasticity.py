@@ -133,7 +133,6 @@ def test_output_unchanged_at_replacement(backbone, mode):
 
 def test_fresh_weights_follow_the_layers_default_initialiser():
     layer = nn.Linear(400, 3000)
-    chain_like = type("C", (), {})()
     from clight.methods.plasticity.units import draw_incoming
 
     w = draw_incoming(layer, 3000, shared_generator(0, 1))
@@ -341,3 +340,11 @@ def test_monitor_writes_history_and_plot(tmp_path):
     assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude", "task"}
     assert 1 <= hist[0]["effective_rank"] <= 8
     assert (tmp_path / "plots" / "plasticity.png").stat().st_size > 0
+
+
+def test_cbp_on_a_cnn_with_batchnorm_in_trainer():
+    model = make_model(SmallCNN([4, 6]), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    cb = ContinualBackprop(replacement_rate=0.1, maturity_threshold=1, init="kaiming_normal_fan_out")
+    trainer(cb, max_epochs=2).fit(model, loader())
+    assert cb.replaced["backbone.blocks.0"] > 0
+    assert [c.norm_name for c in cb.chains] == ["backbone.blocks.1"]

@@ -58,9 +58,26 @@ class Chain:
         return not isinstance(self.norm, nn.LayerNorm)
 
     def outgoing_abs_sum(self) -> torch.Tensor:
-        """``sum_k |w_out[k, i]|`` per unit i (a conv consumer also sums over its kernel)."""
+        """``sum_k |w_out[k, i]|`` per unit i (a conv consumer also sums over its kernel).
+
+        Computed every step, so done cheaply: |w| of blocks of rows into a small reused buffer
+        that stays in cache, each block summed by a ones-vector product (a plain column sum of
+        a large matrix is several times slower on CPU)."""
         w = self.consumer.weight.detach()
-        return w.abs().sum(dim=0) if w.dim() == 2 else w.abs().sum(dim=(0, 2, 3))
+        flat = w.reshape(w.shape[0], -1)
+        rows = min(512, flat.shape[0])
+        buf = getattr(self, "_abs_buffer", None)
+        if buf is None or buf.shape != (rows, flat.shape[1]) or buf.device != w.device or buf.dtype != w.dtype:
+            buf = self._abs_buffer = torch.empty(rows, flat.shape[1], device=w.device, dtype=w.dtype)
+            self._ones = torch.ones(1, rows, device=w.device, dtype=w.dtype)
+        sums = torch.zeros(1, flat.shape[1], device=w.device, dtype=w.dtype)
+        for i in range(0, flat.shape[0], rows):
+            block = flat[i : i + rows]
+            n = block.shape[0]
+            torch.abs(block, out=buf[:n])
+            sums.addmm_(self._ones[:, :n], buf[:n])
+        sums = sums.view(-1)
+        return sums if w.dim() == 2 else sums.view(w.shape[1], -1).sum(dim=1)
 
     def outgoing_abs_mean(self) -> torch.Tensor:
         w = self.consumer.weight.detach()
@@ -82,7 +99,7 @@ def default_forward(module: nn.Module, batch: Any) -> Any:
     """What discovery runs: ``task_loss`` for clight modules, else ``module(batch['input'])``."""
     if hasattr(module, "task_loss") and isinstance(batch, dict):
         loss, outputs = module.task_loss(batch)
-        return (loss, outputs)
+        return (loss, outputs.get("logits")) if isinstance(outputs, dict) else loss
     if isinstance(batch, dict):
         return module(batch["input"])
     if isinstance(batch, (tuple, list)):
@@ -145,9 +162,10 @@ def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], 
         users = [j for j in range(i + 1, len(calls)) if calls[j].input is tensor]
         if not users:
             return None, None, path, "its output reaches no module (used by a plain function, or it is an output layer)"
-        if len(users) > 1:
-            return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}"
         j = users[0]
+        in_place = calls[j].output is tensor  # in-place activation or Identity: later users see the same object
+        if len(users) > 1 and not in_place:
+            return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}"
         m = calls[j].module
         if isinstance(m, UNIT_LAYERS):
             if isinstance(m, nn.Conv2d) and m.groups != 1:
@@ -179,10 +197,15 @@ def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> b
     """Zero the consumer's columns, perturb the units: the output must not move."""
     probe = chain.unit if chain.exact else chain.norm  # a LayerNorm mixes units: perturb after it
     saved = chain.consumer.weight.detach().clone()
+    # a zero-initialised norm scale (timm's zero_init_last) would hide every path: use 1 meanwhile
+    norm_weight = getattr(chain.norm, "weight", None)
+    saved_norm = norm_weight.detach().clone() if norm_weight is not None else None
     handle = None
     try:
         with torch.no_grad():
             chain.consumer.weight.zero_()
+            if norm_weight is not None:
+                norm_weight.fill_(1)
             before = forward(model, batch)
 
             def perturb(mod, args, out):
@@ -195,6 +218,13 @@ def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> b
             handle.remove()
         with torch.no_grad():
             chain.consumer.weight.copy_(saved)
+            if norm_weight is not None:
+                norm_weight.copy_(saved_norm)
+    if not any(torch.isfinite(t).any() for t in _tensors(before)):
+        raise ChainError(
+            "chain verification needs a finite model output on the discovery batch (class-incremental heads mask "
+            "unseen classes: call the model's on_task_start first), or pass verify_chains=False"
+        )
     return _same_outputs(before, after)
 
 

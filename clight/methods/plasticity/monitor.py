@@ -1,0 +1,158 @@
+"""PlasticityMonitor: dead and dormant units, effective rank and weight magnitude per task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from clight.methods.base import ContinualCallback
+from clight.methods.plasticity.chain import ForwardFn, default_forward, find_chains
+from clight.methods.plasticity.statistics import (
+    dead_fraction,
+    dormant_fraction,
+    effective_rank,
+    redo_dormant_fraction,
+    weight_magnitude,
+)
+
+PROBES = ("current", "first")
+
+
+def probe_batch(datamodule: Any, task: int, size: int) -> dict:
+    """The first ``size`` training samples of ``task`` (fixed: the same every time)."""
+    view = datamodule.tasks[task].train
+    loader = torch.utils.data.DataLoader(view, batch_size=min(size, len(view)), shuffle=False, collate_fn=datamodule.collate_fn)
+    return next(iter(loader))
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+@torch.no_grad()
+def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward, tau: float = 0.025) -> dict:
+    """Plasticity statistics of ``module`` on ``batch`` (eval mode): over all hidden units of the
+    replaceable layers, plus the effective rank of the penultimate representation (``features``
+    when the module has it, else the input of the last hidden layer's consumer)."""
+    chains, _ = find_chains(module, batch, forward, verify=False)
+    captured: dict[str, torch.Tensor] = {}
+    handles = [c.consumer.register_forward_pre_hook(lambda m, a, n=c.unit_name: captured.__setitem__(n, a[0].detach())) for c in chains]
+    flags = {n: m.training for n, m in module.named_modules()}
+    module.eval()
+    try:
+        forward(module, batch)
+        if hasattr(module, "features") and isinstance(batch, dict):
+            penultimate = module.features(batch["input"])
+        else:
+            penultimate = captured[chains[-1].unit_name]
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in module.named_modules():
+            m.training = flags.get(n, m.training)
+    units = sum(captured[c.unit_name].shape[1 if captured[c.unit_name].dim() == 4 else -1] for c in chains)
+
+    def pooled(fn) -> float:
+        return sum(fn(captured[c.unit_name]) * c.num_units for c in chains) / max(units, 1)
+
+    return {
+        "dead_fraction": pooled(dead_fraction),
+        "dormant_fraction": pooled(dormant_fraction),
+        "dormant_redo_fraction": pooled(lambda h: redo_dormant_fraction(h, tau)),
+        "effective_rank": effective_rank(penultimate),
+        "weight_magnitude": weight_magnitude(module),
+        "layers": {c.unit_name: dead_fraction(captured[c.unit_name]) for c in chains},
+    }
+
+
+class PlasticityMonitor(ContinualCallback):
+    """After every task: dead-unit fraction, dormant-unit fraction (active on < 1% of entries,
+    and by ReDo's score), effective rank of the penultimate representation and average weight
+    magnitude, on a fixed probe batch of ``probe_size`` training samples of the task just
+    trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
+    ``run_dir/plasticity.json`` and plotted to ``run_dir/plots/plasticity.png``."""
+
+    def __init__(self, probe_size: int = 2000, probe: str = "current", tau: float = 0.025, plot: bool = True, forward: ForwardFn = default_forward) -> None:
+        super().__init__()
+        if probe not in PROBES:
+            raise ValueError(f"PlasticityMonitor.probe must be one of {PROBES}, got {probe!r}")
+        if probe_size < 1:
+            raise ValueError(f"PlasticityMonitor.probe_size must be positive, got {probe_size}")
+        self.probe_size, self.probe, self.tau, self.plot, self.forward = probe_size, probe, tau, plot, forward
+        self.history: list[dict] = []
+        self.datamodule = None
+        self.run_dir: Optional[Path] = getattr(self, "run_dir", None)
+
+    def setup_sequence(self, module: Any, datamodule: Any) -> None:
+        self.datamodule = datamodule
+
+    def on_task_end(self, module: Any, task) -> None:
+        if self.datamodule is None:
+            raise RuntimeError("PlasticityMonitor needs setup_sequence(module, datamodule) before the first task")
+        device = next(module.parameters()).device
+        batch = _to(probe_batch(self.datamodule, 0 if self.probe == "first" else task.index, self.probe_size), device)
+        stats = measure(module, batch, self.forward, self.tau)
+        stats["task"] = task.index
+        self.history = [h for h in self.history if h["task"] != task.index] + [stats]
+        self.write()
+
+    def write(self) -> None:
+        if self.run_dir is None:
+            return
+        run_dir = Path(self.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plasticity.json").write_text(json.dumps(self.history, indent=1))
+        if self.plot and self.history:
+            plot_history({"run": self.history}, run_dir / "plots" / "plasticity.png")
+
+    def state_dict(self) -> dict:
+        return {"history": json.dumps(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = json.loads(state.get("history", "[]"))
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update({"probe_size": self.probe_size, "probe": self.probe, "tau": self.tau})
+        return info
+
+
+KEYS = ("dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude")
+
+
+def _smooth(ys: list[float], window: int) -> list[float]:
+    return [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
+
+
+def plot_history(runs: dict[str, list[dict]], path: Path, extra: Optional[dict[str, list[float]]] = None, smooth: int = 5) -> Path:
+    """One panel per statistic (plus ``extra`` series, e.g. new-task accuracy, shown as a running
+    mean over ``smooth`` tasks), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ([("new_task_accuracy", extra)] if extra else []) + [(k, None) for k in KEYS]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, series) in zip(axes, panels):
+        for name, hist in runs.items():
+            if series is not None:
+                ys = _smooth(series.get(name, []), smooth)
+                ax.plot(range(len(ys)), ys, label=name)
+            else:
+                ax.plot([h["task"] for h in hist], [h[key] for h in hist], label=name)
+        ax.set_title(key.replace("_", " ") + (f" ({smooth}-task mean)" if series is not None and smooth > 1 else ""))
+        ax.set_xlabel("task")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

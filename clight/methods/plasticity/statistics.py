@@ -1,0 +1,57 @@
+"""Plasticity statistics (METHODS.md 2.4) of a representation or a network.
+
+A representation ``h`` is ``[N, units]`` (or ``[N, C, H, W]``: a unit is a channel, an entry is
+one sample at one position).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _entries(h: torch.Tensor) -> torch.Tensor:
+    """``[entries, units]``: samples (times positions for conv maps) by units."""
+    if h.dim() == 4:
+        return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+    return h.reshape(-1, h.shape[-1])
+
+
+def dead_fraction(h: torch.Tensor) -> float:
+    """Fraction of units whose activation is exactly 0 on every entry."""
+    e = _entries(h)
+    return float((e == 0).all(dim=0).float().mean())
+
+
+def dormant_fraction(h: torch.Tensor, active_share: float = 0.01) -> float:
+    """Fraction of units active (non-zero) on fewer than ``active_share`` of the entries."""
+    e = _entries(h)
+    return float(((e != 0).float().mean(dim=0) < active_share).float().mean())
+
+
+def redo_dormant_fraction(h: torch.Tensor, tau: float = 0.025) -> float:
+    """Fraction of units with ReDo score ``E|h_i| / mean_k E|h_k| <= tau``."""
+    a = _entries(h).abs().mean(dim=0)
+    return float((a / a.mean().clamp_min(1e-12) <= tau).float().mean())
+
+
+def effective_rank(matrix: torch.Tensor) -> float:
+    """``exp(-sum_k p_k log p_k)``, ``p_k = sigma_k / sum sigma`` (conv maps: averaged over positions)."""
+    m = matrix.mean(dim=(2, 3)) if matrix.dim() == 4 else matrix.reshape(matrix.shape[0], -1)
+    s = torch.linalg.svdvals(m.double())
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def weight_magnitude(model: nn.Module) -> float:
+    """Mean |theta| over all weight tensors (parameters with two or more dimensions)."""
+    total, count = 0.0, 0
+    for p in model.parameters():
+        if p.dim() >= 2:
+            total += float(p.detach().abs().sum())
+            count += p.numel()
+    return total / max(count, 1)
