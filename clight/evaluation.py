@@ -10,8 +10,11 @@ from lightning.fabric.utilities import move_data_to_device
 
 
 @torch.no_grad()
-def evaluate_tasks(module: Any, datamodule: Any, strategy: Optional[Any] = None, split: str = "test") -> dict[str, list[float]]:
-    """Accuracy of ``module`` on every task's ``split``, as ``{count name: [acc per task]}``.
+def evaluate_tasks(
+    module: Any, datamodule: Any, strategy: Optional[Any] = None, split: str = "test", tasks: Optional[list[int]] = None
+) -> dict[str, list[float]]:
+    """Accuracy of ``module`` on every task's ``split`` (or only ``tasks``; the others get NaN),
+    as ``{count name: [acc per task]}``.
 
     Each rank scores its own share of every split (no sample twice, none padded) and the summed
     counts are reduced across ranks, so the result is exact and identical on every rank. A task
@@ -24,7 +27,7 @@ def evaluate_tasks(module: Any, datamodule: Any, strategy: Optional[Any] = None,
     keys: Optional[list[str]] = None
     rows: list[Optional[torch.Tensor]] = []
     for j in range(datamodule.num_tasks):
-        if not getattr(module, "can_evaluate", lambda _: True)(j):
+        if (tasks is not None and j not in tasks) or not getattr(module, "can_evaluate", lambda _: True)(j):
             rows.append(None)
             continue
         sums: dict[str, torch.Tensor] = {}

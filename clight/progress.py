@@ -28,10 +28,14 @@ class SequenceProgress:
     def end_task(self, t: int, row: list[float], metrics: dict, seconds: float) -> None:
         if not self.enabled:
             return
+        if len(row) > 12:  # long sequences: one line per task
+            self.console.print(f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s): accuracy on it {100 * row[t]:.1f}%")
+            return
         table = Table(title=f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s)", show_edge=False)
         for j in range(len(row)):
             table.add_column(f"T{j + 1}", justify="right", style="green" if j <= t else "dim")
         table.add_column("AA", justify="right", style="bold")
         cells = ["-" if math.isnan(a) else f"{100 * a:.1f}" for a in row]
-        table.add_row(*cells, f"{100 * metrics['average_accuracy']:.1f}")
+        average = metrics.get("average_accuracy")
+        table.add_row(*cells, "-" if average is None else f"{100 * average:.1f}")
         self.console.print(table)

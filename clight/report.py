@@ -43,6 +43,10 @@ def write_report(run_dir: Union[str, Path]) -> dict:
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
+    if manifest.get("evaluate") == "current":
+        diagonal = np.diag(matrix)
+        plot_new_task_accuracy(diagonal, plots / "new_task_accuracy.png")
+        return {"average_new_task_accuracy": float(diagonal.mean())}
     plot_matrix(matrix, plots / "accuracy_matrix.png", joint=manifest.get("baseline") == "joint")
     if manifest.get("baseline") != "joint":
         plot_task_curves(matrix, plots / "task_accuracy.png")
@@ -97,6 +101,19 @@ def plot_task_curves(matrix: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_new_task_accuracy(accuracy: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(accuracy) + 1), 100 * accuracy, marker="." if len(accuracy) > 30 else "o")
+    ax.set_xlabel("task")
+    ax.set_ylabel("accuracy on the task just trained (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def format_report(run_dir: Union[str, Path]) -> "object":
     """A rich renderable: the accuracy matrix and the metrics."""
     from rich.console import Group
@@ -106,6 +123,15 @@ def format_report(run_dir: Union[str, Path]) -> "object":
     run_dir = Path(run_dir)
     manifest = load_run(run_dir)
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)
+    if manifest.get("evaluate") == "current":
+        diagonal = 100 * np.diag(matrix)
+        summary = Table(title=f"new-task accuracy (%) of {run_dir}", show_header=False)
+        window = max(1, min(10, len(diagonal) // 2))
+        summary.add_row(f"first {window} tasks", f"{diagonal[:window].mean():.1f}")
+        summary.add_row(f"last {window} tasks", f"{diagonal[-window:].mean():.1f}")
+        summary.add_row("all tasks", f"{diagonal.mean():.1f}")
+        summary.add_row("status", manifest.get("status", "?"))
+        return summary
     table = Table(title=f"accuracy matrix (%) of {run_dir}")
     table.add_column("after task")
     for j in range(matrix.shape[1]):

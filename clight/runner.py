@@ -25,6 +25,7 @@ from clight.progress import SequenceProgress
 MANIFEST = "manifest.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
 BASELINES = ("sequential", "joint")
+EVALUATIONS = ("all", "current")
 RESERVED_TRAINER_KEYS = ("callbacks", "logger", "default_root_dir", "use_distributed_sampler")
 
 
@@ -81,6 +82,8 @@ class SequenceRunner:
     the accuracy matrix), then an atomic checkpoint and manifest. ``baseline="joint"`` trains
     once on all tasks together. ``max_steps_per_task`` fixes a compute budget in optimizer
     steps. ``select_best`` keeps each task's best epoch by ``monitor`` on the validation split.
+    ``evaluate="current"`` scores only the task just trained (new-task accuracy), for sequences
+    of hundreds of tasks where the full matrix is not wanted.
     """
 
     def __init__(
@@ -97,9 +100,12 @@ class SequenceRunner:
         monitor: str = "val/acc",
         select_best: bool = False,
         checkpoint_every_epoch: bool = True,
+        evaluate: str = "all",
         resume: bool = False,
         config: Optional[str] = None,
     ) -> None:
+        if evaluate not in EVALUATIONS:
+            raise ValueError(f"runner.evaluate must be one of {EVALUATIONS}, got {evaluate!r}")
         if baseline not in BASELINES:
             raise ValueError(f"runner.baseline must be one of {BASELINES}, got {baseline!r}")
         if max_steps_per_task is not None and max_steps_per_task < 1:
@@ -115,6 +121,7 @@ class SequenceRunner:
         self.max_steps_per_task = max_steps_per_task
         self.early_stopping_patience, self.monitor, self.select_best = early_stopping_patience, monitor, select_best
         self.checkpoint_every_epoch = checkpoint_every_epoch
+        self.evaluate = evaluate
         self.resume, self.config = resume, config
         self.matrices: dict[str, list[list[float]]] = {}
         self.initial: dict[str, list[float]] = {}
@@ -154,7 +161,7 @@ class SequenceRunner:
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)
-            if t == 0 and not self.initial:
+            if t == 0 and not self.initial and self.evaluate == "all":
                 self.initial = evaluate_tasks(self.model, self.data)
             progress.start_task(t)
             started = time.perf_counter()
@@ -180,6 +187,7 @@ class SequenceRunner:
     def _fit(self, t: int, name: str) -> L.Trainer:
         task_dir = self.run_dir / "checkpoints" / f"task_{t}"
         trainer = self._make_trainer(task_dir, t)
+        self.model.train()  # Lightning keeps a module's eval mode when a fit starts
         resume_from = task_dir / "last.ckpt"
         ckpt_path = str(resume_from) if self.resume and resume_from.exists() else None
         trainer.fit(self.model, datamodule=self.data, ckpt_path=ckpt_path, weights_only=True)
@@ -212,13 +220,14 @@ class SequenceRunner:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _record_row(self, trainer: L.Trainer, t: int, seconds: float, progress: SequenceProgress) -> None:
-        row = evaluate_tasks(self.model, self.data, trainer.strategy)
+        only = None if self.evaluate == "all" or self.baseline == "joint" else [t]
+        row = evaluate_tasks(self.model, self.data, trainer.strategy, tasks=only)
         for name, values in row.items():
             self.matrices.setdefault(name, []).append(values)
         self.wall_times.append(seconds)
         self.finished_tasks = t + 1
         self.logger.step_offset += trainer.global_step
-        metrics = summarize(self.matrices["correct"], self._initial_row())
+        metrics = self._summary(np.array(self.matrices["correct"], dtype=float))
         self.logger.log_metrics(self._row_log(t, row["correct"], metrics), step=0)
         self.logger.save()
         progress.end_task(t, row["correct"], metrics, seconds)
@@ -226,7 +235,7 @@ class SequenceRunner:
 
     def _row_log(self, t: int, row: list[float], metrics: dict) -> dict:
         log = {f"cl/acc_task_{j}": a for j, a in enumerate(row) if not np.isnan(a)}
-        log.update({f"cl/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        log.update({f"cl/{k}": v for k, v in metrics.items() if isinstance(v, float) and not np.isnan(v)})
         log["cl/tasks_finished"] = t + 1
         return log
 
@@ -235,6 +244,13 @@ class SequenceRunner:
         if initial is None or any(np.isnan(initial[1:])):
             return None
         return initial
+
+    def _summary(self, matrix: np.ndarray) -> dict:
+        if self.baseline == "joint":
+            return _joint_metrics(matrix)
+        if self.evaluate == "current":
+            return new_task_metrics(matrix)
+        return summarize(matrix, self._initial_row())
 
     def _save_boundary(self, trainer: L.Trainer) -> None:
         state = {
@@ -254,6 +270,7 @@ class SequenceRunner:
             "format": 1,
             "status": status,
             "baseline": self.baseline,
+            "evaluate": self.evaluate,
             "num_tasks": self.data.num_tasks,
             "finished_tasks": self.finished_tasks,
             "matrices": self.matrices,
@@ -299,7 +316,7 @@ class SequenceRunner:
 
     def _finish(self) -> RunResult:
         matrix = np.array(self.matrices["correct"], dtype=float)
-        metrics = summarize(matrix, self._initial_row()) if self.baseline == "sequential" else _joint_metrics(matrix)
+        metrics = self._summary(matrix)
         metrics.update(
             {
                 "baseline": self.baseline,
@@ -311,7 +328,7 @@ class SequenceRunner:
                 "methods": [m.describe() for m in self.methods],
             }
         )
-        if "correct_task_aware" in self.matrices and self.baseline == "sequential":
+        if "correct_task_aware" in self.matrices and self.baseline == "sequential" and self.evaluate == "all":
             metrics["task_aware"] = summarize(self.matrices["correct_task_aware"])
         if rank_zero_only.rank == 0:
             from clight.report import write_report
@@ -328,6 +345,18 @@ def quiet_lightning_banners() -> None:
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def new_task_metrics(matrix: np.ndarray) -> dict:
+    """Metrics of a run that scored only the task just trained (``evaluate="current"``)."""
+    diagonal = [float(matrix[k, k]) for k in range(matrix.shape[0])]
+    return {
+        "tasks_finished": len(diagonal),
+        "average_accuracy": None,
+        "new_task_accuracy": diagonal,
+        "average_new_task_accuracy": float(np.mean(diagonal)),
+        "note": "evaluate=current: only the task just trained was scored after each task (new-task accuracy)",
+    }
 
 
 def _joint_metrics(matrix: np.ndarray) -> dict:

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _NormBase
 
 from clight.data.task import SequenceInfo, Task
 from clight.models.backbones import MLP
@@ -70,10 +71,13 @@ class ContinualClassifier(ContinualModule):
         self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
 
     def train(self, mode: bool = True) -> "ContinualClassifier":
-        """A frozen backbone stays in eval mode, so its BatchNorm statistics never drift."""
+        """Norm layers with nothing trainable stay in eval mode, so a frozen backbone's
+        BatchNorm statistics never drift (a method's per-task norms, being trainable, do train)."""
         super().train(mode)
-        if not self.train_backbone:
-            self.backbone.eval()
+        if mode and not self.train_backbone:
+            for module in self.backbone.modules():
+                if isinstance(module, _NormBase) and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
         return self
 
     def can_evaluate(self, task_id: int) -> bool:
