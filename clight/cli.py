@@ -57,25 +57,32 @@ def _trainer_kwargs(cfg: Namespace, parser: ArgumentParser) -> dict:
     return {k: v for k, v in given.items() if defaults.get(k) != v}
 
 
-def fit(argv: list[str]) -> int:
+def runner_from_args(argv: list[str]) -> SequenceRunner:
+    """Parse ``clight fit`` arguments (``--config X.yaml``, ``--key=value`` overrides) into a runner."""
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
-    run_dir = cfg.resume or cfg.run_dir
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
-    config_text = parser.dump(cfg, skip_none=False)
-    runner = SequenceRunner(
+    return SequenceRunner(
         model=init.model,
         data=init.data,
         methods=init.methods,
         trainer=_trainer_kwargs(cfg, parser),
-        run_dir=run_dir,
+        run_dir=cfg.resume or cfg.run_dir,
         seed=cfg.seed_everything,
         resume=cfg.resume is not None,
-        config=config_text,
+        config=parser.dump(cfg, skip_none=False),
         **cfg.runner.as_dict(),
     )
-    result = runner.run()
+
+
+def runner_from_config(config: str, *overrides: str) -> SequenceRunner:
+    """The runner ``clight fit --config CONFIG OVERRIDES...`` would run (for notebooks and scripts)."""
+    return runner_from_args(["--config", str(config), *overrides])
+
+
+def fit(argv: list[str]) -> int:
+    result = runner_from_args(argv).run()
     _print_report(result.run_dir)
     return 0
 

@@ -342,9 +342,13 @@ class SequenceRunner:
 def quiet_lightning_banners() -> None:
     """A fresh Trainer per task would repeat Lightning's device banner and tips every task."""
     import logging
+    import warnings
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The runner puts the model in train mode before every fit; modules still in eval mode then
+    # are frozen norms kept there on purpose (see ContinualClassifier.train).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def new_task_metrics(matrix: np.ndarray) -> dict:
