@@ -57,6 +57,13 @@ class _KeepBestWeights(Callback):
         if self.state is not None:
             module.load_state_dict(self.state)
 
+    # Kept in the epoch checkpoints, so a task resumed mid-way still restores its best epoch.
+    def state_dict(self) -> dict:
+        return {"best": self.best, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.state = float(state["best"]), state["state"]
+
 
 def derived_seed(seed: int, *salt: int) -> int:
     return hash((seed,) + salt) & 0x7FFF_FFFF

@@ -155,3 +155,12 @@ def test_ewc_and_lwf_reduce_forgetting_and_resume_exactly(tmp_path, quiet_traine
             run("killed" + type(make()).__name__, [make(), KillAt(task=2, epoch=1, batch=2)])
         resumed = run("killed" + type(make()).__name__, [make()], resume=True)
         np.testing.assert_array_equal(resumed.accuracy_matrix, method.accuracy_matrix)
+
+
+def test_resume_with_best_epoch_selection_restores_the_same_weights(tmp_path, quiet_trainer):
+    trainer = dict(quiet_trainer, max_epochs=3)
+    reference = _run(tmp_path, "reference", trainer, select_best=True)
+    with pytest.raises(SimulatedKill):
+        _run(tmp_path, "killed", trainer, methods=[KillAt(task=1, epoch=2, batch=1)], select_best=True)
+    resumed = _run(tmp_path, "killed", trainer, resume=True, select_best=True)
+    np.testing.assert_array_equal(resumed.accuracy_matrix, reference.accuracy_matrix)
