@@ -4,7 +4,8 @@ Same model (an MLP), same data (Fashion-MNIST as one task, the same TaskSequence
 same batch size, same optimizer, on the CPU. clight's step time is read between consecutive
 ``on_train_batch_start`` calls inside a real ``SequenceRunner`` fit, so it includes the data
 loader, Lightning's loop, hooks, logging and the progress bar; the plain loop is timed the same
-way. Variants alternate over several rounds; the figure is the median over rounds of each
+way. clight runs with its default rich progress bar and, as a third arm, without it. Variants
+alternate over several rounds; the figure is the median over rounds of each
 round's median step time, and the ratio clight / plain comes first.
 
     python benchmarks/overhead.py            # writes benchmarks/results/overhead.json
@@ -52,9 +53,9 @@ def median_step(starts: list[float], warmup: int) -> float:
     return statistics.median(gaps)
 
 
-def time_clight(args) -> float:
+def time_clight(args, progress_bar: bool = True) -> float:
     clock = StepClock()
-    trainer = dict(accelerator="cpu", devices=1, limit_val_batches=0, enable_progress_bar=True)
+    trainer = dict(accelerator="cpu", devices=1, limit_val_batches=0, enable_progress_bar=progress_bar)
     with tempfile.TemporaryDirectory() as tmp:
         runner = SequenceRunner(make_model(args.hidden), make_data(args.batch_size), methods=[clock], trainer=trainer,
                                 run_dir=tmp + "/run", max_steps_per_task=args.steps, checkpoint_every_epoch=False)
@@ -96,16 +97,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clight_times, plain_times = [], []
+    clight_times, quiet_times, plain_times = [], [], []
     for _ in range(args.rounds):
         plain_times.append(time_plain(args))
         clight_times.append(time_clight(args))
+        quiet_times.append(time_clight(args, progress_bar=False))
     clight_ms, plain_ms = 1e3 * statistics.median(clight_times), 1e3 * statistics.median(plain_times)
+    quiet_ms = 1e3 * statistics.median(quiet_times)
     result = {
         "ratio_clight_over_plain": clight_ms / plain_ms,
+        "ratio_clight_without_progress_bar_over_plain": quiet_ms / plain_ms,
         "target": "<= 1.05",
         "clight_step_ms_median": clight_ms,
+        "clight_without_progress_bar_step_ms_median": quiet_ms,
         "plain_step_ms_median": plain_ms,
+        "overhead_ms_per_step": clight_ms - plain_ms,
         "per_round_ratio": [c / p for c, p in zip(clight_times, plain_times)],
         "model": f"MLP 784-{'-'.join(map(str, args.hidden))}-10",
         "batch_size": args.batch_size,

@@ -27,7 +27,7 @@ class ContinualModule(L.LightningModule):
     Subclasses implement ``task_loss(batch) -> (loss, outputs)`` and
     ``evaluation_counts(batch) -> {name: summed count}``. Methods add named loss terms with
     ``add_loss_term``; each is logged as ``train/<name>`` beside ``train/task_loss`` and
-    ``train/loss``. ``on_task_start`` / ``on_task_end`` run between fits (never inside one),
+    ``train/loss`` (``train/task_loss`` only when there are terms). ``on_task_start`` / ``on_task_end`` run between fits (never inside one),
     so the set of trainable parameters is fixed for the whole of every fit.
     """
 
@@ -69,7 +69,8 @@ class ContinualModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, outputs = self.task_loss(batch)
         batch_size = len(next(iter(batch.values())))
-        self.log("train/task_loss", loss.detach(), batch_size=batch_size, prog_bar=False)
+        if self.loss_terms:  # without extra terms the task loss is the loss: log it once
+            self.log("train/task_loss", loss.detach(), batch_size=batch_size)
         for name, term in self.loss_terms.items():
             value = term(self, batch, outputs)
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
