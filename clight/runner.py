@@ -21,6 +21,7 @@ from clight.methods.base import ContinualCallback
 from clight.metrics import summarize
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress
+from clight.seeding import derive_seed
 
 MANIFEST = "manifest.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
@@ -65,10 +66,6 @@ class _KeepBestWeights(Callback):
         self.best, self.state = float(state["best"]), state["state"]
 
 
-def derived_seed(seed: int, *salt: int) -> int:
-    return hash((seed,) + salt) & 0x7FFF_FFFF
-
-
 class _EpochSeed(Callback):
     """Reseeds the global generators at every epoch from (seed, task, epoch), so dropout, head
     initialisation and anything else drawn from them repeat exactly after a resume."""
@@ -77,7 +74,7 @@ class _EpochSeed(Callback):
         self.seed, self.task = seed, task
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        L.seed_everything(derived_seed(self.seed, self.task, trainer.current_epoch), verbose=False)
+        L.seed_everything(derive_seed(self.seed, self.task, trainer.current_epoch) & 0x7FFF_FFFF, verbose=False)
 
 
 class SequenceRunner:
@@ -164,7 +161,7 @@ class SequenceRunner:
         for t in range(self.finished_tasks, self.data.num_tasks):
             task = self.data.tasks[t]
             self.data.set_task(t)
-            L.seed_everything(derived_seed(self.seed, t), verbose=False)
+            L.seed_everything(derive_seed(self.seed, t) & 0x7FFF_FFFF, verbose=False)
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)

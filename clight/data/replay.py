@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from clight.data.scenarios import _generator
+from clight.seeding import seeded_generator
 
 
 class ReplayMemory:
@@ -67,7 +67,7 @@ class ReservoirMemory(ReplayMemory):
     kind = "reservoir"
 
     def add_task(self, task_id: int, targets: torch.Tensor) -> None:
-        g = _generator(self.seed, 10, task_id)
+        g = seeded_generator(self.seed, 10, task_id)
         entries, labels = self.entries.tolist(), self.labels.tolist()
         draws = torch.rand(len(targets), generator=g, dtype=torch.float64)
         for i, y in enumerate(targets.tolist()):
@@ -96,7 +96,7 @@ class ClassBalancedMemory(ReplayMemory):
         self.seen += n
         classes = labels.unique()
         quota, extra = divmod(self.capacity, len(classes))
-        g = _generator(self.seed, 11, task_id)
+        g = seeded_generator(self.seed, 11, task_id)
         keep = []
         for rank, c in enumerate(classes.tolist()):
             members = (labels == c).nonzero().flatten()

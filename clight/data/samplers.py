@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-from clight.data.scenarios import _generator
+from clight.seeding import seeded_generator
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -70,7 +70,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         size = self._global_batch_size(pool)
         if size == 0:
             return
-        g = _generator(self.seed, 20, self.task, self.epoch)
+        g = seeded_generator(self.seed, 20, self.task, self.epoch)
         order = torch.randperm(pool, generator=g)
         for b in range(len(self)):
             batch = order[b * size : (b + 1) * size]

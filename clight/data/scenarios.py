@@ -14,12 +14,7 @@ import torch
 from clight.data.sources import Source, SourceData, resolve_source
 from clight.data.task import Task
 from clight.data.views import TaskView, dataset_targets, fetch_pairs
-
-
-def _generator(seed: int, *salt: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(hash((seed,) + salt) & 0x7FFF_FFFF_FFFF_FFFF)
-    return g
+from clight.seeding import seeded_generator
 
 
 def split_train_val(indices: torch.Tensor, val_fraction: float, generator: torch.Generator):
@@ -101,7 +96,7 @@ class SplitClasses(Scenario):
         if self.class_order == "sorted":
             return list(range(n))
         if self.class_order == "shuffled":
-            return torch.randperm(n, generator=_generator(seed, 1)).tolist()
+            return torch.randperm(n, generator=seeded_generator(seed, 1)).tolist()
         raise ValueError(f"class_order must be 'sorted', 'shuffled' or a list, got {self.class_order!r}")
 
     def build(self, seed: int, val_fraction: float) -> list[Task]:
@@ -112,7 +107,7 @@ class SplitClasses(Scenario):
         groups = [g.tolist() for g in torch.tensor(order).tensor_split(self.num_tasks)]
         tasks = []
         for t, classes in enumerate(groups):
-            train, val, test = _views_for_classes(data, classes, t, val_fraction, _generator(seed, 2, t))
+            train, val, test = _views_for_classes(data, classes, t, val_fraction, seeded_generator(seed, 2, t))
             names = ",".join(data.class_names[c] for c in classes) if data.class_names else str(classes)
             tasks.append(Task(t, f"{data.name}[{names}]", train, val, test, classes))
         return tasks
@@ -163,7 +158,7 @@ class PermutedInputs(Scenario):
         n_pixels = data.train[0][0].numel()
         tasks = []
         for t in range(self.num_tasks):
-            g = _generator(seed, 3, t)
+            g = seeded_generator(seed, 3, t)
             perm = torch.arange(n_pixels) if (t == 0 and self.identity_first) else torch.randperm(n_pixels, generator=g)
             train, val, test = _views_for_classes(data, classes, t, val_fraction, g, PixelPermutation(perm))
             train.indices = _cap(train.indices, self.train_samples_per_task, g)
@@ -206,7 +201,7 @@ class DatasetList(Scenario):
                 data.name,
             )
             classes = list(range(offset, offset + data.num_classes))
-            train, val, test = _views_for_classes(shifted, classes, t, val_fraction, _generator(seed, 4, t))
+            train, val, test = _views_for_classes(shifted, classes, t, val_fraction, seeded_generator(seed, 4, t))
             tasks.append(Task(t, data.name, train, val, test, classes))
             offset += data.num_classes
         return tasks

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from clight.data.scenarios import Scenario, _generator
+from clight.data.scenarios import Scenario
+from clight.seeding import seeded_generator
 from clight.data.task import Task
 from clight.data.views import TaskView
 
@@ -58,5 +59,5 @@ class Subsample(Scenario):
                 view = getattr(task, split)
                 if cap is not None and not isinstance(view, TaskView):
                     raise TypeError(f"Subsample needs TaskView splits; task {task.index}'s {split} is {type(view).__name__}")
-                cap_per_class(view, cap, _generator(seed, 11, task.index, i))
+                cap_per_class(view, cap, seeded_generator(seed, 11, task.index, i))
         return tasks

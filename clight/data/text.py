@@ -36,7 +36,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from clight.data.datamodule import TaskSequence
 from clight.data.samplers import ShardedBatchSampler, evaluation_batches
-from clight.data.scenarios import Scenario, _generator
+from clight.data.scenarios import Scenario
+from clight.seeding import seeded_generator
 from clight.data.task import Task
 
 IGNORE = -100
@@ -303,7 +304,7 @@ class TextTasks(Scenario):
         self._label_counts = []
         for t, spec in enumerate(self.specs):
             data = spec.source.load()
-            g = _generator(seed, 31, t)
+            g = seeded_generator(seed, 31, t)
             perm = torch.randperm(len(data.texts), generator=g)
             n_test = max(1, int(round(self.test_fraction * len(perm))))
             n_val = max(1, int(round(val_fraction * (len(perm) - n_test))))
