@@ -31,10 +31,10 @@ _LAZY = {
     "HFText": "clight.data.text",
     "RottenTomatoes": "clight.data.text",
     "Tweets": "clight.data.text",
-    "WikiExcerpt": "clight.data.text",
-    "JsonlGeneral": "clight.data.text",
-    "TextFolder": "clight.data.text",
-    "HFGeneral": "clight.data.text",
+    "WikiExcerpt": "clight.data.general_text",
+    "JsonlGeneral": "clight.data.general_text",
+    "TextFolder": "clight.data.general_text",
+    "HFGeneral": "clight.data.general_text",
 }
 
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from clight.data.text import IGNORE, GeneralSet, TextCollator, TextTaskSequence, strip_wiki_markup
+from clight.data.general_text import strip_wiki_markup
+from clight.data.text import IGNORE, GeneralSet, TextCollator, TextTaskSequence
 from clight.methods import ContinualCallback
 from clight.methods.general_replay import (
     NEG, NEU, POS, GeneralPerplexity, GeneralReplay, PackedStates, Thresholds, classify, pack, tm_loss, tm_loss_from_masks, unpack,

