@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 
+from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
 from clight.methods.plasticity.chain import ForwardFn, default_forward, find_chains
 from clight.methods.plasticity.statistics import (
@@ -103,11 +105,10 @@ class PlasticityMonitor(ContinualCallback):
         self.write()
 
     def write(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or rank_zero_only.rank != 0:
             return
         run_dir = Path(self.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plasticity.json").write_text(json.dumps(self.history, indent=1))
+        write_json_atomic(run_dir / "plasticity.json", self.history)
         if self.plot and self.history:
             plot_history({"run": self.history}, run_dir / "plots" / "plasticity.png")
 
