@@ -21,13 +21,13 @@ general token in float16 in the run folder (2 bytes x tokens x d; no extra forwa
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
 from clight.methods.general_replay.losses import FEATURE_LOSSES, logit_kl, tm_loss
 from clight.methods.general_replay.packed_states import PackedStates, token_rows
@@ -263,9 +263,8 @@ class GeneralPerplexity(ContinualCallback):
             raise ValueError("GeneralPerplexity needs held-out general text: set data.heldout_general > 0")
         self.history.append(module.perplexity(self._datamodule.general_loader(held, self.batch_size)))
         if self.run_dir is not None and _is_rank_zero():
-            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.run_dir) / "general_perplexity.json").write_text(
-                json.dumps({"before_first_task": self.history[0], "after_task": self.history[1:]}, indent=2))
+            write_json_atomic(Path(self.run_dir) / "general_perplexity.json",
+                              {"before_first_task": self.history[0], "after_task": self.history[1:]})
 
     def setup_sequence(self, module: Any, datamodule: Any) -> None:
         self._datamodule = datamodule
