@@ -97,11 +97,11 @@ class TaskSequence(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(self, dataset, batch_sampler) -> DataLoader:
+    def _loader(self, dataset, batch_sampler, collate_fn: Optional[Callable] = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
-            collate_fn=self.collate_fn,
+            collate_fn=collate_fn or self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -120,21 +120,29 @@ class TaskSequence(L.LightningDataModule):
         memory = ConcatViews(memory_views)
         return ConcatViews([current, memory]), len(memory)
 
+    def replay_sampling(self) -> tuple[int, str]:
+        """How the replayed part of ``train_dataset`` is sampled: (samples per batch, mode)."""
+        return (self.replay.batch_size, self.replay.mode) if self.replay else (0, "mix")
+
+    def train_collate_fn(self) -> Callable:
+        return self.collate_fn
+
     def train_dataloader(self) -> DataLoader:
         dataset, n_memory = self.train_dataset()
         rank, world = self._rank_world()
+        replay_batch_size, mode = self.replay_sampling()
         sampler = ShardedBatchSampler(
             n_current=len(dataset) - n_memory,
             batch_size=self.batch_size,
             seed=self.seed,
             task=-1 if self.joint else self.current_task,
             n_memory=n_memory,
-            replay_batch_size=self.replay.batch_size if self.replay else 0,
-            mode=self.replay.mode if self.replay else "mix",
+            replay_batch_size=replay_batch_size,
+            mode=mode,
             rank=rank,
             world_size=world,
         )
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, self.train_collate_fn())
 
     def _eval_loader(self, dataset) -> DataLoader:
         rank, world = self._rank_world()

@@ -33,7 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from clight.data.datamodule import TaskSequence
 from clight.data.general_text import GENERAL_SOURCES, GeneralSource, _package_file
-from clight.data.samplers import ShardedBatchSampler, evaluation_batches
+from clight.data.samplers import evaluation_batches
 from clight.data.scenarios import Scenario
 from clight.data.task import Task
 from clight.seeding import seeded_generator
@@ -478,22 +478,15 @@ class TextTaskSequence(TaskSequence):
             return current, 0
         return ConcatDataset([current, general]), len(general)
 
-    def train_dataloader(self) -> DataLoader:
-        dataset, n_general = self.train_dataset()
-        rank, world = self._rank_world()
-        sampler = ShardedBatchSampler(
-            n_current=len(dataset) - n_general,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            task=-1 if self.joint else self.current_task,
-            n_memory=n_general,
-            replay_batch_size=self.general_per_batch if self.general_mode == "per_batch" else 0,
-            mode="uniform" if self.general_mode == "append" else "mix",
-            rank=rank,
-            world_size=world,
-        )
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.train_collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+    def replay_sampling(self) -> tuple[int, str]:
+        # append: general samples join the task's epoch and are shuffled with it (released code);
+        # per_batch: a fixed number of them in every batch.
+        if self.general_mode == "per_batch":
+            return self.general_per_batch, "mix"
+        return 0, "uniform"
+
+    def train_collate_fn(self):
+        return self.train_collate
 
     def describe(self) -> dict:
         out = super().describe()
