@@ -157,7 +157,8 @@ def test_old_tasks_bit_identical_after_later_tasks():
     assert torch.equal(norm.base.running_mean, torch.zeros_like(norm.base.running_mean))
 
 
-def test_mixed_task_batch_is_split_by_task():
+def _two_perturbed_tasks() -> CLRClassifier:
+    """A CLR model with two tasks whose parameters are moved off the identity (so tasks differ)."""
     torch.manual_seed(0)
     model = _clr_model(SmallCNN((4, 8)))
     for t in range(2):
@@ -165,6 +166,11 @@ def test_mixed_task_batch_is_split_by_task():
         with torch.no_grad():
             for p in model.task_parameters(t):
                 p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_mixed_task_batch_is_split_by_task():
+    model = _two_perturbed_tasks()
     model.eval()
     x = torch.rand(6, 1, 16, 16)
     ids = torch.tensor([0, 1, 0, 1, 1, 0])
@@ -176,13 +182,7 @@ def test_mixed_task_batch_is_split_by_task():
 
 
 def test_adapter_round_trip(tmp_path):
-    torch.manual_seed(0)
-    model = _clr_model(SmallCNN((4, 8)))
-    for t in range(2):
-        model.on_task_start(_task(t, [2 * t, 2 * t + 1]))
-        with torch.no_grad():
-            for p in model.task_parameters(t):
-                p.add_(0.1 * torch.randn_like(p))
+    model = _two_perturbed_tasks()
     path = save_task_adapter(model, 1, tmp_path / "task1.safetensors")
     assert path.stat().st_size < 4096
     fresh = copy.deepcopy(model)
