@@ -4,13 +4,16 @@ from clight.data import (
     DatasetList, DatasetSource, Digits, FashionMNIST, PermutedInputs, Replay, SplitClasses, Task,
     TaskSequence, Torchvision,
 )
+from clight.contract import (
+    CausalLanguageModel, ConfigError, DistillableClassifier, GeneralTextData, LabelFreeOutputs, RunContext,
+)
 from clight.evaluation import evaluate_tasks
 from clight.methods import ContinualCallback
 from clight.metrics import (
     average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forward_transfer, summarize,
 )
 from clight.models import MLP, ContinualClassifier, ContinualModule, SmallCNN, TimmBackbone
-from clight.runner import RunResult, SequenceRunner
+from clight.runner import RunnerSettings, RunResult, SequenceRunner
 
 # Method families and language models; imported on first use (transformers and peft are heavy).
 _LAZY = {
@@ -31,10 +34,10 @@ _LAZY = {
     "HFText": "clight.data.text",
     "RottenTomatoes": "clight.data.text",
     "Tweets": "clight.data.text",
-    "WikiExcerpt": "clight.data.general_text",
-    "JsonlGeneral": "clight.data.general_text",
-    "TextFolder": "clight.data.general_text",
-    "HFGeneral": "clight.data.general_text",
+    "WikiExcerpt": "clight.data.text",
+    "JsonlGeneral": "clight.data.text",
+    "TextFolder": "clight.data.text",
+    "HFGeneral": "clight.data.text",
 }
 
 
@@ -48,7 +51,8 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "ContinualCallback", "ContinualClassifier", "ContinualModule", "DatasetList", "DatasetSource",
+    "CausalLanguageModel", "ConfigError", "DistillableClassifier", "GeneralTextData", "LabelFreeOutputs", "RunContext",
+    "RunnerSettings", "MLP", "ContinualCallback", "ContinualClassifier", "ContinualModule", "DatasetList", "DatasetSource",
     "Digits", "FashionMNIST", "PermutedInputs", "Replay", "RunResult", "SequenceRunner", "SmallCNN",
     "SplitClasses", "Task", "TaskSequence", "TimmBackbone", "Torchvision", "average_accuracy",
     "average_incremental_accuracy", "backward_transfer", "evaluate_tasks", "forgetting", "forward_transfer",

@@ -18,7 +18,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_insta
 from clight.data.datamodule import TaskSequence
 from clight.methods.base import ContinualCallback
 from clight.models.module import ContinualModule
-from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, SequenceRunner
+from clight.contract import ConfigError
+from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunnerSettings, SequenceRunner
 
 USAGE = """usage: clight {fit,report} ...
 
@@ -42,10 +43,7 @@ def build_fit_parser() -> ArgumentParser:
     )
     parser.add_argument("--methods", type=list[ContinualCallback], default=[], help="method callbacks, kept for the whole run")
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=set(RESERVED_TRAINER_KEYS))
-    parser.add_class_arguments(
-        SequenceRunner, "runner", instantiate=False,
-        skip={"model", "data", "methods", "trainer", "run_dir", "seed", "resume", "config"},
-    )
+    parser.add_class_arguments(RunnerSettings, "runner", instantiate=False, help="how every task is trained and scored")
     parser.link_arguments("seed_everything", "data.init_args.seed")
     return parser
 
@@ -72,7 +70,7 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
         seed=cfg.seed_everything,
         resume=cfg.resume is not None,
         config=parser.dump(cfg, skip_none=False),
-        **cfg.runner.as_dict(),
+        settings=RunnerSettings(**cfg.runner.as_dict()),
     )
 
 
@@ -123,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
-    except (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, RunFolderError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, RunFolderError, ConfigError) as exc:
         print(f"clight {command}: error: {exc}", file=sys.stderr)
         return 2
 

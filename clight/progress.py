@@ -5,32 +5,49 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from rich.console import Console
-from rich.table import Table
+from clight.distributed import is_rank_zero
+
+
+def quiet_lightning_banners() -> None:
+    """A fresh Trainer per task would repeat Lightning's device banner and tips every task."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # The runner puts the model in train mode before every fit; modules still in eval mode then
+    # are frozen norms kept there on purpose (see ContinualClassifier.train).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class SequenceProgress:
-    """Prints ``Task t/T`` before each fit and the task's accuracy row after it (rank 0 only)."""
+    """Prints a title before each fit and the accuracy row after it (rank 0 only)."""
 
     def __init__(self, data: Any, enabled: bool = True) -> None:
         self.data = data
-        self.enabled = enabled and rank_zero_only.rank == 0
-        self.console = Console(stderr=True)
+        self.enabled = enabled and is_rank_zero()
+        self._console = None
 
-    def start_task(self, t: int, joint: bool = False) -> None:
-        if not self.enabled:
-            return
-        total = self.data.num_tasks
-        title = f"Joint training on all {total} tasks" if joint else f"Task {t + 1}/{total} · {self.data.tasks[t].name}"
-        self.console.rule(f"[bold cyan]{title}")
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
 
-    def end_task(self, t: int, row: list[float], metrics: dict, seconds: float) -> None:
+            self._console = Console(stderr=True)
+        return self._console
+
+    def start(self, title: str) -> None:
+        if self.enabled:
+            self.console.rule(f"[bold cyan]{title}")
+
+    def end(self, t: int, row: list[float], metrics: dict, seconds: float) -> None:
         if not self.enabled:
             return
         if len(row) > 12:  # long sequences: one line per task
             self.console.print(f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s): accuracy on it {100 * row[t]:.1f}%")
             return
+        from rich.table import Table
+
         table = Table(title=f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s)", show_edge=False)
         for j in range(len(row)):
             table.add_column(f"T{j + 1}", justify="right", style="green" if j <= t else "dim")

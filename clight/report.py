@@ -9,9 +9,10 @@ from typing import Union
 import numpy as np
 
 from clight.io import read_json, write_text_atomic
-from clight.metrics import summarize
+from clight.runner.schedule import schedule_from_manifest
 
 MATRIX_FILES = {"correct": "accuracy_matrix.csv", "correct_task_aware": "accuracy_matrix_task_aware.csv"}
+SUMMARY_KEYS = ("average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer", "wall_time_seconds")
 
 
 def _matrix_csv(matrix: np.ndarray, row_label: str = "after_task") -> str:
@@ -34,84 +35,17 @@ def load_run(run_dir: Union[str, Path]) -> dict:
 
 
 def write_report(run_dir: Union[str, Path]) -> dict:
-    """(Re)write the matrix CSVs and the plots; returns the metrics of the main matrix."""
+    """(Re)write the matrix CSVs and the plots; returns the metrics of the run so far."""
     run_dir = Path(run_dir)
     manifest = load_run(run_dir)
+    schedule = schedule_from_manifest(manifest)
     for name, filename in MATRIX_FILES.items():
         if name in manifest["matrices"]:
             write_text_atomic(run_dir / filename, _matrix_csv(np.array(manifest["matrices"][name], dtype=float)))
-    matrix = np.array(manifest["matrices"]["correct"], dtype=float)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    if manifest.get("evaluate") == "current":
-        diagonal = np.diag(matrix)
-        plot_new_task_accuracy(diagonal, plots / "new_task_accuracy.png")
-        return {"average_new_task_accuracy": float(diagonal.mean())}
-    plot_matrix(matrix, plots / "accuracy_matrix.png", joint=manifest.get("baseline") == "joint")
-    if manifest.get("baseline") != "joint":
-        plot_task_curves(matrix, plots / "task_accuracy.png")
-    return summarize(matrix) if manifest.get("baseline") != "joint" else {"average_accuracy": float(np.nanmean(matrix[-1]))}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_matrix(matrix: np.ndarray, path: Path, joint: bool = False) -> None:
-    plt = _pyplot()
-    rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * cols, 1.2 + 0.6 * rows))
-    image = ax.imshow(100 * matrix, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-    for k in range(rows):
-        for j in range(cols):
-            if not math.isnan(matrix[k, j]):
-                ax.text(j, k, f"{100 * matrix[k, j]:.0f}", ha="center", va="center", color="white" if matrix[k, j] < 0.6 else "black", fontsize=8)
-    ax.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
-    ax.set_yticks(range(rows), ["joint"] if joint else [str(k + 1) for k in range(rows)])
-    ax.set_xlabel("evaluated on task")
-    ax.set_ylabel("after training task")
-    ax.set_title("accuracy (%)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_task_curves(matrix: np.ndarray, path: Path) -> None:
-    plt = _pyplot()
-    rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = np.arange(1, rows + 1)
-    for j in range(min(rows, cols)):
-        ax.plot(steps[j:], 100 * matrix[j:, j], marker="o", label=f"task {j + 1}")
-    ax.plot(steps, [100 * np.mean(matrix[k, : k + 1]) for k in range(rows)], "k--", linewidth=2, label="average (AA)")
-    ax.set_xlabel("after training task")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xticks(steps)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_new_task_accuracy(accuracy: np.ndarray, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(np.arange(1, len(accuracy) + 1), 100 * accuracy, marker="." if len(accuracy) > 30 else "o")
-    ax.set_xlabel("task")
-    ax.set_ylabel("accuracy on the task just trained (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    schedule.plot(np.array(manifest["matrices"]["correct"], dtype=float), plots)
+    return schedule.summary(manifest["matrices"], None)
 
 
 def format_report(run_dir: Union[str, Path]) -> "object":
@@ -122,8 +56,9 @@ def format_report(run_dir: Union[str, Path]) -> "object":
 
     run_dir = Path(run_dir)
     manifest = load_run(run_dir)
+    schedule = schedule_from_manifest(manifest)
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)
-    if manifest.get("evaluate") == "current":
+    if not schedule.shows_matrix:
         diagonal = 100 * np.diag(matrix)
         summary = Table(title=f"new-task accuracy (%) of {run_dir}", show_header=False)
         window = max(1, min(10, len(diagonal) // 2))
@@ -136,13 +71,12 @@ def format_report(run_dir: Union[str, Path]) -> "object":
     table.add_column("after task")
     for j in range(matrix.shape[1]):
         table.add_column(str(j + 1), justify="right")
-    for k, row in enumerate(matrix):
-        label = "joint" if manifest.get("baseline") == "joint" else str(k + 1)
+    for label, row in zip(schedule.row_labels(matrix.shape[0]), matrix):
         table.add_row(label, *["-" if math.isnan(v) else f"{100 * v:.1f}" for v in row])
     metrics_path = run_dir / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.exists() else summarize(matrix)
+    metrics = read_json(metrics_path) if metrics_path.exists() else schedule.summary(manifest["matrices"], None)
     summary = Table(title="metrics", show_header=False)
-    for key in ("average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer", "wall_time_seconds"):
+    for key in SUMMARY_KEYS:
         value = metrics.get(key)
         if value is None:
             text = "n/a"

@@ -46,7 +46,7 @@ def test_help_and_print_config():
         (["--trainer.max_epoch=3"], "max_epoch"),  # unknown key on the command line
         (["--config=TMP/unknown.yaml"], "batchsize"),  # unknown key in a YAML file
         (["--data.batch_size=many"], "batch_size"),  # wrong type
-        (["--data.replay.memory=ring"], "replay.memory"),  # bad value
+        (["--data.replay.memory=ring"], "Parser key \"memory\":\n              Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring"),  # bad value: the field and the choices
         (["--data.scenario.init_args.source.class_path=clight.Torchvision", "--data.scenario.init_args.source.init_args.root=/nonexistent",
           "--data.scenario.init_args.source.init_args.download=false"], "Torchvision"),  # missing data
     ],

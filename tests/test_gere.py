@@ -6,14 +6,22 @@ import json
 import pytest
 import torch
 
-from clight.data.general_text import strip_wiki_markup
+from clight.data.text.general_sources import strip_wiki_markup
 from clight.data.text import IGNORE, GeneralSet, TextCollator, TextTaskSequence
 from clight.methods import ContinualCallback
 from clight.methods.general_replay import (
     NEG, NEU, POS, GeneralPerplexity, GeneralReplay, PackedStates, Thresholds, classify, pack, tm_loss, tm_loss_from_masks, unpack,
 )
 from clight.models.causal_lm import ContinualCausalLM
+from clight.contract import RunContext
 from clight.runner import SequenceRunner
+
+
+def prepare(callback, model, data, run_dir):
+    """What the runner does for a method before the first task: setup, then the base reference at fit start."""
+    callback.setup_sequence(model, data, RunContext(run_dir))
+    callback.ensure_reference(model)
+    return callback
 
 
 # -- an independent, entry-by-entry threshold-margin loss --------------------------------------
@@ -138,8 +146,7 @@ def test_last_hidden_state_is_the_final_norm_output(data):
 def test_streamed_thresholds_equal_the_direct_definition(data, tmp_path):
     model = tiny().eval()
     cb = GeneralReplay("tm")
-    cb.run_dir = tmp_path
-    cb.setup_sequence(model, data)
+    prepare(cb, model, data, tmp_path)
     with torch.no_grad():
         all_h = torch.cat([model(b["input_ids"], b["attention_mask"])[1][b["attention_mask"].bool()] for b in data.general_loader(data.general_set, 5)])
     direct = Thresholds.from_hidden(all_h)
@@ -151,8 +158,7 @@ def test_streamed_thresholds_equal_the_direct_definition(data, tmp_path):
 def test_tm_loss_is_zero_on_the_base_model(data, tmp_path):
     model = tiny().eval()
     cb = GeneralReplay("tm")
-    cb.run_dir = tmp_path
-    cb.setup_sequence(model, data)
+    prepare(cb, model, data, tmp_path)
     with torch.no_grad():
         for batch in data.general_loader(data.general_set, cb.batch_size):
             _, outputs = model.task_loss(batch)
@@ -218,8 +224,7 @@ def test_general_mixing_modes(data):
 def test_dynamic_weight_equals_ce_and_fixed_weight_scales(data, tmp_path):
     model = tiny()
     cb = GeneralReplay("tm", weight="dynamic")
-    cb.run_dir = tmp_path
-    cb.setup_sequence(model, data)
+    prepare(cb, model, data, tmp_path)
     with torch.no_grad():
         for p in model.net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -237,8 +242,7 @@ def test_dynamic_weight_equals_ce_and_fixed_weight_scales(data, tmp_path):
 def test_alternatives_are_zero_on_the_base_model(data, tmp_path, loss, lora):
     model = tiny(lora=lora).eval()
     cb = GeneralReplay(loss)
-    cb.run_dir = tmp_path
-    cb.setup_sequence(model, data)
+    prepare(cb, model, data, tmp_path)
     assert cb.base_source == ("adapters_disabled" if lora else "frozen_copy")
     batch = next(b for b in data.train_dataloader() if b["is_general"].any())
     with torch.no_grad():
@@ -249,8 +253,7 @@ def test_alternatives_are_zero_on_the_base_model(data, tmp_path, loss, lora):
 def test_feature_cache_holds_base_hidden_states(data, tmp_path):
     model = tiny().eval()
     cb = GeneralReplay("feature_l2", base_outputs="cache")
-    cb.run_dir = tmp_path
-    cb.setup_sequence(model, data)
+    prepare(cb, model, data, tmp_path)
     assert cb.base_source == "cache" and cb.features.dtype == torch.float16
     batch = next(b for b in data.train_dataloader() if b["is_general"].any())
     with torch.no_grad():
@@ -261,15 +264,13 @@ def test_feature_cache_holds_base_hidden_states(data, tmp_path):
 def test_resume_reuses_the_cached_thresholds_and_states(data, tmp_path):
     model = tiny()
     first = GeneralReplay("tm")
-    first.run_dir = tmp_path
-    first.setup_sequence(model, data)
+    prepare(first, model, data, tmp_path)
     assert not first.loaded_from_cache and (tmp_path / "gere" / "tm_base.safetensors").is_file()
     with torch.no_grad():  # a "trained" model: recomputing would give other thresholds
         for p in model.net.parameters():
             p.mul_(1.5)
     again = GeneralReplay("tm")
-    again.run_dir = tmp_path
-    again.setup_sequence(model, data)
+    prepare(again, model, data, tmp_path)
     assert again.loaded_from_cache
     assert torch.equal(again.thresholds.mu, first.thresholds.mu) and torch.equal(again.thresholds.sd, first.thresholds.sd)
     assert torch.equal(again.states.packed, first.states.packed)
@@ -277,8 +278,7 @@ def test_resume_reuses_the_cached_thresholds_and_states(data, tmp_path):
                              general_samples=5, general_max_length=40, heldout_general=2)
     with pytest.raises(ValueError, match="another general set"):
         stale = GeneralReplay("tm")
-        stale.run_dir = tmp_path
-        stale.setup_sequence(model, other)
+        prepare(stale, model, other, tmp_path)
 
 
 TRAINER = dict(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False, enable_model_summary=False)

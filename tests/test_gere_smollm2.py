@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from clight.contract import RunContext
 from clight.data.text import TextTaskSequence
 from clight.methods.general_replay import GeneralReplay
 from clight.models.causal_lm import ContinualCausalLM
@@ -18,9 +19,9 @@ def test_smollm2_gere_lora_two_steps(tmp_path):
                               optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
     assert model.hidden_size == 576 and model.net.config.num_hidden_layers == 30
     cb = GeneralReplay("tm")
-    cb.run_dir = tmp_path
     model.setup_sequence(data.info)
-    cb.setup_sequence(model, data)
+    cb.setup_sequence(model, data, RunContext(tmp_path))
+    cb.ensure_reference(model)
     assert cb.states.dims == 576 and cb.memory_bytes()["packed_states"] * 16 == cb.memory_bytes()["float32_states"]
     batch = next(iter(data.train_dataloader()))
     with torch.no_grad():

@@ -13,7 +13,9 @@ from torch import nn
 from clight.data.task import SequenceInfo, Task
 from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains
 from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, weight_magnitude
-from clight.methods.plasticity.units import replace_units, shared_generator
+from clight.methods.plasticity.units import replace_units
+from clight.contract import RunContext
+from clight.seeding import seeded_generator
 from clight.models.backbones import MLP, SmallCNN
 from clight.models.classifier import ContinualClassifier
 
@@ -87,7 +89,7 @@ def test_resnet18_chains_skip_residual_layers():
             chain.consumer.weight[:, :3] = 0
         before = model(batch["input"])
         for k, chain in enumerate(chains):
-            replace_units(chain, torch.arange(3), shared_generator(0, k), init="kaiming_normal_fan_out")
+            replace_units(chain, torch.arange(3), seeded_generator(0, k), init="kaiming_normal_fan_out")
         torch.testing.assert_close(model(batch["input"]), before, rtol=0, atol=1e-5)
 
 
@@ -118,7 +120,7 @@ def test_output_unchanged_at_replacement(backbone, mode):
             chain.consumer.weight[:, [0, 2]] = 0
         before = model(batch["input"])
         for k, chain in enumerate(chains):
-            replace_units(chain, torch.tensor([0, 2]), shared_generator(0, k))
+            replace_units(chain, torch.tensor([0, 2]), seeded_generator(0, k))
         after = model(batch["input"])
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
     units = {id(c.unit) for c in chains}
@@ -135,11 +137,11 @@ def test_fresh_weights_follow_the_layers_default_initialiser():
     layer = nn.Linear(400, 3000)
     from clight.methods.plasticity.units import draw_incoming
 
-    w = draw_incoming(layer, 3000, shared_generator(0, 1))
+    w = draw_incoming(layer, 3000, seeded_generator(0, 1))
     bound = 1 / math.sqrt(400)
     assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
     assert abs(w.std().item() - layer.weight.std().item()) < 0.01 * bound
-    assert torch.equal(w, draw_incoming(layer, 3000, shared_generator(0, 1)))
+    assert torch.equal(w, draw_incoming(layer, 3000, seeded_generator(0, 1)))
 
 
 # -- continual backprop: hand-computed utility and counts -----------------------------------
@@ -213,7 +215,7 @@ def test_cbp_variants_and_bias_compensation():
     mean = torch.tensor([2.0, 1.0, 3.0])
     chain = cb.chains[0]
     expected_out = net(x).mean(0)
-    replace_units(chain, torch.tensor([0, 1, 2]), shared_generator(0), None, mean_activation=mean)
+    replace_units(chain, torch.tensor([0, 1, 2]), seeded_generator(0), None, mean_activation=mean)
     torch.testing.assert_close(net(x).mean(0), expected_out)
 
 
@@ -229,7 +231,7 @@ def test_optimizer_state_of_replaced_entries_zero_others_untouched(opt):
     keys = ["exp_avg", "exp_avg_sq"] if opt == "adam" else ["momentum_buffer"]
     before = {id(p): {k: optimizer.state[p][k].clone() for k in keys} for p in net.parameters()}
     chains, _ = find_chains(net, torch.randn(4, 2), forward=lambda m, b: m(b))
-    replace_units(chains[0], torch.tensor([1]), shared_generator(0), optimizer)
+    replace_units(chains[0], torch.tensor([1]), seeded_generator(0), optimizer)
     rows = [0, 2]
     for k in keys:
         for p, dim in ((net[0].weight, 0), (net[0].bias, 0), (net[2].weight, 1)):
@@ -298,7 +300,7 @@ def test_shrink_perturb_boundary_and_step():
     sp.on_task_start(model, TASK0)  # nothing at the first task
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     sp.on_task_start(model, TASK1)
-    fresh = fresh_parameters(model, 5 * 100_003 + 1)
+    fresh = fresh_parameters(model, seeded_generator(5, 1))
     for n, p in model.named_parameters():
         torch.testing.assert_close(p, 0.4 * before[n] + 0.1 * fresh[n])
     assert sp.describe()["only_shrunk"] == []
@@ -333,8 +335,7 @@ def test_monitor_writes_history_and_plot(tmp_path):
         tasks = [Task(0, "t0", DictData(40), None, None, [0, 1, 2, 3])]
 
     mon = PlasticityMonitor(probe_size=32)
-    mon.run_dir = tmp_path
-    mon.setup_sequence(model, DM())
+    mon.setup_sequence(model, DM(), RunContext(tmp_path))
     mon.on_task_end(model, TASK0)
     hist = json.loads((tmp_path / "plasticity.json").read_text())
     assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude", "task"}

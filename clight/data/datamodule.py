@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -50,7 +50,7 @@ class TaskSequence(L.LightningDataModule):
         self.memory: Optional[ReplayMemory] = replay.make_memory(seed) if replay else None
         self._tasks: Optional[list[Task]] = None
         self.current_task = 0
-        self.joint = False
+        self.training_tasks: tuple[int, ...] = (0,)
 
     # -- the sequence -------------------------------------------------------------------------
     @property
@@ -75,15 +75,21 @@ class TaskSequence(L.LightningDataModule):
             input_shape=shape,
         )
 
-    def set_task(self, task: int) -> None:
-        if not 0 <= task < self.num_tasks:
-            raise IndexError(f"task {task} is outside the sequence of {self.num_tasks} tasks")
-        self.current_task = task
-        self.joint = False
+    def set_training_tasks(self, tasks: Sequence[int]) -> None:
+        """Train on ``tasks``: one task (sequential training) or several at once (joint training)."""
+        tasks = tuple(int(t) for t in tasks)
+        if not tasks or any(not 0 <= t < self.num_tasks for t in tasks):
+            raise IndexError(f"tasks {list(tasks)} are outside the sequence of {self.num_tasks} tasks")
+        self.training_tasks = tasks
+        self.current_task = tasks[-1]
 
-    def set_joint(self) -> None:
-        """Train on the union of all tasks at once (the joint-training upper bound)."""
-        self.joint = True
+    def set_task(self, task: int) -> None:
+        self.set_training_tasks([task])
+
+    @property
+    def joint(self) -> bool:
+        """Whether the training stream is several tasks at once."""
+        return len(self.training_tasks) > 1
 
     def on_task_end(self, task: int) -> None:
         """Offer the finished task's training samples to the replay memory."""
@@ -109,7 +115,7 @@ class TaskSequence(L.LightningDataModule):
     def train_dataset(self):
         """The current training stream: current task, then the replay memory's samples."""
         if self.joint:
-            return ConcatViews([t.train for t in self.tasks]), 0
+            return ConcatViews([self.tasks[t].train for t in self.training_tasks]), 0
         current = self.tasks[self.current_task].train
         if self.memory is None or len(self.memory) == 0:
             return current, 0
@@ -150,7 +156,7 @@ class TaskSequence(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.joint:
-            return self._eval_loader(ConcatViews([t.val for t in self.tasks]))
+            return self._eval_loader(ConcatViews([self.tasks[t].val for t in self.training_tasks]))
         return self._eval_loader(self.tasks[self.current_task].val)
 
     def evaluation_loader(self, task: int, split: str = "test") -> DataLoader:
@@ -159,13 +165,14 @@ class TaskSequence(L.LightningDataModule):
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"current_task": self.current_task}
+        state = {"current_task": self.current_task, "training_tasks": list(self.training_tasks)}
         if self.memory is not None:
             state["memory"] = self.memory.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.current_task = int(state.get("current_task", 0))
+        self.training_tasks = tuple(state.get("training_tasks", [self.current_task]))
         if self.memory is not None and "memory" in state:
             self.memory.load_state_dict(state["memory"])
 

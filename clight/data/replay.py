@@ -8,10 +8,11 @@ and the task) and saved in checkpoints as plain tensors.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
+from clight.choices import check_choice
 from clight.seeding import seeded_generator
 
 
@@ -107,6 +108,8 @@ class ClassBalancedMemory(ReplayMemory):
 
 
 MEMORIES = {m.kind: m for m in (ReservoirMemory, ClassBalancedMemory, UnboundedMemory)}
+MemoryKind = Literal["reservoir", "class_balanced", "all"]
+ReplayMode = Literal["mix", "uniform"]
 
 
 @dataclass
@@ -119,16 +122,14 @@ class Replay:
     task and the memory together.
     """
 
-    memory: str = "reservoir"
+    memory: MemoryKind = "reservoir"
     capacity: Optional[int] = 200
     batch_size: int = 32
-    mode: str = "mix"
+    mode: ReplayMode = "mix"
 
     def __post_init__(self) -> None:
-        if self.memory not in MEMORIES:
-            raise ValueError(f"replay.memory must be one of {sorted(MEMORIES)}, got {self.memory!r}")
-        if self.mode not in ("mix", "uniform"):
-            raise ValueError(f"replay.mode must be 'mix' or 'uniform', got {self.mode!r}")
+        check_choice("replay.memory", self.memory, MemoryKind)
+        check_choice("replay.mode", self.mode, ReplayMode)
         if self.batch_size < 1:
             raise ValueError(f"replay.batch_size must be at least 1, got {self.batch_size}")
 

@@ -7,14 +7,19 @@ same seed gets identical tasks.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 
+from clight.choices import check_choice
 from clight.data.sources import Source, SourceData, resolve_source
 from clight.data.task import Task
 from clight.data.views import TaskView, dataset_targets, fetch_pairs
 from clight.seeding import seeded_generator
+
+
+SplitSetting = Literal["class_incremental", "task_incremental"]
+ClassOrder = Literal["sorted", "shuffled"]
 
 
 def split_train_val(indices: torch.Tensor, val_fraction: float, generator: torch.Generator):
@@ -71,11 +76,12 @@ class SplitClasses(Scenario):
         self,
         source: Union[Source, str] = "digits",
         num_tasks: int = 5,
-        setting: str = "class_incremental",
-        class_order: Union[str, list[int]] = "sorted",
+        setting: SplitSetting = "class_incremental",
+        class_order: Union[ClassOrder, list[int]] = "sorted",
     ) -> None:
-        if setting not in ("class_incremental", "task_incremental"):
-            raise ValueError(f"SplitClasses.setting must be class_incremental or task_incremental, got {setting!r}")
+        check_choice("SplitClasses.setting", setting, SplitSetting)
+        if not isinstance(class_order, (list, tuple)):
+            check_choice("SplitClasses.class_order", class_order, ClassOrder)
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
         self.source = resolve_source(source)
@@ -95,9 +101,7 @@ class SplitClasses(Scenario):
             return list(self.class_order)
         if self.class_order == "sorted":
             return list(range(n))
-        if self.class_order == "shuffled":
-            return torch.randperm(n, generator=seeded_generator(seed, 1)).tolist()
-        raise ValueError(f"class_order must be 'sorted', 'shuffled' or a list, got {self.class_order!r}")
+        return torch.randperm(n, generator=seeded_generator(seed, 1)).tolist()
 
     def build(self, seed: int, val_fraction: float) -> list[Task]:
         data = self.source.data()
@@ -176,9 +180,8 @@ def _cap(indices: torch.Tensor, limit: Optional[int], g: torch.Generator) -> tor
 class DatasetList(Scenario):
     """Each source is a task. Class ids are offset so they stay distinct across tasks."""
 
-    def __init__(self, sources: list[Union[Source, str]], setting: str = "task_incremental") -> None:
-        if setting not in ("class_incremental", "task_incremental"):
-            raise ValueError(f"DatasetList.setting must be class_incremental or task_incremental, got {setting!r}")
+    def __init__(self, sources: list[Union[Source, str]], setting: SplitSetting = "task_incremental") -> None:
+        check_choice("DatasetList.setting", setting, SplitSetting)
         if not sources:
             raise ValueError("DatasetList needs at least one source")
         self.sources = [resolve_source(s) for s in sources]

@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch.utils.data import Dataset
 
-SETTINGS = ("task_incremental", "class_incremental", "domain_incremental")
+from clight.choices import Setting, check_choice
 
 
 @dataclass
@@ -31,12 +31,11 @@ class Task:
 class SequenceInfo:
     """What a model must know of the whole sequence before training starts."""
 
-    setting: str
+    setting: Setting
     num_tasks: int
     num_classes: int
     task_classes: list[list[int]]
     input_shape: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
-        if self.setting not in SETTINGS:
-            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+        check_choice("setting", self.setting, Setting)

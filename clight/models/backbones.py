@@ -3,19 +3,17 @@ input batch to ``[B, num_features]``; small ones can size themselves from the in
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
+from clight.choices import check_choice
+
+Activation = Literal["relu", "tanh", "gelu", "leaky_relu"]
+Norm = Literal["none", "batch", "layer"]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
 NORMS = {None: None, "none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
-
-
-def _activation(name: str) -> type[nn.Module]:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
 
 
 class MLP(nn.Module):
@@ -24,16 +22,17 @@ class MLP(nn.Module):
     def __init__(
         self,
         hidden_sizes: Sequence[int] = (256, 256),
-        activation: str = "relu",
-        norm: Optional[str] = None,
+        activation: Activation = "relu",
+        norm: Optional[Norm] = None,
         in_features: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not hidden_sizes or any(h < 1 for h in hidden_sizes):
             raise ValueError(f"MLP.hidden_sizes must be positive integers, got {list(hidden_sizes)}")
-        if norm not in NORMS:
-            raise ValueError(f"MLP.norm must be one of {[k for k in NORMS if k]}, or null; got {norm!r}")
-        self.hidden_sizes, self.activation, self.norm = list(hidden_sizes), _activation(activation), norm
+        check_choice("MLP.activation", activation, Activation)
+        if norm is not None:
+            check_choice("MLP.norm", norm, Norm)
+        self.hidden_sizes, self.activation, self.norm = list(hidden_sizes), ACTIVATIONS[activation], norm
         self.num_features = self.hidden_sizes[-1]
         self.layers = nn.Sequential()
         if in_features is not None:

@@ -12,17 +12,20 @@ Mixed precision comes from the Trainer (``precision: bf16-mixed`` on GPUs that s
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from clight.choices import check_choice
+from clight.data.text.batches import IGNORE
 from clight.models.module import ContinualModule, default_optimizer
 
-IGNORE = -100
-GENERAL_CE = ("equal", "pooled", "none")
+GeneralCE = Literal["equal", "pooled", "none"]
+Evaluation = Literal["likelihood", "generate"]
 TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512)
 
@@ -42,7 +45,7 @@ def load_causal_lm(model: str, tokenizer, dtype: str = "float32", seed: int = 0,
         return tiny_llama(len(tokenizer), seed, **(tiny_config or {})).to(getattr(torch, dtype))
     from transformers import AutoModelForCausalLM
 
-    from clight.models.smollm2 import resolve_pretrained
+    from clight.assets.smollm2 import resolve_pretrained
 
     return AutoModelForCausalLM.from_pretrained(resolve_pretrained(model), dtype=getattr(torch, dtype))
 
@@ -68,8 +71,8 @@ class ContinualCausalLM(ContinualModule):
         tokenizer: Optional[str] = None,
         lora: Optional[dict] = None,
         dtype: str = "float32",
-        general_ce: str = "equal",
-        evaluation: str = "likelihood",
+        general_ce: GeneralCE = "equal",
+        evaluation: Evaluation = "likelihood",
         length_normalize: bool = False,
         tiny_config: Optional[dict] = None,
         seed: int = 0,
@@ -78,11 +81,9 @@ class ContinualCausalLM(ContinualModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        if general_ce not in GENERAL_CE:
-            raise ValueError(f"general_ce must be one of {GENERAL_CE}, got {general_ce!r}")
-        if evaluation not in ("likelihood", "generate"):
-            raise ValueError(f"evaluation must be 'likelihood' or 'generate', got {evaluation!r}")
-        from clight.data.text import load_tokenizer
+        check_choice("ContinualCausalLM.general_ce", general_ce, GeneralCE)
+        check_choice("ContinualCausalLM.evaluation", evaluation, Evaluation)
+        from clight.assets.tokenizers import load_tokenizer
 
         self.model_name = model
         self.tokenizer = load_tokenizer(tokenizer or ("char" if model == "tiny" else model))
@@ -117,12 +118,39 @@ class ContinualCausalLM(ContinualModule):
         out = self.net(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
         return out.logits, out.hidden_states[-1]
 
+    @property
+    def has_adapters(self) -> bool:
+        """Whether the base model's outputs come from disabling adapters (LoRA), without a copy."""
+        return bool(self.lora_config)
+
     def base_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The base model's outputs: LoRA adapters disabled (no copy needed); None for full fine-tuning."""
-        if not self.lora_config:
+        if not self.has_adapters:
             return None
         with torch.no_grad(), self.net.disable_adapter():
             return self.forward(input_ids, attention_mask)
+
+    def frozen_network(self) -> torch.nn.Module:
+        """A frozen copy of the network as it is now, in eval mode (base outputs under full fine-tuning)."""
+        return copy.deepcopy(self.net).eval().requires_grad_(False)
+
+    # -- what methods may call --------------------------------------------------------------------
+    def model_input(self, batch: dict) -> dict:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def features(self, x: dict, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean of the last hidden states over each sample's real tokens ``[B, d]``."""
+        _, hidden = self(x["input_ids"], x["attention_mask"])
+        mask = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+    def output_logits(self, batch: dict) -> torch.Tensor:
+        """Next-token logits ``[B, vocab]`` at each sample's answer position: where the first
+        answer token is predicted (the last prompt token), found from ``labels``."""
+        logits, _ = self(batch["input_ids"], batch["attention_mask"])
+        answer = batch["labels"] != IGNORE
+        first = torch.where(answer.any(1), answer.float().argmax(1), batch["attention_mask"].sum(1)).clamp_min(1) - 1
+        return logits[torch.arange(len(logits), device=logits.device), first]
 
     # -- loss -----------------------------------------------------------------------------------
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -13,6 +13,13 @@ from torch.nn.modules.batchnorm import _NormBase
 from clight.data.task import SequenceInfo, Task
 from clight.models.backbones import MLP
 from clight.models.module import ContinualModule, default_optimizer
+
+
+@runtime_checkable
+class SizesItself(Protocol):
+    """A backbone that builds its layers once it knows the input shape (``MLP``, ``SmallCNN``)."""
+
+    def adapt_to(self, input_shape: Sequence[int]) -> None: ...
 
 
 class ContinualClassifier(ContinualModule):
@@ -50,7 +57,7 @@ class ContinualClassifier(ContinualModule):
 
     def setup_sequence(self, info: SequenceInfo) -> None:
         super().setup_sequence(info)
-        if hasattr(self.backbone, "adapt_to") and info.input_shape is not None:
+        if isinstance(self.backbone, SizesItself) and info.input_shape is not None:
             self.backbone.adapt_to(info.input_shape)
         self.seen_mask = torch.zeros(info.num_classes, dtype=torch.bool, device=self.seen_mask.device)
         local = torch.zeros(info.num_classes, dtype=torch.long)
@@ -84,13 +91,14 @@ class ContinualClassifier(ContinualModule):
         """A task-incremental model has no head for a task it has not started."""
         return not self.multi_head or str(task_id) in self.heads
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The backbone's output (shared by all tasks here; CLR routes through task ``task_id``)."""
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Class-incremental: masked logits over all classes. Task-incremental: each sample's
         logits from its own task's head (``task_id`` required), padded with -inf to equal width."""
-        return self.logits(self.features(x), task_id)
+        return self.logits(self.features(x, task_id), task_id)
 
     def logits(self, features: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.multi_head:
@@ -98,26 +106,40 @@ class ContinualClassifier(ContinualModule):
             return out.masked_fill(~self.seen_mask, float("-inf"))
         if task_id is None:
             raise ValueError("a task-incremental model needs the task id of every sample")
-        width = max(self.heads[str(t)].out_features for t in task_id.unique().tolist())
-        out = features.new_full((len(features), width), float("-inf"))
-        for t in task_id.unique().tolist():
-            rows = task_id == t
-            head_out = self.heads[str(t)](features[rows])
-            out[rows, : head_out.shape[1]] = head_out
-        return out
+        # every head on every sample, then each sample's own row: no data-dependent branching,
+        # so the same code runs batched under torch.func (EWC's per-sample gradients)
+        width = max(head.out_features for head in self.heads.values())
+        stacked = torch.stack([
+            F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in self.heads.values()
+        ])
+        return stacked[self._head_position(task_id), torch.arange(len(features), device=features.device)]
+
+    def _head_position(self, task_id: torch.Tensor) -> torch.Tensor:
+        keys = [int(k) for k in self.heads.keys()]
+        lookup = torch.full((max(keys) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(keys)] = torch.arange(len(keys))
+        return lookup.to(task_id.device)[task_id]
+
+    def distillation_logits(self, features: torch.Tensor, tasks: Sequence[int]) -> list[torch.Tensor]:
+        """Raw logits of ``tasks`` grouped as the heads group them: one tensor per task head
+        (task-incremental), or one tensor over all those tasks' classes (single head)."""
+        if self.multi_head:
+            return [self.heads[str(t)](features) for t in tasks]
+        classes = sorted({c for t in tasks for c in self.sequence.task_classes[t]})
+        return [self.heads["all"](features)[:, torch.tensor(classes, device=features.device)]]
 
     def _targets(self, batch: dict) -> torch.Tensor:
         return self.local_index[batch["target"]] if self.multi_head else batch["target"]
 
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        features = self.features(batch["input"])
+        features = self.features(batch["input"], batch["task_id"])
         logits = self.logits(features, batch["task_id"])
         loss = F.cross_entropy(logits, self._targets(batch))
         return loss, {"features": features, "logits": logits}
 
     @torch.no_grad()
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
-        features = self.features(batch["input"])
+        features = self.features(batch["input"], batch["task_id"])
         logits = self.logits(features, batch["task_id"])
         correct = (logits.argmax(1) == self._targets(batch)).sum()
         counts = {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}

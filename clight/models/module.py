@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import copy
+from typing import Any, Callable, ClassVar, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.aggregation import MeanMetric
 
+from clight.choices import SETTINGS
+from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
 
 LossTerm = Callable[["ContinualModule", dict, dict], torch.Tensor]
@@ -24,12 +28,28 @@ class NonFiniteLossError(FloatingPointError):
 class ContinualModule(L.LightningModule):
     """Owns the network and the loss; knows which task it is on.
 
-    Subclasses implement ``task_loss(batch) -> (loss, outputs)`` and
-    ``evaluation_counts(batch) -> {name: summed count}``. Methods add named loss terms with
-    ``add_loss_term``; each is logged as ``train/<name>`` beside ``train/task_loss`` and
-    ``train/loss`` (``train/task_loss`` only when there are terms). ``on_task_start`` / ``on_task_end`` run between fits (never inside one),
-    so the set of trainable parameters is fixed for the whole of every fit.
+    What every model offers (``docs/contract.md``):
+
+    - ``task_loss(batch) -> (loss, outputs)``; ``outputs`` holds at least ``logits`` (and a
+      classifier's ``features``), which loss terms may reuse;
+    - ``evaluation_counts(batch) -> {name: summed count}``, with ``correct`` and ``total``;
+    - ``features(x, task_id=None)``: the representation the heads read (``x`` is what
+      ``model_input(batch)`` returns), through task ``task_id``'s parameters where a model keeps
+      parameters per task;
+    - ``output_logits(batch)``: per-sample output logits without labels;
+    - ``can_evaluate(task_id)``: whether the model can score a task yet;
+    - ``frozen_copy()``: an independent copy with nothing trainable, in eval mode;
+    - ``settings``: the scenarios the model supports, checked before anything runs.
+
+    Methods add named loss terms with ``add_loss_term``; each is logged as ``train/<name>``
+    beside ``train/task_loss`` and ``train/loss`` (``train/task_loss`` only when there are
+    terms). ``on_task_start`` / ``on_task_end`` run between fits (never inside one), so the set
+    of trainable parameters is fixed for the whole of every fit.
     """
+
+    settings: ClassVar[tuple[str, ...]] = SETTINGS
+    #: why the model supports only ``settings`` (shown when a sequence does not match)
+    settings_reason: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -42,10 +62,21 @@ class ContinualModule(L.LightningModule):
         self.loss_terms: dict[str, LossTerm] = {}
         self.current_task = 0
         self.sequence: Optional[SequenceInfo] = None
+        # correct / total summed over every rank before dividing (exact under DDP)
+        self.val_accuracy = MeanMetric()
 
     # -- sequence hooks -----------------------------------------------------------------------
+    def check_compatible(self, info: SequenceInfo) -> None:
+        """Raise ``ConfigError`` when this model cannot run the sequence ``info`` describes."""
+        if info.setting not in self.settings:
+            raise ConfigError(
+                f"{type(self).__name__} supports {list(self.settings)} sequences{self.settings_reason}; the data module "
+                f"builds a {info.setting!r} one. Use a scenario with setting: {self.settings[0]}, or another model."
+            )
+
     def setup_sequence(self, info: SequenceInfo) -> None:
         """Called once before the first task with what the data module knows of the sequence."""
+        self.check_compatible(info)
         self.sequence = info
 
     def on_task_start(self, task: Task) -> None:
@@ -59,13 +90,38 @@ class ContinualModule(L.LightningModule):
             raise ValueError(f"loss term name {name!r} is reserved")
         self.loss_terms[name] = term
 
-    # -- training -----------------------------------------------------------------------------
+    # -- what methods may call ------------------------------------------------------------------
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:  # pragma: no cover - interface
         raise NotImplementedError
 
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def model_input(self, batch: dict) -> Any:
+        """The part of a batch that ``features`` takes."""
+        return batch["input"]
+
+    def features(self, x: Any, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__} does not expose features")
+
+    def output_logits(self, batch: dict) -> torch.Tensor:
+        """Per-sample output logits ``[B, C]``, no labels needed (default: ``task_loss``'s logits)."""
+        return self.task_loss(batch)[1]["logits"]
+
+    def can_evaluate(self, task_id: int) -> bool:
+        return True
+
+    def frozen_copy(self) -> "ContinualModule":
+        """A deep copy with no gradients, in eval mode, detached from the Trainer and from the
+        loss terms (which belong to the methods that added them)."""
+        memo: dict[int, Any] = {id(self.loss_terms): {}}
+        if self._trainer is not None:
+            memo[id(self._trainer)] = None
+        copied = copy.deepcopy(self, memo)
+        copied.requires_grad_(False)
+        return copied.eval()
+
+    # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, outputs = self.task_loss(batch)
         batch_size = len(next(iter(batch.values())))
@@ -86,8 +142,10 @@ class ContinualModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         counts = self.evaluation_counts(batch)
-        total = counts["total"].float().clamp_min(1)
-        self.log("val/acc", counts["correct"].float() / total, batch_size=int(counts["total"]), prog_bar=True, sync_dist=True)
+        total = counts["total"].float()
+        if total > 0:
+            self.val_accuracy.update(counts["correct"].float() / total, weight=total)
+        self.log("val/acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

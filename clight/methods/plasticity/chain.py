@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from clight.models.module import ContinualModule
+
 UNIT_LAYERS = (nn.Linear, nn.Conv2d)
 PER_UNIT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 NORMS = PER_UNIT_NORMS + (nn.LayerNorm,)
@@ -97,7 +99,7 @@ class ChainError(ValueError):
 
 def default_forward(module: nn.Module, batch: Any) -> Any:
     """What discovery runs: ``task_loss`` for clight modules, else ``module(batch['input'])``."""
-    if hasattr(module, "task_loss") and isinstance(batch, dict):
+    if isinstance(module, ContinualModule) and isinstance(batch, dict):
         loss, outputs = module.task_loss(batch)
         return (loss, outputs.get("logits")) if isinstance(outputs, dict) else loss
     if isinstance(batch, dict):

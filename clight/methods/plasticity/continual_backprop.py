@@ -25,6 +25,7 @@ class ContinualBackprop(UnitCallback):
     into the consumer's bias before zeroing).
     """
 
+    seed_salt = 71
     log_prefix = "cbp"
     cpu_keys = ("age", "accumulator")
 
@@ -40,7 +41,7 @@ class ContinualBackprop(UnitCallback):
         chains: Optional[Sequence[dict]] = None,
         exclude: Sequence[str] = (),
         init: str = "default",
-        seed: int = 0,
+        seed: Optional[int] = None,
         verify_chains: bool = True,
         forward: ForwardFn = default_forward,
     ) -> None:

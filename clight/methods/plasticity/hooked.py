@@ -3,14 +3,16 @@ statistics reduced across ranks once per optimizer step, and checkpointable per-
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
+from clight.contract import RunContext
 from clight.methods.base import ContinualCallback
 from clight.methods.plasticity.chain import Chain, ForwardFn, default_forward, find_chains
 from clight.methods.plasticity.optim_state import optimizer_of
-from clight.methods.plasticity.units import check_init, replace_units, shared_generator
+from clight.methods.plasticity.units import check_init, replace_units
+from clight.seeding import seeded_generator
 
 
 class UnitCallback(ContinualCallback):
@@ -21,8 +23,12 @@ class UnitCallback(ContinualCallback):
 
     ``layers``: only these unit layers (names as in ``named_modules()`` of the LightningModule);
     ``chains``: explicit ``[{"unit", "norm", "consumer"}]`` for irregular models; ``exclude``:
-    layers to leave alone; ``forward``: how discovery runs the model on a batch.
+    layers to leave alone; ``forward``: how discovery runs the model on a batch; ``seed``:
+    of the fresh weights (default: derived from the run's seed, identical on every rank).
     """
+
+    #: distinguishes this method's random stream from other methods' in the same run
+    seed_salt: ClassVar[int] = 70
 
     #: per-layer state kept on the CPU (bookkeeping that must not force a device sync every step)
     cpu_keys: tuple[str, ...] = ()
@@ -35,7 +41,7 @@ class UnitCallback(ContinualCallback):
         chains: Optional[Sequence[dict]] = None,
         exclude: Sequence[str] = (),
         init: str = "default",
-        seed: int = 0,
+        seed: Optional[int] = None,
         verify_chains: bool = True,
         forward: ForwardFn = default_forward,
     ) -> None:
@@ -44,7 +50,8 @@ class UnitCallback(ContinualCallback):
         self.declared = [dict(c) for c in chains] if chains else None
         self.exclude = list(exclude)
         self.init = check_init(init)
-        self.seed = int(seed)
+        self.seed_option = seed
+        self.seed = int(seed) if seed is not None else 0
         self.verify_chains = verify_chains
         self.forward = forward
         self.chains: Optional[list[Chain]] = None
@@ -57,6 +64,10 @@ class UnitCallback(ContinualCallback):
         self._micro: dict[str, int] = {}
         self._last_global_step = 0
         self._in_step = False
+
+    def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
+        if self.seed_option is None:
+            self.seed = context.seed_for(self.seed_salt)
 
     # -- per-layer state ----------------------------------------------------------------------
     def new_layer_state(self, chain: Chain, device: torch.device) -> dict[str, torch.Tensor]:
@@ -188,7 +199,7 @@ class UnitCallback(ContinualCallback):
     # -- replacement ----------------------------------------------------------------------------
     def replace(self, chain: Chain, k: int, index: torch.Tensor, optimizer, mean_activation=None) -> None:
         index = index.sort().values
-        generator = shared_generator(self.seed, self.step_count, k)
+        generator = seeded_generator(self.seed, self.step_count, k)
         replace_units(chain, index, generator, optimizer, self.init, mean_activation)
         self.replaced[chain.unit_name] = self.replaced.get(chain.unit_name, 0) + int(index.numel())
 
@@ -213,7 +224,7 @@ class UnitCallback(ContinualCallback):
         info.update(
             {
                 "init": self.init,
-                "seed": self.seed,
+                "seed": self.seed if self.seed_option is not None else f"{self.seed} (derived from the run's seed)",
                 "layers": [c.describe() for c in self.chains] if self.chains else self.layers,
                 "declared_chains": self.declared,
                 "skipped_layers": dict(self.skipped),

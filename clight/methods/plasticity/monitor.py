@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 
+from clight.choices import check_choice
+from clight.contract import RunContext
+from clight.distributed import is_rank_zero
 from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
 from clight.methods.plasticity.chain import ForwardFn, default_forward, find_chains
@@ -20,8 +22,9 @@ from clight.methods.plasticity.statistics import (
     redo_dormant_fraction,
     weight_magnitude,
 )
+from clight.models.module import ContinualModule
 
-PROBES = ("current", "first")
+Probe = Literal["current", "first"]
 
 
 def probe_batch(datamodule: Any, task: int, size: int) -> dict:
@@ -49,8 +52,8 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     module.eval()
     try:
         forward(module, batch)
-        if hasattr(module, "features") and isinstance(batch, dict):
-            penultimate = module.features(batch["input"])
+        if isinstance(module, ContinualModule) and isinstance(batch, dict):
+            penultimate = module.features(module.model_input(batch), batch.get("task_id"))
         else:
             penultimate = captured[chains[-1].unit_name]
     finally:
@@ -80,23 +83,22 @@ class PlasticityMonitor(ContinualCallback):
     trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
     ``run_dir/plasticity.json`` and plotted to ``run_dir/plots/plasticity.png``."""
 
-    def __init__(self, probe_size: int = 2000, probe: str = "current", tau: float = 0.025, plot: bool = True, forward: ForwardFn = default_forward) -> None:
+    def __init__(self, probe_size: int = 2000, probe: Probe = "current", tau: float = 0.025, plot: bool = True, forward: ForwardFn = default_forward) -> None:
         super().__init__()
-        if probe not in PROBES:
-            raise ValueError(f"PlasticityMonitor.probe must be one of {PROBES}, got {probe!r}")
+        check_choice("PlasticityMonitor.probe", probe, Probe)
         if probe_size < 1:
             raise ValueError(f"PlasticityMonitor.probe_size must be positive, got {probe_size}")
         self.probe_size, self.probe, self.tau, self.plot, self.forward = probe_size, probe, tau, plot, forward
         self.history: list[dict] = []
         self.datamodule = None
-        self.run_dir: Optional[Path] = getattr(self, "run_dir", None)
+        self.run_dir: Optional[Path] = None
 
-    def setup_sequence(self, module: Any, datamodule: Any) -> None:
-        self.datamodule = datamodule
+    def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
+        self.datamodule, self.run_dir = datamodule, context.run_dir
 
     def on_task_end(self, module: Any, task) -> None:
         if self.datamodule is None:
-            raise RuntimeError("PlasticityMonitor needs setup_sequence(module, datamodule) before the first task")
+            raise RuntimeError("PlasticityMonitor needs setup_sequence(module, datamodule, context) before the first task")
         device = next(module.parameters()).device
         batch = _to(probe_batch(self.datamodule, 0 if self.probe == "first" else task.index, self.probe_size), device)
         stats = measure(module, batch, self.forward, self.tau)
@@ -105,7 +107,7 @@ class PlasticityMonitor(ContinualCallback):
         self.write()
 
     def write(self) -> None:
-        if self.run_dir is None or rank_zero_only.rank != 0:
+        if self.run_dir is None or not is_rank_zero():
             return
         run_dir = Path(self.run_dir)
         write_json_atomic(run_dir / "plasticity.json", self.history)

@@ -25,6 +25,7 @@ class ReDo(UnitCallback):
     the step at which it acts (averaged over ranks), which needs no extra forward pass.
     """
 
+    seed_salt = 72
     log_prefix = "redo"
     hook_stats = ("abs",)
 
@@ -36,7 +37,7 @@ class ReDo(UnitCallback):
         chains: Optional[Sequence[dict]] = None,
         exclude: Sequence[str] = (),
         init: str = "default",
-        seed: int = 0,
+        seed: Optional[int] = None,
         verify_chains: bool = True,
         forward: ForwardFn = default_forward,
     ) -> None:

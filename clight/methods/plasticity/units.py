@@ -91,11 +91,3 @@ def replace_units(
         if getattr(norm, "running_mean", None) is not None:
             norm.running_mean[idx] = 0
             norm.running_var[idx] = 1
-
-
-def shared_generator(seed: int, *salt: int) -> torch.Generator:
-    """A CPU generator seeded from the run seed and a counter: identical on every rank."""
-    value = seed
-    for s in salt:
-        value = (value * 1_000_003 + int(s)) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)

@@ -8,7 +8,6 @@ from typing import Optional, Sequence, Union
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch.nn import functional as F
 
 from clight.data.task import SequenceInfo, Task
 from clight.methods.reprogramming import injection as clr_inject
@@ -42,6 +41,9 @@ class CLRClassifier(ContinualClassifier):
     cross-entropy + ``norm_penalty`` * sum of the L2 norms of the trainable tensors, logged
     as ``train/clr_norm``. After task t, nothing of task t changes again: BWT is exactly 0.
     """
+
+    settings = ("task_incremental",)
+    settings_reason = " (CLR: each task has its own reprogramming and head, chosen by the task id at test time)"
 
     def __init__(
         self,
@@ -82,11 +84,6 @@ class CLRClassifier(ContinualClassifier):
         )
 
     def setup_sequence(self, info: SequenceInfo) -> None:
-        if info.setting != "task_incremental":
-            raise ValueError(
-                f"CLR is a task-incremental method (each task has its own reprogramming and head, chosen by the task id "
-                f"at test time); the sequence is {info.setting!r}. Use a scenario with setting: task_incremental."
-            )
         super().setup_sequence(info)
         self._inject_if_built()
         if not self.injected:
@@ -143,9 +140,11 @@ class CLRClassifier(ContinualClassifier):
             p.requires_grad_(False)
 
     # -- forward -------------------------------------------------------------------------------
-    def features_for(self, x: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Features of every sample through its own task's set; a mixed batch is split by task
         (in training mode each part then has its own batch-norm statistics)."""
+        if task_id is None:
+            raise ValueError("CLRClassifier needs the task id of every sample (task_id=[B] tensor)")
         ids = task_id.unique().tolist()
         if len(ids) == 1:
             self.select_task(ids[0])
@@ -159,23 +158,6 @@ class CLRClassifier(ContinualClassifier):
                 features = part.new_empty((len(x),) + tuple(part.shape[1:]))
             features[rows] = part
         return features
-
-    def forward(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if task_id is None:
-            raise ValueError("CLRClassifier needs the task id of every sample (task_id=[B] tensor)")
-        return self.logits(self.features_for(x, task_id), task_id)
-
-    def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        features = self.features_for(batch["input"], batch["task_id"])
-        logits = self.logits(features, batch["task_id"])
-        loss = F.cross_entropy(logits, self._targets(batch))
-        return loss, {"features": features, "logits": logits}
-
-    @torch.no_grad()
-    def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self.forward(batch["input"], batch["task_id"])
-        correct = (logits.argmax(1) == self._targets(batch)).sum()
-        return {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def parameter_budget(self, task: TaskRef) -> dict[str, float]:

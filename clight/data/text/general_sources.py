@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from clight.packaged import package_file
+from clight.assets.packaged import package_file
 
 
 class GeneralSource:

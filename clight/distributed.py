@@ -1,0 +1,45 @@
+"""Which process this is, and how processes agree: one place for rank questions."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def _group_up() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def global_rank() -> int:
+    """This process's rank: the process group's when one is up, else what the launcher set in
+    the environment (Lightning reads RANK / LOCAL_RANK / SLURM_PROCID at import)."""
+    if _group_up():
+        return torch.distributed.get_rank()
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _group_up() else 1
+
+
+def is_rank_zero() -> bool:
+    return global_rank() == 0
+
+
+def broadcast_from_rank_zero(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (a no-op in a single process)."""
+    if not _group_up() or torch.distributed.get_world_size() == 1:
+        return obj
+    holder: list[Any] = [obj]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    if _group_up():
+        torch.distributed.barrier()

@@ -1,0 +1,70 @@
+"""Elastic weight consolidation (Kirkpatrick et al., 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from clight.choices import check_choice
+from clight.contract import RunContext
+from clight.data.task import Task
+from clight.methods.base import ContinualCallback
+from clight.methods.regularization.fisher import diagonal_fisher
+
+EWCMode = Literal["online", "separate"]
+
+
+class EWC(ContinualCallback):
+    """Elastic weight consolidation with a diagonal empirical Fisher.
+
+    After each task: ``F_t[i] = mean over samples of (d loss / d theta_i)^2`` over the first
+    ``fisher_samples`` training samples of the task (per-sample gradients of the module's own
+    task loss). ``mode="online"`` (default) keeps ``F = gamma * F + F_t`` and one anchor (the
+    weights after the last task), as online EWC does; ``mode="separate"`` keeps one anchor and
+    Fisher per task as the original paper does (memory grows with the tasks).
+    Penalty: ``lambda_ / 2 * sum_i F[i] (theta_i - anchor_i)^2``.
+    """
+
+    def __init__(self, lambda_: float = 100.0, fisher_samples: int = 200, mode: EWCMode = "online", gamma: float = 1.0) -> None:
+        check_choice("EWC.mode", mode, EWCMode)
+        if lambda_ < 0 or fisher_samples < 1:
+            raise ValueError(f"EWC needs lambda_ >= 0 and fisher_samples >= 1, got {lambda_}, {fisher_samples}")
+        self.lambda_, self.fisher_samples, self.mode, self.gamma = lambda_, fisher_samples, mode, gamma
+        self.anchors: list[dict[str, torch.Tensor]] = []
+        self.fishers: list[dict[str, torch.Tensor]] = []
+        self.fisher_path = "not computed yet"
+
+    def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
+        module.add_loss_term("ewc", self.penalty)
+
+    def penalty(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
+        params = dict(module.named_parameters())
+        total = next(iter(params.values())).new_zeros(())
+        for anchor, fisher in zip(self.anchors, self.fishers):
+            for name, f in fisher.items():
+                if name in params and params[name].requires_grad:
+                    diff = params[name] - anchor[name].to(params[name].device)
+                    total = total + (f.to(diff.device) * diff.pow(2)).sum()
+        return 0.5 * self.lambda_ * total
+
+    def on_task_end(self, module: Any, task: Task) -> None:
+        fisher, self.fisher_path = diagonal_fisher(module, task.train, self.fisher_samples)
+        anchor = {k: v.detach().clone() for k, v in module.named_parameters() if k in fisher}
+        if self.mode == "online" and self.fishers:
+            previous = self.fishers[0]
+            fisher = {k: self.gamma * previous.get(k, torch.zeros_like(v)) + v for k, v in fisher.items()}
+            self.anchors, self.fishers = [anchor], [fisher]
+        else:
+            self.anchors.append(anchor)
+            self.fishers.append(fisher)
+
+    def describe(self) -> dict:
+        return {"class": "EWC", "lambda": self.lambda_, "fisher_samples": self.fisher_samples, "mode": self.mode, "gamma": self.gamma,
+                "fisher": f"diagonal empirical Fisher, {self.fisher_path}"}
+
+    def state_dict(self) -> dict:
+        return {"anchors": self.anchors, "fishers": self.fishers}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.anchors, self.fishers = list(state["anchors"]), list(state["fishers"])
