@@ -12,7 +12,7 @@ from torch import nn
 
 from clight.data.task import SequenceInfo, Task
 from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains
-from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, weight_magnitude
+from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, stable_rank, weight_magnitude
 from clight.methods.plasticity.units import replace_units, shared_generator
 from clight.models.backbones import MLP, SmallCNN
 from clight.models.classifier import ContinualClassifier
@@ -325,6 +325,19 @@ def test_statistics_by_hand():
     assert weight_magnitude(net) == pytest.approx(2.5)
 
 
+def test_stable_rank_of_known_singular_values():
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(8, 6, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    sigma = torch.tensor([50.0, 30.0, 15.0, 4.5, 0.3, 0.2], dtype=torch.float64)  # sum 100
+    m = u @ torch.diag(sigma) @ v.T
+    # cumulative shares 0.50, 0.80, 0.95, 0.995, 0.998, 1.0
+    assert stable_rank(m) == 4  # delta 0.01: the first share >= 0.99 is 0.995
+    assert stable_rank(m, delta=0.1) == 3 and stable_rank(m, delta=0.3) == 2 and stable_rank(m, delta=0.0) == 6
+    assert stable_rank(m.float().view(8, 6, 1, 1)) == 4  # a conv map: averaged over (here one) position
+    assert stable_rank(torch.zeros(4, 3)) == 0
+
+
 def test_monitor_writes_history_and_plot(tmp_path):
     model = make_model(MLP([8, 8]))
 
@@ -337,8 +350,8 @@ def test_monitor_writes_history_and_plot(tmp_path):
     mon.setup_sequence(model, DM())
     mon.on_task_end(model, TASK0)
     hist = json.loads((tmp_path / "plasticity.json").read_text())
-    assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude", "task"}
-    assert 1 <= hist[0]["effective_rank"] <= 8
+    assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "stable_rank", "weight_magnitude", "task"}
+    assert 1 <= hist[0]["effective_rank"] <= 8 and 1 <= hist[0]["stable_rank"] <= 8
     assert (tmp_path / "plots" / "plasticity.png").stat().st_size > 0
 
 
