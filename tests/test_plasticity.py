@@ -16,6 +16,7 @@ from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction
 from clight.methods.plasticity.units import replace_units, shared_generator
 from clight.models.backbones import MLP, SmallCNN
 from clight.models.classifier import ContinualClassifier
+from clight.optim import AdamPerEntryStep
 
 INFO = SequenceInfo(setting="domain_incremental", num_tasks=2, num_classes=4, task_classes=[[0, 1, 2, 3]] * 2, input_shape=(1, 6, 6))
 TASK0 = Task(0, "t0", None, None, None, [0, 1, 2, 3])
@@ -253,6 +254,26 @@ def test_cbp_in_trainer_replaces_and_checkpoints(tmp_path):
     cb2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     assert cb2.replaced == cb.replaced and torch.equal(cb2.unit_state["backbone.layers.0"]["age"], cb.unit_state["backbone.layers.0"]["age"])
     assert [l["unit"] for l in cb.describe()["layers"]] == ["backbone.layers.0", "backbone.layers.2"]
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, kind",
+    [
+        (lambda p: torch.optim.Adam(p, lr=1e-2), "per_tensor"),
+        (lambda p: AdamPerEntryStep(p, lr=1e-2), "per_entry"),
+        (lambda p: torch.optim.SGD(p, lr=1e-2), "none"),
+    ],
+)
+def test_cbp_records_how_the_optimizer_counted_steps(make_optimizer, kind):
+    model = make_model(MLP([16, 16]), optimizer=make_optimizer)
+    cb = ContinualBackprop(replacement_rate=0.05, maturity_threshold=2)
+    assert cb.describe()["optimizer_step_count"] == "no replacement with an optimizer yet"
+    trainer(cb, max_epochs=2).fit(model, loader())
+    assert sum(cb.replaced.values()) > 0
+    assert list(cb.describe()["optimizer_step_count"]) == [kind]
+    restored = ContinualBackprop()
+    restored.load_state_dict(cb.state_dict())
+    assert restored.optimizer_step_counts == {kind}
 
 
 def test_resume_reproduces_replacements(tmp_path):
