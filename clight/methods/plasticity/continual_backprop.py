@@ -25,9 +25,7 @@ class ContinualBackprop(UnitCallback):
     (rank by ``u / (1 - decay**age)``), ``bias_compensation=True`` (move ``w_out[:, i] * mean_h_i``
     into the consumer's bias before zeroing).
 
-    Zeroing the outgoing weights removes the unit's contribution: the output is unchanged when
-    the unit was dead (it output 0), and moves by that contribution otherwise (bias compensation
-    keeps its batch mean). The released code trains with a per-entry-step Adam, which
+    The released code trains with a per-entry-step Adam, which
     ``clight.optim.AdamPerEntryStep`` provides; ``describe()`` records which step counting ran
     at the replacements (``optimizer_step_count``).
     """

@@ -46,7 +46,10 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     hidden layer's consumer)."""
     chains, _ = find_chains(module, batch, forward, verify=False)
     captured: dict[str, torch.Tensor] = {}
-    handles = [c.consumer.register_forward_pre_hook(lambda m, a, n=c.unit_name: captured.__setitem__(n, a[0].detach())) for c in chains]
+    handles = [
+        c.consumer.register_forward_pre_hook(lambda m, a, c=c: captured.__setitem__(c.unit_name, c.unit_activations(a[0].detach())))
+        for c in chains
+    ]
     flags = {n: m.training for n, m in module.named_modules()}
     module.eval()
     try:
