@@ -1,20 +1,22 @@
 """Finding the layer chains whose units can be replaced: unit layer -> [norm] -> ... -> consumer.
 
 A *unit* is one output feature of a ``Linear`` or one output channel of a ``Conv2d``. To replace
-a unit without changing what the network computes, clight needs three things: the layer that
-produces it (incoming weights), the norm layer right after it (whose per-unit entries must be
-reset), and the single layer that consumes it (whose outgoing weights are zeroed).
+a unit, clight needs three things: the layer that produces it (incoming weights), the norm layer
+right after it (whose per-unit entries must be reset), and the single layer that consumes it
+(whose outgoing weights are zeroed, which removes the unit from the function: a dead unit's
+removal leaves the output unchanged, a live unit's moves it by the unit's contribution).
 
 Discovery records one forward pass with hooks on every leaf module, following each unit layer's
 output tensor through per-unit pass-through modules (a norm, activations, dropout, pooling) to
 the one ``Linear``/``Conv2d`` that takes it as input. A conv map may reach a ``Linear`` through
 an ``nn.Flatten`` (the last conv of a CNN before its fully connected layers): one unit (channel)
-is then a contiguous block of ``H*W`` of the Linear's input columns, in flatten's order. Tensors used by plain functions (a
-residual addition, a concatenation, indexing) are invisible to module hooks, so every candidate
-is then *verified*: with the consumer's columns zeroed, perturbing the units must leave the
-output unchanged. Candidates that fail (e.g. a ResNet's stem, whose output also feeds a
-shortcut) are skipped with the reason recorded; layers the user names explicitly must pass or
-discovery raises.
+is then a contiguous block of ``H*W`` of the Linear's input columns, in flatten's order. A
+tensor changed in place between two modules (a residual ``x += shortcut``) shows in its version
+counter and ends the chain. Other plain functions (a residual addition, a concatenation,
+indexing) are invisible to module hooks, so every candidate is then *verified*: with the
+consumer's columns zeroed, perturbing the units must leave the output unchanged. Candidates
+that fail (e.g. a ResNet's stem, whose output also feeds a shortcut) are skipped with the reason
+recorded; layers the user names explicitly must pass or discovery raises.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class Chain:
 
     @property
     def exact(self) -> bool:
-        """Whether replacing a unit leaves the output exactly unchanged (a LayerNorm mixes units)."""
+        """Whether replacing a *dead* unit leaves the output exactly unchanged (a LayerNorm mixes
+        units, so its statistics change); a live unit's replacement removes its contribution."""
         return not isinstance(self.norm, nn.LayerNorm)
 
     def outgoing_abs_sum(self) -> torch.Tensor:

@@ -25,9 +25,13 @@ class ContinualBackprop(UnitCallback):
     (rank by ``u / (1 - decay**age)``), ``bias_compensation=True`` (move ``w_out[:, i] * mean_h_i``
     into the consumer's bias before zeroing).
 
-    The released code trains with a per-entry-step Adam, which
-    ``clight.optim.AdamPerEntryStep`` provides; ``describe()`` records which step counting ran
-    at the replacements (``optimizer_step_count``).
+    Zeroing the outgoing weights removes the unit's contribution: the output is unchanged when
+    the unit was dead (it output 0), and moves by that contribution otherwise (with
+    ``bias_compensation`` only by its deviation from the unit's running mean).
+
+    The released code trains with a per-entry-step Adam, which ``clight.optim.AdamPerEntryStep``
+    provides; ``describe()`` records which step counting ran at the replacements
+    (``optimizer_step_count``).
     """
 
     log_prefix = "cbp"

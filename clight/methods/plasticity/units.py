@@ -64,6 +64,11 @@ def replace_units(
     conv map: the unit's whole block of columns), the following norm's entries reset (BatchNorm:
     weight 1, bias 0, running mean 0, var 1; LayerNorm: weight 1, bias 0) and the optimizer state
     of all these entries zeroed (with ``clight.optim.AdamPerEntryStep`` their step count too).
+
+    Zeroing the outgoing weights removes the units' contribution, so the output is unchanged
+    only for units that were dead (output 0 on the batch); a live unit's contribution is gone
+    and the output moves by it. The fresh incoming weights add nothing on top (exactly, unless a
+    LayerNorm sits between, see ``Chain.exact``).
     ``mean_activation`` (per unit of the whole layer): first add ``w_out[:, i] * mean_h_i`` to the
     consumer's bias, so the expected output is preserved (the released code's option; for a
     flattened map, the channel's mean over positions times the sum of its block of columns).
