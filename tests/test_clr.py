@@ -30,7 +30,7 @@ def _clr_model(backbone, num_tasks=3, classes_per_task=2, **kwargs) -> CLRClassi
 
 
 @pytest.mark.parametrize("name", ["resnet50", "tf_efficientnet_lite0"])
-@pytest.mark.parametrize("variant", ["CLR", "CLR-full", "1x1 scale"])
+@pytest.mark.parametrize("variant", ["CLR", "CLR-full", "CLR+1x1", "1x1-only"])
 def test_output_equals_backbone_at_initialisation(name, variant):
     torch.manual_seed(0)
     if name == "tf_efficientnet_lite0":
@@ -58,11 +58,55 @@ def test_variants_choose_the_right_convolutions():
     one = [n for n, m in convs.items() if m.kernel_size == (1, 1)]
     assert conv_targets(backbone, "CLR") == big and "model.conv1" in big  # the 7x7 stem included
     assert conv_targets(backbone, "CLR-full") == list(convs)
-    assert conv_targets(backbone, "1x1 scale") == one
-    inject(backbone, "1x1 scale")
+    assert conv_targets(backbone, "CLR+1x1") == list(convs)
+    assert conv_targets(backbone, "1x1-only") == one
+    inject(backbone, "1x1-only")
     layer = backbone.get_submodule(one[0])
     assert isinstance(layer, ReprogrammedConv) and layer.kernel_size == 1
-    assert conv_targets(backbone, "1x1 scale") == []
+    assert conv_targets(backbone, "1x1-only") == []
+
+
+def test_clr_plus_1x1_keeps_3x3_kernels_and_scales_1x1_convolutions():
+    """The released code's Ghost_reduced_v2: a 3x3 kernel after every larger conv, a 1x1 scale after every 1x1 conv."""
+    backbone = TimmBackbone("resnet18")
+    inject(backbone, "CLR+1x1")
+    sizes = {n: (m.conv.kernel_size, m.kernel_size) for n, m in backbone.named_modules() if isinstance(m, ReprogrammedConv)}
+    assert sizes["model.conv1"] == ((7, 7), 3) and sizes["model.layer1.0.conv1"] == ((3, 3), 3)
+    assert sizes["model.layer2.0.downsample.0"] == ((1, 1), 1)
+    assert all(k == (1 if conv == (1, 1) else 3) for conv, k in sizes.values()) and len(sizes) == 20
+
+
+def _released_reduced_v2_count(model: nn.Module) -> int:
+    """What the released code's add_ghostnet(model_type="reduced_v2") adds: a depthwise kernel after
+    every Conv2d, 1x1 (C weights) after a 1x1 conv and 3x3 (9 C weights) after any other."""
+    return sum(m.out_channels * (1 if m.kernel_size == (1, 1) else 9) for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize(
+    "name, released, only_1x1",
+    [
+        # 9 x 3904 channels after the stem and the 16 3x3 convs + 896 after the three 1x1 downsample convs
+        ("resnet18", 36032, 896),
+        # 80,928 (CLR) + 12,016 after the 1x1 convs
+        ("tf_efficientnet_lite0", 92944, 12016),
+    ],
+)
+def test_released_reduced_variant_and_1x1_only_budgets(name, released, only_1x1):
+    counts = {}
+    for variant in ("CLR", "CLR+1x1", "1x1-only"):
+        model = _clr_model(TimmBackbone(name), variant=variant)
+        model.on_task_start(_task(0, [0, 1]))
+        counts[variant] = model.parameter_budget(0)["kernels"]
+    assert counts["CLR+1x1"] == released == _released_reduced_v2_count(TimmBackbone(name).model)
+    assert counts["1x1-only"] == only_1x1
+    assert counts["CLR+1x1"] == counts["CLR"] + counts["1x1-only"]
+
+
+def test_old_1x1_scale_name_still_works_with_a_warning():
+    with pytest.warns(FutureWarning, match="'1x1-only'.*'CLR\\+1x1'"):
+        model = CLRClassifier(TimmBackbone("resnet18"), variant="1x1 scale")
+    assert model.variant == "1x1-only"
+    assert model.describe()["kernel_size"] == {"after_1x1_convolutions": 1, "after_larger_convolutions": None}
 
 
 def test_resnet50_budget_matches_methods_md(capsys):

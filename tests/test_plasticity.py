@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from clight.data.task import SequenceInfo, Task
-from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains
-from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, weight_magnitude
-from clight.methods.plasticity.units import replace_units
 from clight.contract import RunContext
-from clight.seeding import seeded_generator
+from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains, measure
+from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, stable_rank, weight_magnitude
+from clight.methods.plasticity.units import replace_units
 from clight.models.backbones import MLP, SmallCNN
 from clight.models.classifier import ContinualClassifier
+from clight.optim import AdamPerEntryStep
+from clight.seeding import seeded_generator
 
 INFO = SequenceInfo(setting="domain_incremental", num_tasks=2, num_classes=4, task_classes=[[0, 1, 2, 3]] * 2, input_shape=(1, 6, 6))
 TASK0 = Task(0, "t0", None, None, None, [0, 1, 2, 3])
@@ -80,6 +81,9 @@ def test_resnet18_chains_skip_residual_layers():
     assert all(isinstance(c.norm, nn.BatchNorm2d) for c in chains)
     # the stem and every block's conv2 feed a residual addition: never chosen, reason recorded
     assert "backbone.model.conv1" in skipped and "backbone.model.layer1.0.conv2" in skipped
+    # the last block's conv2 reaches the head through global pooling, but its output is changed
+    # in place by the residual `x += shortcut` first: replacing its channels would cut the shortcut too
+    assert "changed in place" in skipped["backbone.model.layer4.1.conv2"]
     with pytest.raises(ChainError, match="layer1.0.conv2"):
         find_chains(model, make_batch(2), layers=["backbone.model.layer1.0.conv2"])
     batch = make_batch(2)
@@ -142,6 +146,119 @@ def test_fresh_weights_follow_the_layers_default_initialiser():
     assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
     assert abs(w.std().item() - layer.weight.std().item()) < 0.01 * bound
     assert torch.equal(w, draw_incoming(layer, 3000, seeded_generator(0, 1)))
+
+
+# -- a conv map flattened into a Linear: one unit = one channel = a block of columns --------
+class FlatCNN(nn.Module):
+    """conv -> ReLU -> flatten -> Linear, as the last conv of the continual-ImageNet network feeds its first fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)  # 6x6 inputs -> 4 channels of 4x4: 16 columns per channel
+        self.act = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * 16, 5)
+        self.fc_act = nn.ReLU()
+        self.num_features = 5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_act(self.fc(self.flatten(self.act(self.conv(x)))))
+
+
+def test_conv_flatten_linear_chain_is_found_and_verified():
+    model = make_model(FlatCNN())
+    chains, skipped = find_chains(model, make_batch())  # verified: find_chains drops chains that fail
+    chain = chains[0]
+    assert (chain.unit_name, chain.consumer_name, chain.block_size) == ("backbone.conv", "backbone.fc", 16)
+    assert chain.path == ["backbone.act", "backbone.flatten"] and chain.describe()["columns_per_unit"] == 16
+    assert [c.unit_name for c in chains] == ["backbone.conv", "backbone.fc"] and "backbone.conv" not in skipped
+    torch.testing.assert_close(chain.consumer_columns(torch.tensor([1, 3])), torch.cat([torch.arange(16, 32), torch.arange(48, 64)]))
+
+
+def test_replacing_dead_channels_of_a_flattened_map_keeps_the_output():
+    model = make_model(FlatCNN())
+    optimizer = AdamPerEntryStep(model.parameters(), lr=1e-2)
+    batch = make_batch()
+    for _ in range(3):  # non-zero optimizer state everywhere
+        optimizer.zero_grad()
+        model.task_loss(batch)[0].backward()
+        optimizer.step()
+    conv, fc = model.backbone.conv, model.backbone.fc
+    with torch.no_grad():  # inputs are >= 0: channels 1 and 3 now output 0 everywhere (dead)
+        conv.weight[[1, 3]] = -1.0
+        conv.bias[[1, 3]] = -1.0
+    model.eval()
+    with torch.no_grad():
+        h = conv(batch["input"]).relu()
+        before = model(batch["input"])
+    assert (h[:, [1, 3]] == 0).all() and (h[:, 0] != 0).any()
+    stats = measure(model, batch)
+    assert stats["layers"]["backbone.conv"] == 0.5  # per channel: 2 of 4
+    chain = find_chains(model, batch)[0][0]
+    fc_before = fc.weight.detach().clone()
+    state_before = {k: v.clone() for k, v in optimizer.state[fc.weight].items()}
+    replace_units(chain, torch.tensor([1, 3]), seeded_generator(0), optimizer)
+    with torch.no_grad():
+        after = model(batch["input"])
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # dead units: bit for bit
+    dead = torch.cat([torch.arange(16, 32), torch.arange(48, 64)])
+    live = torch.cat([torch.arange(0, 16), torch.arange(32, 48)])
+    assert (fc.weight[:, dead] == 0).all() and torch.equal(fc.weight[:, live], fc_before[:, live])
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        value = optimizer.state[fc.weight][key]
+        assert (value[:, dead] == 0).all() and torch.equal(value[:, live], state_before[key][:, live])
+        assert (state_before[key][:, dead] != 0).any()
+    assert (conv.bias[[1, 3]] == 0).all() and (conv.weight[[1, 3]] != -1).all()
+    # a live channel's contribution is removed with its outgoing weights: the output moves
+    replace_units(chain, torch.tensor([0]), seeded_generator(1), optimizer)
+    with torch.no_grad():
+        assert not torch.allclose(model(batch["input"]), before)
+
+
+def tiny_flat_net() -> nn.Module:
+    """1x1 conv with 2 channels on 1x2 images -> flatten -> Linear(4, 2): channel c owns columns 2c, 2c+1."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        net[0].bias.zero_()
+        net[3].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]]))
+    return net
+
+
+def test_outgoing_weights_and_utility_of_a_flattened_map_by_hand():
+    net = tiny_flat_net()
+    x = torch.tensor([[1.0, 3.0], [2.0, 0.0]]).view(2, 1, 1, 2)  # h: channel 0 = x, channel 1 = 2x
+    chain = find_chains(net, x, forward=lambda m, b: m(b))[0][0]
+    assert chain.block_size == 2
+    torch.testing.assert_close(chain.outgoing_abs_sum(), torch.tensor([1 + 2 + 0.5 + 0, 3 + 4 + 1 + 2.0]))
+    torch.testing.assert_close(chain.outgoing_abs_mean(), torch.tensor([3.5 / 4, 10 / 4]))
+    declared = find_chains(net, x, forward=lambda m, b: m(b), declared=[{"unit": "0", "consumer": "3"}])[0][0]
+    assert declared.block_size == 2
+    cb = ContinualBackprop(replacement_rate=0.0, decay=0.9, forward=lambda m, b: m(b))
+    cb.discover(net, x)
+    cb._attach()
+    cbp_step(cb, net, x)
+    # mean |h| over batch and positions: channel 0 (1, 3, 2, 0) -> 1.5; channel 1 (2, 6, 4, 0) -> 3
+    torch.testing.assert_close(cb.unit_state["0"]["utility"], 0.1 * torch.tensor([1.5 * 3.5, 3.0 * 10.0]))
+    bad = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(5, 2))
+    with pytest.raises(ChainError, match="whole number of positions"):
+        find_chains(bad, x, forward=lambda m, b: m(b), declared=[{"unit": "0", "consumer": "2"}])
+
+
+@pytest.mark.parametrize("method", ["cbp", "redo"])
+def test_methods_replace_channels_of_a_flattened_map_in_trainer(method):
+    model = make_model(FlatCNN(), optimizer=lambda p: AdamPerEntryStep(p, lr=1e-2))
+    if method == "cbp":
+        cb = ContinualBackprop(replacement_rate=0.2, maturity_threshold=1, layers=["backbone.conv"])
+    else:
+        with torch.no_grad():  # a dead channel for ReDo to find
+            model.backbone.conv.weight[2] = -1.0
+            model.backbone.conv.bias[2] = -1.0
+        cb = ReDo(threshold=0.025, frequency=2, layers=["backbone.conv"])
+    trainer(cb, max_epochs=2).fit(model, loader())
+    assert cb.replaced["backbone.conv"] > 0
+    if method == "cbp":
+        assert cb.unit_state["backbone.conv"]["utility"].shape == (4,)
 
 
 # -- continual backprop: hand-computed utility and counts -----------------------------------
@@ -257,6 +374,26 @@ def test_cbp_in_trainer_replaces_and_checkpoints(tmp_path):
     assert [l["unit"] for l in cb.describe()["layers"]] == ["backbone.layers.0", "backbone.layers.2"]
 
 
+@pytest.mark.parametrize(
+    "make_optimizer, kind",
+    [
+        (lambda p: torch.optim.Adam(p, lr=1e-2), "per_tensor"),
+        (lambda p: AdamPerEntryStep(p, lr=1e-2), "per_entry"),
+        (lambda p: torch.optim.SGD(p, lr=1e-2), "none"),
+    ],
+)
+def test_cbp_records_how_the_optimizer_counted_steps(make_optimizer, kind):
+    model = make_model(MLP([16, 16]), optimizer=make_optimizer)
+    cb = ContinualBackprop(replacement_rate=0.05, maturity_threshold=2)
+    assert cb.describe()["optimizer_step_count"] == "no replacement with an optimizer yet"
+    trainer(cb, max_epochs=2).fit(model, loader())
+    assert sum(cb.replaced.values()) > 0
+    assert list(cb.describe()["optimizer_step_count"]) == [kind]
+    restored = ContinualBackprop()
+    restored.load_state_dict(cb.state_dict())
+    assert restored.optimizer_step_counts == {kind}
+
+
 def test_resume_reproduces_replacements(tmp_path):
     def run(split: bool):
         model = make_model(MLP([16, 16]), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
@@ -327,6 +464,19 @@ def test_statistics_by_hand():
     assert weight_magnitude(net) == pytest.approx(2.5)
 
 
+def test_stable_rank_of_known_singular_values():
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(8, 6, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    sigma = torch.tensor([50.0, 30.0, 15.0, 4.5, 0.3, 0.2], dtype=torch.float64)  # sum 100
+    m = u @ torch.diag(sigma) @ v.T
+    # cumulative shares 0.50, 0.80, 0.95, 0.995, 0.998, 1.0
+    assert stable_rank(m) == 4  # delta 0.01: the first share >= 0.99 is 0.995
+    assert stable_rank(m, delta=0.1) == 3 and stable_rank(m, delta=0.3) == 2 and stable_rank(m, delta=0.0) == 6
+    assert stable_rank(m.float().view(8, 6, 1, 1)) == 4  # a conv map: averaged over (here one) position
+    assert stable_rank(torch.zeros(4, 3)) == 0
+
+
 def test_monitor_writes_history_and_plot(tmp_path):
     model = make_model(MLP([8, 8]))
 
@@ -338,8 +488,8 @@ def test_monitor_writes_history_and_plot(tmp_path):
     mon.setup_sequence(model, DM(), RunContext(tmp_path))
     mon.on_task_end(model, TASK0)
     hist = json.loads((tmp_path / "plasticity.json").read_text())
-    assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude", "task"}
-    assert 1 <= hist[0]["effective_rank"] <= 8
+    assert set(hist[0]) >= {"dead_fraction", "dormant_fraction", "effective_rank", "stable_rank", "weight_magnitude", "task"}
+    assert 1 <= hist[0]["effective_rank"] <= 8 and 1 <= hist[0]["stable_rank"] <= 8
     assert (tmp_path / "plots" / "plasticity.png").stat().st_size > 0
 
 

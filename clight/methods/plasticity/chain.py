@@ -1,18 +1,22 @@
 """Finding the layer chains whose units can be replaced: unit layer -> [norm] -> ... -> consumer.
 
 A *unit* is one output feature of a ``Linear`` or one output channel of a ``Conv2d``. To replace
-a unit without changing what the network computes, clight needs three things: the layer that
-produces it (incoming weights), the norm layer right after it (whose per-unit entries must be
-reset), and the single layer that consumes it (whose outgoing weights are zeroed).
+a unit, clight needs three things: the layer that produces it (incoming weights), the norm layer
+right after it (whose per-unit entries must be reset), and the single layer that consumes it
+(whose outgoing weights are zeroed, which removes the unit from the function: a dead unit's
+removal leaves the output unchanged, a live unit's moves it by the unit's contribution).
 
 Discovery records one forward pass with hooks on every leaf module, following each unit layer's
 output tensor through per-unit pass-through modules (a norm, activations, dropout, pooling) to
-the one ``Linear``/``Conv2d`` that takes it as input. Tensors used by plain functions (a
-residual addition, a concatenation, indexing) are invisible to module hooks, so every candidate
-is then *verified*: with the consumer's columns zeroed, perturbing the units must leave the
-output unchanged. Candidates that fail (e.g. a ResNet's stem, whose output also feeds a
-shortcut) are skipped with the reason recorded; layers the user names explicitly must pass or
-discovery raises.
+the one ``Linear``/``Conv2d`` that takes it as input. A conv map may reach a ``Linear`` through
+an ``nn.Flatten`` (the last conv of a CNN before its fully connected layers): one unit (channel)
+is then a contiguous block of ``H*W`` of the Linear's input columns, in flatten's order. A
+tensor changed in place between two modules (a residual ``x += shortcut``) shows in its version
+counter and ends the chain. Other plain functions (a residual addition, a concatenation,
+indexing) are invisible to module hooks, so every candidate is then *verified*: with the
+consumer's columns zeroed, perturbing the units must leave the output unchanged. Candidates
+that fail (e.g. a ResNet's stem, whose output also feeds a shortcut) are skipped with the reason
+recorded; layers the user names explicitly must pass or discovery raises.
 """
 
 from __future__ import annotations
@@ -49,18 +53,41 @@ class Chain:
     norm_name: Optional[str] = None
     norm: Optional[nn.Module] = None
     path: list[str] = field(default_factory=list)
+    #: consumer input columns per unit: ``H*W`` when a conv map reaches a Linear through a flatten
+    #: (channel ``c`` owns columns ``c*H*W .. (c+1)*H*W - 1``), else 1
+    block_size: int = 1
 
     @property
     def num_units(self) -> int:
         return self.unit.out_features if isinstance(self.unit, nn.Linear) else self.unit.out_channels
 
     @property
+    def flattened(self) -> bool:
+        """Whether the consumer is a Linear reading a flattened conv map (``block_size`` columns per unit)."""
+        return isinstance(self.unit, nn.Conv2d) and isinstance(self.consumer, nn.Linear)
+
+    def consumer_columns(self, index: torch.Tensor) -> torch.Tensor:
+        """The consumer's input columns (dim 1 of its weight) that read units ``index``, unit by unit."""
+        if self.block_size == 1:
+            return index
+        offsets = torch.arange(self.block_size, device=index.device, dtype=index.dtype)
+        return (index.unsqueeze(1) * self.block_size + offsets).flatten()
+
+    def unit_activations(self, h: torch.Tensor) -> torch.Tensor:
+        """The consumer's input ``h`` with the units on dim 1: a flattened conv map ``[N, C*P]``
+        becomes ``[N, C, P, 1]``, so per-unit statistics average over the batch and the positions,
+        as they do for a conv consumer's ``[N, C, H, W]``; other inputs are returned as they are."""
+        return h.reshape(h.shape[0], self.num_units, self.block_size, 1) if self.flattened else h
+
+    @property
     def exact(self) -> bool:
-        """Whether replacing a unit leaves the output exactly unchanged (a LayerNorm mixes units)."""
+        """Whether replacing a *dead* unit leaves the output exactly unchanged (a LayerNorm mixes
+        units, so its statistics change); a live unit's replacement removes its contribution."""
         return not isinstance(self.norm, nn.LayerNorm)
 
     def outgoing_abs_sum(self) -> torch.Tensor:
-        """``sum_k |w_out[k, i]|`` per unit i (a conv consumer also sums over its kernel).
+        """``sum_k |w_out[k, i]|`` per unit i (a conv consumer also sums over its kernel, a Linear
+        reading a flattened map over the unit's block of columns).
 
         Computed every step, so done cheaply: |w| of blocks of rows into a small reused buffer
         that stays in cache, each block summed by a ones-vector product (a plain column sum of
@@ -79,18 +106,22 @@ class Chain:
             torch.abs(block, out=buf[:n])
             sums.addmm_(self._ones[:, :n], buf[:n])
         sums = sums.view(-1)
-        return sums if w.dim() == 2 else sums.view(w.shape[1], -1).sum(dim=1)
+        return sums if sums.numel() == self.num_units else sums.view(self.num_units, -1).sum(dim=1)
 
     def outgoing_abs_mean(self) -> torch.Tensor:
+        """``mean_k |w_out[k, i]|`` per unit i, over the same entries ``outgoing_abs_sum`` sums."""
         w = self.consumer.weight.detach()
-        return w.abs().mean(dim=0) if w.dim() == 2 else w.abs().mean(dim=(0, 2, 3))
+        return w.abs().reshape(w.shape[0], self.num_units, -1).mean(dim=(0, 2))
 
     def incoming_abs_mean(self) -> torch.Tensor:
         w = self.unit.weight.detach()
         return w.abs().reshape(w.shape[0], -1).mean(dim=1)
 
     def describe(self) -> dict:
-        return {"unit": self.unit_name, "norm": self.norm_name, "consumer": self.consumer_name, "units": self.num_units}
+        info = {"unit": self.unit_name, "norm": self.norm_name, "consumer": self.consumer_name, "units": self.num_units}
+        if self.flattened:
+            info["columns_per_unit"] = self.block_size
+        return info
 
 
 class ChainError(ValueError):
@@ -132,19 +163,37 @@ class _Call:
     module: nn.Module
     input: Optional[torch.Tensor]
     output: Optional[torch.Tensor]
+    # version counters (bumped by every in-place change) of the input as the module got it and of
+    # the output as it left: a difference between a producer and its user means a plain function
+    # (e.g. a residual `x += shortcut`) changed the tensor in place in between
+    input_version: Optional[int] = None
+    output_version: Optional[int] = None
+
+
+def _version(t: Any) -> Optional[int]:
+    try:
+        return t._version if isinstance(t, torch.Tensor) else None
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
 
 
 def _record(model: nn.Module, forward: ForwardFn, batch: Any) -> list[_Call]:
     calls: list[_Call] = []
     handles = []
+    input_versions: dict[str, Optional[int]] = {}
     for name, m in model.named_modules():
         if len(list(m.children())) > 0:
             continue
 
+        def pre_hook(mod, args, name=name):
+            input_versions[name] = _version(args[0]) if args else None
+
         def hook(mod, args, out, name=name):
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            calls.append(_Call(name, mod, x, out if isinstance(out, torch.Tensor) else None))
+            y = out if isinstance(out, torch.Tensor) else None
+            calls.append(_Call(name, mod, x, y, input_versions.pop(name, None), _version(y)))
 
+        handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(hook))
     try:
         forward(model, batch)
@@ -154,43 +203,55 @@ def _record(model: nn.Module, forward: ForwardFn, batch: Any) -> list[_Call]:
     return calls
 
 
-def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], Optional[int], list[str], str]:
+def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], Optional[int], list[str], str, int]:
     """From the unit layer's call ``start``, walk to its consumer. Returns (norm call, consumer
-    call, path, reason-if-none)."""
+    call, path, reason-if-none, consumer columns per unit)."""
     tensor = calls[start].output
     norm_at, path = None, []
+    block = 0  # set by a Flatten: positions per channel
     i = start
     while True:
         users = [j for j in range(i + 1, len(calls)) if calls[j].input is tensor]
         if not users:
-            return None, None, path, "its output reaches no module (used by a plain function, or it is an output layer)"
+            return None, None, path, "its output reaches no module (used by a plain function, or it is an output layer)", 0
         j = users[0]
         in_place = calls[j].output is tensor  # in-place activation or Identity: later users see the same object
         if len(users) > 1 and not in_place:
-            return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}"
+            return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}", 0
+        produced, used = calls[i].output_version, calls[j].input_version
+        if produced is not None and used is not None and produced != used:
+            return None, None, path, (
+                f"{calls[i].name}'s output is changed in place (e.g. a residual `x += shortcut`) before {calls[j].name} reads it"
+            ), 0
         m = calls[j].module
         if isinstance(m, UNIT_LAYERS):
             if isinstance(m, nn.Conv2d) and m.groups != 1:
-                return None, None, path, f"consumer {calls[j].name} is a grouped convolution"
-            if conv and isinstance(m, nn.Linear):
-                if tensor.dim() != 4 or tensor.shape[2:].numel() != 1:
-                    return None, None, path, f"a conv output reaches Linear {calls[j].name} with spatial size > 1"
+                return None, None, path, f"consumer {calls[j].name} is a grouped convolution", 0
+            if conv and isinstance(m, nn.Linear) and not block:
+                return None, None, path, (
+                    f"a conv output reaches Linear {calls[j].name} without an nn.Flatten (a Linear over the last axis of "
+                    "a map does not read whole channels)"
+                ), 0
             if not conv and isinstance(m, nn.Conv2d):
-                return None, None, path, f"a Linear output reaches Conv2d {calls[j].name}"
-            return norm_at, j, path, ""
+                return None, None, path, f"a Linear output reaches Conv2d {calls[j].name}", 0
+            return norm_at, j, path, "", max(block, 1)
         if isinstance(m, NORMS):
             if norm_at is not None or path:
-                return None, None, path, f"norm {calls[j].name} is not directly after the unit layer"
+                return None, None, path, f"norm {calls[j].name} is not directly after the unit layer", 0
             if isinstance(m, nn.LayerNorm) and (conv or len(m.normalized_shape) != 1):
-                return None, None, path, f"LayerNorm {calls[j].name} does not normalise over the units only"
+                return None, None, path, f"LayerNorm {calls[j].name} does not normalise over the units only", 0
             norm_at = j
-        elif isinstance(m, ELEMENTWISE) or (conv and isinstance(m, SPATIAL)) or (conv and isinstance(m, nn.Flatten)):
+        elif conv and isinstance(m, nn.Flatten):
+            if block or tensor.dim() != 4 or m.start_dim != 1 or m.end_dim not in (-1, 3):
+                return None, None, path, f"Flatten {calls[j].name} does not turn one [N, C, H, W] map into [N, C*H*W]", 0
+            block = tensor.shape[2] * tensor.shape[3]
+        elif isinstance(m, ELEMENTWISE) or (conv and not block and isinstance(m, SPATIAL)):
             pass
         else:
-            return None, None, path, f"it passes through {type(m).__name__} {calls[j].name}, which clight does not treat as per-unit"
+            return None, None, path, f"it passes through {type(m).__name__} {calls[j].name}, which clight does not treat as per-unit", 0
         path.append(calls[j].name)
         if calls[j].output is None:
-            return None, None, path, f"{calls[j].name} returns no single tensor"
+            return None, None, path, f"{calls[j].name} returns no single tensor", 0
         tensor = calls[j].output
         i = j
 
@@ -280,7 +341,7 @@ def find_chains(
                     if counts[c.name] > 1:
                         skipped[c.name] = "called more than once per forward pass (shared weights)"
                         continue
-                    norm_at, cons_at, path, why = _follow(calls, k, isinstance(c.module, nn.Conv2d))
+                    norm_at, cons_at, path, why, block = _follow(calls, k, isinstance(c.module, nn.Conv2d))
                     if cons_at is None:
                         skipped[c.name] = why
                         continue
@@ -289,7 +350,10 @@ def find_chains(
                         skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
                         continue
                     norm = calls[norm_at] if norm_at is not None else None
-                    chains.append(Chain(c.name, c.module, cons.name, cons.module, norm.name if norm else None, norm.module if norm else None, path))
+                    chains.append(Chain(
+                        c.name, c.module, cons.name, cons.module, norm.name if norm else None, norm.module if norm else None,
+                        path, block,
+                    ))
             if verify:
                 kept = []
                 for ch in chains:
@@ -332,6 +396,14 @@ def _declared_chain(modules: dict[str, nn.Module], spec: dict) -> Chain:
         raise ChainError(f"declared chain {spec}: norm must be BatchNorm1d/2d or LayerNorm")
     n_in = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
     n_out = unit.out_features if isinstance(unit, nn.Linear) else unit.out_channels
-    if n_in != n_out:
+    block = 1
+    if isinstance(unit, nn.Conv2d) and isinstance(consumer, nn.Linear):  # a flattened map: channels x positions
+        if n_in % n_out:
+            raise ChainError(
+                f"declared chain {spec}: {spec['consumer']} reads {n_in} features, not a whole number of positions for each "
+                f"of {spec['unit']}'s {n_out} channels (the map must be flattened channel by channel, [N, C*H*W])"
+            )
+        block = n_in // n_out
+    elif n_in != n_out:
         raise ChainError(f"declared chain {spec}: {spec['unit']} has {n_out} units but {spec['consumer']} reads {n_in}")
-    return Chain(spec["unit"], unit, spec["consumer"], consumer, spec.get("norm"), norm)
+    return Chain(spec["unit"], unit, spec["consumer"], consumer, spec.get("norm"), norm, block_size=block)

@@ -8,6 +8,7 @@ import torch
 
 from clight.methods.plasticity.chain import Chain, ForwardFn, default_forward
 from clight.methods.plasticity.hooked import UnitCallback
+from clight.methods.plasticity.optim_state import STEP_COUNT_KINDS, step_count_kind
 from clight.methods.plasticity.utility import UTILITIES, instant_utility
 
 
@@ -23,6 +24,14 @@ class ContinualBackprop(UnitCallback):
     ``utility`` ``zero_contribution`` / ``adaptable_contribution``, ``bias_correction=True``
     (rank by ``u / (1 - decay**age)``), ``bias_compensation=True`` (move ``w_out[:, i] * mean_h_i``
     into the consumer's bias before zeroing).
+
+    Zeroing the outgoing weights removes the unit's contribution: the output is unchanged when
+    the unit was dead (it output 0), and moves by that contribution otherwise (with
+    ``bias_compensation`` only by its deviation from the unit's running mean).
+
+    The released code trains with a per-entry-step Adam, which ``clight.optim.AdamPerEntryStep``
+    provides; ``describe()`` records which step counting ran at the replacements
+    (``optimizer_step_count``).
     """
 
     seed_salt = 71
@@ -62,6 +71,7 @@ class ContinualBackprop(UnitCallback):
         self.bias_compensation = bias_compensation
         centred = utility != "contribution"
         self.hook_stats = ("abs", "mean", "centered") if centred else (("abs", "mean") if bias_compensation else ("abs",))
+        self.optimizer_step_counts: set[str] = set()  # how the optimizer counted steps at the replacements
 
     def new_layer_state(self, chain: Chain, device: torch.device) -> dict[str, torch.Tensor]:
         n = chain.num_units
@@ -106,6 +116,9 @@ class ContinualBackprop(UnitCallback):
             order = torch.sort(utility[eligible.to(utility.device)], stable=True).indices[:count]
             index = eligible[order.cpu()]
             mean = self._corrected(st, "mean_activation") if self.bias_compensation else None
+            kind = step_count_kind(optimizer)
+            if kind is not None:
+                self.optimizer_step_counts.add(kind)
             self.replace(chain, k, index, optimizer, mean)
             st["age"][index] = 0
             index = index.to(st["utility"].device)
@@ -126,7 +139,15 @@ class ContinualBackprop(UnitCallback):
                 "decay": self.decay,
                 "bias_correction": self.bias_correction,
                 "bias_compensation": self.bias_compensation,
-                "optimizer_step_count": "kept per parameter (torch Adam has no per-entry step)",
+                "optimizer_step_count": {kind: STEP_COUNT_KINDS[kind] for kind in sorted(self.optimizer_step_counts)}
+                or "no replacement with an optimizer yet",
             }
         )
         return info
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "optimizer_step_counts": sorted(self.optimizer_step_counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.optimizer_step_counts = set(state.get("optimizer_step_counts", []))

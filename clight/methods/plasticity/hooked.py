@@ -111,7 +111,7 @@ class UnitCallback(ContinualCallback):
             if not self._in_step or not torch.is_grad_enabled() or not self.wants_statistics():
                 return
             with torch.no_grad():
-                h = args[0].detach()
+                h = chain.unit_activations(args[0].detach())
                 dims = (0, 2, 3) if h.dim() == 4 else tuple(range(h.dim() - 1))
                 stats = self.batch_statistics(chain, h, dims)
             sums = self._sums.setdefault(name, {})

@@ -1,4 +1,4 @@
-"""PlasticityMonitor: dead and dormant units, effective rank and weight magnitude per task."""
+"""PlasticityMonitor: dead and dormant units, effective and stable rank, weight magnitude per task."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from clight.methods.plasticity.statistics import (
     dormant_fraction,
     effective_rank,
     redo_dormant_fraction,
+    stable_rank,
     weight_magnitude,
 )
 from clight.models.module import ContinualModule
@@ -43,11 +44,15 @@ def _to(batch: Any, device: torch.device) -> Any:
 @torch.no_grad()
 def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward, tau: float = 0.025) -> dict:
     """Plasticity statistics of ``module`` on ``batch`` (eval mode): over all hidden units of the
-    replaceable layers, plus the effective rank of the penultimate representation (``features``
-    when the module has it, else the input of the last hidden layer's consumer)."""
+    replaceable layers, plus the effective rank and the stable rank (delta 0.01) of the
+    penultimate representation (``features`` when the module has it, else the input of the last
+    hidden layer's consumer)."""
     chains, _ = find_chains(module, batch, forward, verify=False)
     captured: dict[str, torch.Tensor] = {}
-    handles = [c.consumer.register_forward_pre_hook(lambda m, a, n=c.unit_name: captured.__setitem__(n, a[0].detach())) for c in chains]
+    handles = [
+        c.consumer.register_forward_pre_hook(lambda m, a, c=c: captured.__setitem__(c.unit_name, c.unit_activations(a[0].detach())))
+        for c in chains
+    ]
     flags = {n: m.training for n, m in module.named_modules()}
     module.eval()
     try:
@@ -71,6 +76,7 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
         "dormant_fraction": pooled(dormant_fraction),
         "dormant_redo_fraction": pooled(lambda h: redo_dormant_fraction(h, tau)),
         "effective_rank": effective_rank(penultimate),
+        "stable_rank": stable_rank(penultimate),
         "weight_magnitude": weight_magnitude(module),
         "layers": {c.unit_name: dead_fraction(captured[c.unit_name]) for c in chains},
     }
@@ -78,9 +84,9 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
 
 class PlasticityMonitor(ContinualCallback):
     """After every task: dead-unit fraction, dormant-unit fraction (active on < 1% of entries,
-    and by ReDo's score), effective rank of the penultimate representation and average weight
-    magnitude, on a fixed probe batch of ``probe_size`` training samples of the task just
-    trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
+    and by ReDo's score), effective rank and stable rank of the penultimate representation and
+    average weight magnitude, on a fixed probe batch of ``probe_size`` training samples of the
+    task just trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
     ``run_dir/plasticity.json`` and plotted to ``run_dir/plots/plasticity.png``."""
 
     def __init__(self, probe_size: int = 2000, probe: Probe = "current", tau: float = 0.025, plot: bool = True, forward: ForwardFn = default_forward) -> None:
@@ -126,7 +132,7 @@ class PlasticityMonitor(ContinualCallback):
         return info
 
 
-KEYS = ("dead_fraction", "dormant_fraction", "effective_rank", "weight_magnitude")
+KEYS = ("dead_fraction", "dormant_fraction", "effective_rank", "stable_rank", "weight_magnitude")
 
 
 def _smooth(ys: list[float], window: int) -> list[float]:
@@ -148,8 +154,8 @@ def plot_history(runs: dict[str, list[dict]], path: Path, extra: Optional[dict[s
             if series is not None:
                 ys = _smooth(series.get(name, []), smooth)
                 ax.plot(range(len(ys)), ys, label=name)
-            else:
-                ax.plot([h["task"] for h in hist], [h[key] for h in hist], label=name)
+            else:  # histories written before a statistic existed lack it
+                ax.plot([h["task"] for h in hist if key in h], [h[key] for h in hist if key in h], label=name)
         ax.set_title(key.replace("_", " ") + (f" ({smooth}-task mean)" if series is not None and smooth > 1 else ""))
         ax.set_xlabel("task")
     axes[0].legend(fontsize=8)

@@ -35,16 +35,35 @@ def redo_dormant_fraction(h: torch.Tensor, tau: float = 0.025) -> float:
     return float((a / a.mean().clamp_min(1e-12) <= tau).float().mean())
 
 
+def _singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float64) of a representation ``[N, units]`` (conv maps: averaged over positions)."""
+    m = matrix.mean(dim=(2, 3)) if matrix.dim() == 4 else matrix.reshape(matrix.shape[0], -1)
+    return torch.linalg.svdvals(m.double())
+
+
 def effective_rank(matrix: torch.Tensor) -> float:
     """``exp(-sum_k p_k log p_k)``, ``p_k = sigma_k / sum sigma`` (conv maps: averaged over positions)."""
-    m = matrix.mean(dim=(2, 3)) if matrix.dim() == 4 else matrix.reshape(matrix.shape[0], -1)
-    s = torch.linalg.svdvals(m.double())
+    s = _singular_values(matrix)
     total = s.sum()
     if total <= 0:
         return 0.0
     p = s / total
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def stable_rank(matrix: torch.Tensor, delta: float = 0.01) -> int:
+    """``srank_delta = min{k : sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta}`` (Kumar et al. 2021,
+    used by Lyle et al. for plasticity): how many singular directions hold all but ``delta`` of
+    the spectrum (conv maps: averaged over positions; 0 for an all-zero matrix)."""
+    if not 0 <= delta < 1:
+        raise ValueError(f"stable_rank needs 0 <= delta < 1, got {delta}")
+    s = _singular_values(matrix)
+    total = s.sum()
+    if total <= 0:
+        return 0
+    share = s.cumsum(0) / total
+    return int((share < 1 - delta).sum()) + 1
 
 
 def weight_magnitude(model: nn.Module) -> float:

@@ -60,11 +60,18 @@ def replace_units(
 ) -> None:
     """Re-initialise units ``index`` of ``chain``.
 
-    Incoming weights fresh, incoming bias 0, outgoing weights 0 (the output does not change),
-    the following norm's entries reset (BatchNorm: weight 1, bias 0, running mean 0, var 1;
-    LayerNorm: weight 1, bias 0) and the optimizer state of all these entries zeroed.
+    Incoming weights fresh, incoming bias 0, outgoing weights 0 (for a Linear reading a flattened
+    conv map: the unit's whole block of columns), the following norm's entries reset (BatchNorm:
+    weight 1, bias 0, running mean 0, var 1; LayerNorm: weight 1, bias 0) and the optimizer state
+    of all these entries zeroed (with ``clight.optim.AdamPerEntryStep`` their step count too).
+
+    Zeroing the outgoing weights removes the units' contribution, so the output is unchanged
+    only for units that were dead (output 0 on the batch); a live unit's contribution is gone
+    and the output moves by it. The fresh incoming weights add nothing on top (exactly, unless a
+    LayerNorm sits between, see ``Chain.exact``).
     ``mean_activation`` (per unit of the whole layer): first add ``w_out[:, i] * mean_h_i`` to the
-    consumer's bias, so the expected output is preserved (the released code's option).
+    consumer's bias, so the expected output is preserved (the released code's option; for a
+    flattened map, the channel's mean over positions times the sum of its block of columns).
     """
     if index.numel() == 0:
         return
@@ -76,11 +83,13 @@ def replace_units(
         unit.bias[idx] = 0
         reset_entries(optimizer, unit.bias, idx, 0)
     w_out = consumer.weight
+    cols = chain.consumer_columns(idx)
     if mean_activation is not None and consumer.bias is not None:
-        cols = w_out[:, idx] if w_out.dim() == 2 else w_out[:, idx].sum(dim=(2, 3))
-        consumer.bias += cols @ mean_activation[idx].to(cols.dtype)
-    w_out[:, idx] = 0
-    reset_entries(optimizer, w_out, idx, 1)
+        # per unit: its outgoing weights summed over a conv kernel or a block of columns
+        outgoing = w_out[:, cols].reshape(w_out.shape[0], len(idx), -1).sum(dim=2)
+        consumer.bias += outgoing @ mean_activation[idx].to(outgoing.dtype)
+    w_out[:, cols] = 0
+    reset_entries(optimizer, w_out, cols, 1)
     if norm is not None:
         if getattr(norm, "weight", None) is not None:
             norm.weight[idx] = 1

@@ -1,12 +1,18 @@
 """Find the layers CLR reprograms in any network and wrap them with task-keyed layers.
 
 Convolutional networks (any timm CNN: ResNets, EfficientNets, ... or anything built of
-``nn.Conv2d``), by variant:
+``nn.Conv2d``), by variant (the released code's ``--method`` name in brackets):
 
-- ``"CLR"`` (default, the paper): a 3x3 depthwise kernel after every convolution whose kernel
-  is larger than 1x1 (the stem and all 3x3 / 5x5 / 7x7 convolutions, depthwise ones included);
-- ``"CLR-full"``: a 3x3 depthwise kernel after every convolution, 1x1 included;
-- ``"1x1 scale"``: a per-channel scale (1x1 depthwise kernel) after every 1x1 convolution.
+- ``"CLR"`` (default, the paper's CLR; ``Ghost_reduced_v1``): a 3x3 depthwise kernel after
+  every convolution whose kernel is larger than 1x1 (the stem and all 3x3 / 5x5 / 7x7
+  convolutions, depthwise ones included);
+- ``"CLR-full"`` (the paper's CLR-Full; ``Ghost``): a 3x3 depthwise kernel after every
+  convolution, 1x1 included;
+- ``"CLR+1x1"`` (``Ghost_reduced_v2``): CLR's 3x3 kernels plus a per-channel scale (a 1x1
+  depthwise kernel) after every 1x1 convolution;
+- ``"1x1-only"`` (clight's extension, not in the released code): only the per-channel scales
+  after the 1x1 convolutions, no 3x3 kernels. Its old name ``"1x1 scale"`` is still accepted,
+  with a warning.
 
 Transformers (``"affine"``, clight's extension): a per-channel affine map after the linear
 layers whose qualified names match ``linear_targets``.
@@ -19,14 +25,25 @@ Normalisation layers are wrapped in ``TaskNorm`` so each task keeps its own.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Iterable, Optional, Sequence
 
 from torch import nn
 
 from clight.methods.reprogramming.layers import ChannelAffine, ReprogrammedConv, TaskKeyedLayer, TaskNorm
 
-CONV_VARIANTS = ("CLR", "CLR-full", "1x1 scale")
+CONV_VARIANTS = ("CLR", "CLR-full", "CLR+1x1", "1x1-only")
 VARIANTS = CONV_VARIANTS + ("affine",)
+# old name -> current name
+DEPRECATED_VARIANTS = {"1x1 scale": "1x1-only"}
+# where each variant comes from, recorded by CLRClassifier.describe()
+VARIANT_ORIGINS = {
+    "CLR": "paper (CLR); released code --method Ghost_reduced_v1, its default",
+    "CLR-full": "paper (CLR-Full); released code --method Ghost",
+    "CLR+1x1": "released code --method Ghost_reduced_v2 (3x3 kernels plus a scale after every 1x1 convolution)",
+    "1x1-only": "clight's extension: only the scales after the 1x1 convolutions, no 3x3 kernels",
+    "affine": "clight's extension for layers without a spatial kernel (transformers)",
+}
 
 # Linear layers the affine variant targets by default: attention projections and the first MLP
 # layer of timm ViTs (qkv, mlp.fc1) and Hugging Face BERT-style encoders (query/key/value,
@@ -55,18 +72,44 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def conv_targets(model: nn.Module, variant: str = "CLR") -> list[str]:
-    """Qualified names of the convolutions ``variant`` reprograms, in module order."""
+def canonical_variant(variant: str) -> str:
+    """``variant`` itself, or the current name of a deprecated one (with a warning)."""
+    if variant in DEPRECATED_VARIANTS:
+        new = DEPRECATED_VARIANTS[variant]
+        warnings.warn(
+            f"CLR variant {variant!r} is now called {new!r} (clight's extension: only the per-channel scales after 1x1 "
+            f"convolutions); the released code's reduced variant, which keeps the 3x3 kernels, is 'CLR+1x1'",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return new
+    if variant not in VARIANTS:
+        raise ValueError(f"CLR variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+def kernel_size_for(variant: str, conv_kernel: Sequence[int], kernel_size: Optional[int] = None) -> Optional[int]:
+    """Size of the depthwise kernel ``variant`` puts after a convolution with kernel ``conv_kernel``
+    (``None``: that convolution is not reprogrammed). ``kernel_size`` overrides the default
+    (3; 1 for ``"1x1-only"``); the scales ``"CLR+1x1"`` puts after 1x1 convolutions are always 1x1."""
     if variant not in CONV_VARIANTS:
         raise ValueError(f"CLR variant must be one of {CONV_VARIANTS} for convolutions, got {variant!r}")
-    names = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d) or isinstance(module, TaskKeyedLayer) or _is_wrapped(name, model):
-            continue
-        is_1x1 = tuple(module.kernel_size) == (1, 1)
-        if variant == "CLR-full" or (variant == "CLR" and not is_1x1) or (variant == "1x1 scale" and is_1x1):
-            names.append(name)
-    return names
+    is_1x1 = tuple(conv_kernel) == (1, 1)
+    if variant == "1x1-only":
+        return (kernel_size if kernel_size is not None else 1) if is_1x1 else None
+    if not is_1x1 or variant == "CLR-full":
+        return kernel_size if kernel_size is not None else 3
+    return 1 if variant == "CLR+1x1" else None  # a 1x1 convolution under "CLR": left alone
+
+
+def conv_targets(model: nn.Module, variant: str = "CLR") -> list[str]:
+    """Qualified names of the convolutions ``variant`` reprograms, in module order."""
+    variant = canonical_variant(variant)
+    return [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and not isinstance(module, TaskKeyedLayer) and not _is_wrapped(name, model)
+        and kernel_size_for(variant, module.kernel_size) is not None
+    ]
 
 
 def linear_targets(model: nn.Module, patterns: Sequence[str] = DEFAULT_LINEAR_TARGETS) -> list[str]:
@@ -95,12 +138,11 @@ def inject(
 ) -> list[str]:
     """Wrap ``model``'s target layers in place; returns the names of the wrapped layers.
 
-    ``kernel_size`` defaults to 3 (1 for ``"1x1 scale"``). ``per_task_norm`` wraps batch norms
+    ``kernel_size``: see ``kernel_size_for``. ``per_task_norm`` wraps batch norms
     (for ``"affine"``: LayerNorm / GroupNorm / BatchNorm) so every task has its own. The wrapped
     backbone is frozen here; the task-keyed state is added later, task by task.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"CLR variant must be one of {VARIANTS}, got {variant!r}")
+    variant = canonical_variant(variant)
     model.requires_grad_(False)
     wrapped = []
     if variant == "affine":
@@ -111,12 +153,12 @@ def inject(
             replace_module(model, name, ChannelAffine(model.get_submodule(name)))
         norms = ALL_NORMS if norm_types is None else norm_types
     else:
-        k = kernel_size if kernel_size is not None else (1 if variant == "1x1 scale" else 3)
         targets = conv_targets(model, variant)
         if not targets:
             raise ValueError(f"{type(model).__name__} has no convolution that variant {variant!r} reprograms")
         for name in targets:
-            replace_module(model, name, ReprogrammedConv(model.get_submodule(name), k))
+            conv = model.get_submodule(name)
+            replace_module(model, name, ReprogrammedConv(conv, kernel_size_for(variant, conv.kernel_size, kernel_size)))
         norms = BATCH_NORMS if norm_types is None else norm_types
     wrapped += targets
     if per_task_norm:

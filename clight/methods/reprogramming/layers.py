@@ -63,7 +63,8 @@ def dirac_kernel(channels: int, kernel_size: int) -> torch.Tensor:
 class ReprogrammedConv(TaskKeyedLayer):
     """``conv`` (frozen, shared) followed by task's depthwise ``k x k`` kernel (no bias, stride 1).
 
-    With ``kernel_size=1`` the depthwise layer is a per-channel scale (the "1x1 scale" variant).
+    With ``kernel_size=1`` the depthwise layer is a per-channel scale (what variants ``"CLR+1x1"``
+    and ``"1x1-only"`` put after 1x1 convolutions).
     Each task's kernel starts as the identity (a Dirac kernel), so a fresh task computes exactly
     what the backbone computes.
     """

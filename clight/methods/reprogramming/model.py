@@ -33,8 +33,9 @@ class CLRClassifier(ContinualClassifier):
     """Channel-wise lightweight reprogramming, task-incremental.
 
     The backbone is frozen and shared. Every task gets, keyed by its index, its own
-    reprogramming kernels (``variant``: ``"CLR"``, ``"CLR-full"``, ``"1x1 scale"``, or clight's
-    transformer extension ``"affine"``), its own normalisation layers (affine parameters and
+    reprogramming kernels (``variant``: ``"CLR"``, ``"CLR-full"``, ``"CLR+1x1"``, clight's
+    ``"1x1-only"``, or clight's transformer extension ``"affine"``; see
+    ``clight.methods.reprogramming.injection``), its own normalisation layers (affine parameters and
     running statistics, ``per_task_norm``) and its own linear head. ``on_task_start`` adds the
     task's set and makes only it trainable; a batch is run through the set of its ``task_id``
     (a batch mixing tasks is split by task and each part run through its own set). Loss:
@@ -57,11 +58,9 @@ class CLRClassifier(ContinualClassifier):
         lr_scheduler: Optional[LRSchedulerCallable] = clr_step_schedule,
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler, train_backbone=False)
-        if variant not in clr_inject.VARIANTS:
-            raise ValueError(f"CLRClassifier.variant must be one of {clr_inject.VARIANTS}, got {variant!r}")
         if norm_penalty < 0:
             raise ValueError(f"CLRClassifier.norm_penalty must be >= 0, got {norm_penalty}")
-        self.variant = variant
+        self.variant = clr_inject.canonical_variant(variant)
         self.kernel_size = kernel_size
         self.per_task_norm = per_task_norm
         self.linear_targets = list(linear_targets) if linear_targets else list(clr_inject.DEFAULT_LINEAR_TARGETS)
@@ -172,12 +171,22 @@ class CLRClassifier(ContinualClassifier):
             if match and match.group(1) not in self.heads:
                 self.add_task(match.group(1), value.shape[0])
 
+    def _kernel_sizes(self) -> Optional[dict[str, Optional[int]]]:
+        """The kernel put after 1x1 and after larger convolutions (``None``: none there)."""
+        if self.variant == "affine":
+            return None
+        return {
+            "after_1x1_convolutions": clr_inject.kernel_size_for(self.variant, (1, 1), self.kernel_size),
+            "after_larger_convolutions": clr_inject.kernel_size_for(self.variant, (3, 3), self.kernel_size),
+        }
+
     def describe(self) -> dict:
         info = super().describe()
         info.update({
             "method": "CLR (Ge et al., ICCV 2023)",
             "variant": self.variant,
-            "kernel_size": self.kernel_size if self.kernel_size is not None else (1 if self.variant == "1x1 scale" else 3),
+            "variant_origin": clr_inject.VARIANT_ORIGINS[self.variant],
+            "kernel_size": self._kernel_sizes(),
             "per_task_norm": self.per_task_norm,
             "norm_penalty": self.norm_penalty,
             "norm_penalty_form": "sum of unsquared L2 norms of trainable tensors",
