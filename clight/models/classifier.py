@@ -128,6 +128,10 @@ class ContinualClassifier(ContinualModule):
         classes = sorted({c for t in tasks for c in self.sequence.task_classes[t]})
         return [self.heads["all"](features)[:, torch.tensor(classes, device=features.device)]]
 
+    def output_logits(self, batch: dict) -> torch.Tensor:
+        """Logits of every sample (masked as in training), no labels needed."""
+        return self.logits(self.features(batch["input"], batch["task_id"]), batch["task_id"])
+
     def _targets(self, batch: dict) -> torch.Tensor:
         return self.local_index[batch["target"]] if self.multi_head else batch["target"]
 
