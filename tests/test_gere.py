@@ -343,3 +343,37 @@ def test_runner_resume_reuses_cached_thresholds(data, tmp_path):
     assert again.loaded_from_cache and again.describe()["loaded_from_cache"]
     assert torch.equal(again.thresholds.mu, first.thresholds.mu) and torch.equal(again.states.packed, first.states.packed)
     assert result.accuracy_matrix.shape == (2, 2)
+
+
+def test_tm_is_exactly_zero_at_the_start_under_bf16_mixed(data, tmp_path):
+    """The reference is taken under the training precision, so the untrained model satisfies every constraint."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    bf16 = MixedPrecision("bf16-mixed", "cpu")
+    model = tiny().eval()
+    same = GeneralReplay("tm")
+    same.setup_sequence(model, data, RunContext(tmp_path / "bf16"))
+    same.ensure_reference(model, bf16.forward_context)
+    float32 = GeneralReplay("tm")  # thresholds taken without autocast, as clight did before
+    float32.setup_sequence(model, data, RunContext(tmp_path / "fp32"))
+    float32.ensure_reference(model)
+    with torch.no_grad(), bf16.forward_context():
+        for batch in data.general_loader(data.general_set, same.batch_size):
+            _, out = model.task_loss(batch)
+            assert same._term(model, batch, out).item() == 0.0
+            mismatched = float32._term(model, batch, out).item()
+    assert mismatched > 0  # the bf16 hidden states break float32 thresholds at the start
+
+
+def test_runner_takes_the_reference_under_the_trainers_precision(data, tmp_path):
+    seen = []
+
+    class RecordTM(ContinualCallback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(float(trainer.callback_metrics["train/gere_tm"]))
+
+    model = tiny(optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    trainer = dict(TRAINER, precision="bf16-mixed")
+    SequenceRunner(model, data, methods=[GeneralReplay("tm"), RecordTM()], trainer=trainer, run_dir=str(tmp_path / "run"),
+                   max_steps_per_task=3).run()
+    assert seen == [0.0] * 6

@@ -21,9 +21,8 @@ general token in float16 in the run folder (2 bytes x tokens x d; no extra forwa
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, ContextManager, Literal, Optional, Union
 
 import torch
 
@@ -98,10 +97,10 @@ class GeneralReplay(ContinualCallback):
             module.add_loss_term(f"gere_{self.loss}", self._term)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.ensure_reference(pl_module, trainer.precision_plugin.forward_context())
+        self.ensure_reference(pl_module, trainer.precision_plugin.forward_context)
 
-    def ensure_reference(self, module: Any, forward_context: Optional[AbstractContextManager] = None) -> None:
-        """Compute the base reference now (under ``forward_context``) if it is needed and missing."""
+    def ensure_reference(self, module: Any, forward_context: Optional[Callable[[], ContextManager]] = None) -> None:
+        """Compute the base reference now (each forward inside ``forward_context()``) if it is needed and missing."""
         if not self.variant.needs_reference or self.reference is not None:
             return
         self.reference = BaseReference.compute(module, self._datamodule, self.batch_size, keep_features=self.loss != "tm",

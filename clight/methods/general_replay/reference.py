@@ -5,10 +5,10 @@ model, reloaded on resume (a resumed model is no longer the base model)."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from safetensors import safe_open
@@ -36,17 +36,17 @@ class BaseReference:
         keep_features: bool,
         unbiased: bool,
         fingerprint: str,
-        forward_context: Optional[AbstractContextManager] = None,
+        forward_context: Optional[Callable[[], ContextManager]] = None,
     ) -> "BaseReference":
-        """Two no-grad passes of ``module`` (eval mode, under ``forward_context``: the training
-        precision) over the general set; rank 0's result on every rank."""
+        """Two no-grad passes of ``module`` (eval mode, each forward inside ``forward_context()``:
+        the training precision) over the general set; rank 0's result on every rank."""
         was_training = module.training
         module.eval()
         device = module.device
-        context = forward_context if forward_context is not None else nullcontext()
+        context = forward_context or nullcontext
 
         def hidden(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            with context:
+            with context():
                 return module(ids, mask)[1]
 
         batches = lambda: datamodule.general_loader(datamodule.general_set, batch_size)  # noqa: E731
