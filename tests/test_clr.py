@@ -110,7 +110,7 @@ def test_old_1x1_scale_name_still_works_with_a_warning():
 
 
 def test_resnet50_budget_matches_methods_md(capsys):
-    """METHODS.md: about 35k kernel weights (0.14% of ResNet-50) plus about 53k BatchNorm values."""
+    """The paper's count: about 35k kernel weights (0.14% of ResNet-50) plus about 53k BatchNorm values."""
     import timm
 
     model = _clr_model(TimmBackbone("resnet50"))

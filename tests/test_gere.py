@@ -26,7 +26,7 @@ def prepare(callback, model, data, run_dir):
 
 # -- an independent, entry-by-entry threshold-margin loss --------------------------------------
 def direct_tm(h0, h, mask, neg, pos):
-    """Straight from METHODS.md: state from the base hidden state, then the margin of each entry."""
+    """Straight from the paper's definition: state from the base hidden state, then the margin of each entry."""
     total, violating = 0.0, 0
     b, length, d = h.shape
     for i in range(b):

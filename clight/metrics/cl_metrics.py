@@ -1,4 +1,4 @@
-"""Continual-learning metrics over an accuracy matrix (METHODS.md section 7).
+"""Continual-learning metrics over an accuracy matrix (see docs/metrics.md).
 
 ``a[k][j]`` is the accuracy on task ``j`` after training through task ``k``. Rows may be
 partial (a run still in progress): only entries ``j <= k`` are needed by the metrics, except

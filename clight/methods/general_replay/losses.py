@@ -24,7 +24,7 @@ def tm_loss_from_masks(
     pos: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Threshold-margin loss (METHODS.md section 3) with float state masks, averaged over violating entries.
+    """Threshold-margin loss (docs/methods/gere.md) with float state masks, averaged over violating entries.
 
     ``hidden`` ``[..., d]``; the state masks have its shape; ``neg``/``pos`` ``[d]``; ``mask``
     (optional, e.g. the attention mask ``[...]``) zeroes whole tokens.

@@ -1,7 +1,7 @@
 """The base model's per-entry threshold state, packed at 2 bits per entry.
 
 For every token of the general set and every hidden dimension, the threshold-margin loss needs
-only which of three states the base model was in (METHODS.md section 3): NEU (between the
+only which of three states the base model was in (docs/methods/gere.md): NEU (between the
 thresholds), NEG (at or below ``neg``) or POS (at or above ``pos``). Four entries share a byte.
 Rows are tokens: ``packed[t]`` holds the ``d`` states of token ``t`` in ``ceil(d / 4)`` bytes,
 so gathering the tokens of a replayed sample is one row index.

@@ -1,4 +1,4 @@
-"""Plasticity methods (METHODS.md 2): continual backprop, ReDo, shrink & perturb, and a monitor."""
+"""Plasticity methods (docs/methods/plasticity.md): continual backprop, ReDo, shrink & perturb, and a monitor."""
 
 from clight.methods.plasticity.chain import Chain, ChainError, find_chains
 from clight.methods.plasticity.continual_backprop import ContinualBackprop

@@ -1,4 +1,4 @@
-"""Plasticity statistics (METHODS.md 2.4) of a representation or a network.
+"""Plasticity statistics (docs/methods/plasticity.md, docs/metrics.md) of a representation or a network.
 
 A representation ``h`` is ``[N, units]`` (or ``[N, C, H, W]``: a unit is a channel, an entry is
 one sample at one position).
