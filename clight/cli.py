@@ -86,12 +86,12 @@ def fit(argv: list[str]) -> int:
 
 
 def _print_report(run_dir: Path) -> None:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from rich.console import Console
 
+    from clight.distributed import is_rank_zero
     from clight.report import format_report
 
-    if rank_zero_only.rank == 0:
+    if is_rank_zero():
         Console().print(format_report(run_dir))
         Console().print(f"run folder: {run_dir}")
 
