@@ -137,8 +137,9 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
     """What the table's numbers are and where they come from, one line each."""
     out = []
     if layout["with_matrix"]:
+        points = "BWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT and forgetting"
         out.append("Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
-                   "AA = mean of that row over the tasks seen; BWT, forgetting and intransigence in percentage points.")
+                   f"AA = mean of that row over the tasks seen; {points} in percentage points.")
         convention = next((r.metrics["forgetting_convention"] for r in records if r.metrics.get("forgetting_convention")), None)
         if convention:
             out.append(f"Forgetting: {convention}.")
