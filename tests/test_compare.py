@@ -127,6 +127,7 @@ def test_unfinished_run_is_resumed_not_restarted(tmp_path):
     assert killed["status"] == "running" and killed["finished_fits"] == 1
     result = compare_configs([config, other], tmp_path / "out")
     assert [r.status for r in result.records] == ["resumed", "started"]
+    assert f"clight compare {config} {other} --out {tmp_path / 'out'}\n" in result.markdown  # the command line equivalent
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["finished_fits"] == 2
     assert manifest["wall_time_per_task"][0] == killed["wall_time_per_task"][0]  # task 1 was not trained again

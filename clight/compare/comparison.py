@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,20 +28,25 @@ class Comparison:
     out: Path
 
 
-def default_command() -> str:
-    return "clight " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("clight", "__main__.py") else shlex.join(sys.argv)
+def equivalent_command(sources: Sequence[PathLike], out: PathLike, runs: bool = False, overrides: Sequence[str] = (),
+                       run_root: Optional[PathLike] = None, names: Optional[Sequence[str]] = None, window: Optional[int] = None) -> str:
+    """The ``clight compare`` command line that does what a Python call did (for the notes)."""
+    args = (["--runs"] if runs else []) + [str(s) for s in sources] + ["--out", str(out)]
+    args += (["--run_root", str(run_root)] if run_root is not None else []) + list(overrides)
+    args += (["--names", *names] if names else []) + (["--window", str(window)] if window else [])
+    return "clight compare " + shlex.join(args)
 
 
-def write_comparison(records: list[RunRecord], out: PathLike, command: Optional[str] = None, window: Optional[int] = None) -> Comparison:
-    """Check that the runs share one task sequence, then write the table, CSV, JSON and figure."""
+def write_comparison(records: list[RunRecord], out: PathLike, command: str, window: Optional[int] = None) -> Comparison:
+    """Check that the runs share one task sequence, then write the table (with ``command``, the
+    command that produced it), CSV, JSON and figure."""
     check_same_sequence([(r.name, r.sequence) for r in records])
-    command = command or default_command()
     rows, layout = build_rows(records, window)
     table = to_markdown(rows, layout)
     lines = notes(records, rows, layout)
     text = "\n".join(["# Comparison", "", "Produced by", "", "```bash", command, "```", "", table, "", *[f"- {n}" for n in lines], ""])
     out = Path(out)
-    if is_rank_zero():
+    if is_rank_zero():  # compare_runs may be called on every rank of a distributed job
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "comparison.md", text)
         write_text_atomic(out / "comparison.csv", to_csv(rows))
@@ -76,16 +80,20 @@ def compare_runs(run_dirs: Sequence[PathLike], out: PathLike, names: Optional[Se
     if names is not None and len(names) != len(run_dirs):
         raise ValueError(f"--names gives {len(names)} names for {len(run_dirs)} run folders")
     records = [read_run(d, names[i] if names else None) for i, d in enumerate(run_dirs)]
-    return write_comparison(records, out, command, window)
+    return write_comparison(records, out, command or equivalent_command(run_dirs, out, True, names=names, window=window), window)
 
 
 def compare_configs(configs: Sequence[PathLike], out: PathLike, overrides: Sequence[str] = (), run_root: Optional[PathLike] = None,
                     names: Optional[Sequence[str]] = None, command: Optional[str] = None, window: Optional[int] = None) -> Comparison:
     """Run every config (``overrides`` applied to each, as ``clight fit --config C OVERRIDES`` would),
     reading finished runs and resuming unfinished ones, then tabulate them. Every config is checked
-    (parse, run folder, task sequence) before any run starts."""
+    (parse, run folder, task sequence) before any run starts. With several processes, only rank 0
+    returns the comparison (the others return an empty one)."""
     plans = plan_runs([str(c) for c in configs], overrides, None if run_root is None else str(run_root), names)
     check_same_sequence([(p.name, p.sequence) for p in plans])
     execute(plans)
+    if not is_rank_zero():  # rank 0 writes the run folders and the comparison; the others would race it
+        return Comparison([], [], {}, "", Path(out))
     records = [read_run(p.run_dir, p.name, p.status) for p in plans]
+    command = command or equivalent_command(configs, out, False, overrides, run_root, names, window)
     return write_comparison(records, out, command, window)
