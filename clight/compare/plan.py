@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -46,7 +46,7 @@ def run_state(run_dir: Path) -> str:
     return "unfinished" if (run_dir / "config.yaml").exists() else "missing"
 
 
-def config_differences(stored, requested, prefix: str = "") -> list[str]:
+def config_differences(stored: Any, requested: Any, prefix: str = "") -> list[str]:
     """Keys set in both configs to different values (keys only one side has are new or retired
     options, not differences), as ``key: stored vs requested`` lines."""
     if isinstance(stored, dict) and isinstance(requested, dict):
@@ -59,14 +59,14 @@ def config_differences(stored, requested, prefix: str = "") -> list[str]:
     return []
 
 
-def _parse(parser, config: Path, fit_args: list[str]):
+def _parse(parser: Any, config: Path, fit_args: list[str]) -> Any:
     try:
         return parser.parse_args(fit_args)
     except argparse.ArgumentError as exc:
         raise ConfigError(f"{config}: {exc}") from None
 
 
-def _data_sequence(cfg) -> dict:
+def _data_sequence(cfg: Any) -> dict:
     """The task sequence a config describes, from its data section alone (no model is built)."""
     from jsonargparse import ArgumentParser, Namespace
 
