@@ -38,6 +38,8 @@ _LAZY = {
     "JsonlGeneral": "clight.data.text",
     "TextFolder": "clight.data.text",
     "HFGeneral": "clight.data.text",
+    "compare_configs": "clight.compare",
+    "compare_runs": "clight.compare",
 }
 
 

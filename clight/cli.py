@@ -1,4 +1,5 @@
-"""The ``clight`` command: ``clight fit --config X.yaml`` and ``clight report RUN_DIR``.
+"""The ``clight`` command: ``clight fit --config X.yaml``, ``clight report RUN_DIR`` and
+``clight compare CONFIG ... --out DIR``.
 
 Configs are parsed by jsonargparse from the type hints of the classes (the same machinery as
 LightningCLI), so an unknown key, a wrong type or a bad value fails before anything runs, with
@@ -21,11 +22,12 @@ from clight.models.module import ContinualModule
 from clight.contract import ConfigError
 from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunnerSettings, SequenceRunner
 
-USAGE = """usage: clight {fit,report} ...
+USAGE = """usage: clight {fit,report,compare} ...
 
   clight fit --config CONFIG.yaml [--key=value ...]   train a model on a task sequence
   clight fit --config CONFIG.yaml --resume RUN_DIR    continue a killed run where it stopped
   clight report RUN_DIR                               print the metrics, rebuild tables and plots
+  clight compare CONFIG [CONFIG ...] --out DIR        run/resume/read configs, one table + figure
 
 Run `clight fit --help` for every option, `clight fit --config X --print_config` for the resolved config.
 """
@@ -107,7 +109,13 @@ def report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": fit, "report": report}
+def compare(argv: list[str]) -> int:
+    from clight.compare.command import main as compare_main
+
+    return compare_main(argv)
+
+
+COMMANDS = {"fit": fit, "report": report, "compare": compare}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -65,6 +65,7 @@ class SequenceRunner:
         self.schedule = self.settings.schedule()
         self.progress: Optional[Progress] = None
         self.logger: Optional[SequenceCSVLogger] = None
+        self.trainable_per_fit: list[int] = []  # counted after each fit's on_task_start hooks
 
     @property
     def run_dir(self) -> Path:
@@ -106,6 +107,7 @@ class SequenceRunner:
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)
+        self.trainable_per_fit[fit.index :] = [sum(p.numel() for p in self.model.trainable_parameters())]
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
         display.start(self.schedule.title(fit, self.data.num_tasks))
@@ -139,6 +141,7 @@ class SequenceRunner:
             "methods": {m.state_key: m.state_dict() for m in self.methods},
             "data": self.data.state_dict(),
             "step_offset": self.logger.step_offset,
+            "trainable_per_fit": list(self.trainable_per_fit),
         }
 
     def _restore(self) -> Progress:
@@ -156,6 +159,7 @@ class SequenceRunner:
                 method.load_state_dict(state["methods"][method.state_key])
         self.data.load_state_dict(state["data"])
         self.logger.step_offset = int(state["step_offset"])
+        self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
         return progress
 
     def _finish(self) -> RunResult:
@@ -167,6 +171,10 @@ class SequenceRunner:
                 "wall_time_seconds": float(sum(self.progress.wall_time_per_task)),
                 "wall_time_per_task": self.progress.wall_time_per_task,
                 "initial_accuracy": self.progress.initial.get("correct"),
+                # per fit (one per task; one for a joint run); None for runs resumed from older checkpoints
+                "trainable_parameters_per_task": (
+                    self.trainable_per_fit if len(self.trainable_per_fit) == self.progress.finished_fits else None
+                ),
                 "model": self.model.describe(),
                 "data": self.data.describe(),
                 "methods": [m.describe() for m in self.methods],

@@ -1,8 +1,11 @@
-"""Compare plasticity runs: new-task accuracy and plasticity statistics over a long sequence.
+"""Compare plasticity runs: new-task accuracy and the PlasticityMonitor's statistics over a long
+sequence. A thin wrapper over ``clight compare`` (``clight.compare``), kept for scripts and the
+notebook; the command that writes the full comparison (md, CSV, JSON, figure) is
 
-Reads run folders made by ``clight fit --config configs/plasticity_*.yaml`` (``metrics.json``
-with ``new_task_accuracy``; ``plasticity.json`` from the ``PlasticityMonitor``), prints a
-markdown table of the first and last ``window`` tasks and plots every run.
+    clight compare configs/plasticity_*.yaml --out benchmarks/results/plasticity_sequence
+    clight compare --runs runs/plasticity/* --out plasticity_comparison      # finished runs only
+
+This module prints the markdown table of finished run folders and writes the figure to ``--plot``:
 
     python -m clight.methods.plasticity.compare runs/plasticity/* --plot plasticity.png
 """
@@ -10,43 +13,27 @@ markdown table of the first and last ``window`` tasks and plots every run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
-import numpy as np
-
-from clight.methods.plasticity.monitor import plot_history
-
-
-def load_run(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    if "new_task_accuracy" in metrics:
-        accuracy = metrics["new_task_accuracy"]
-    else:
-        accuracy = list(np.diag(np.loadtxt(run_dir / "accuracy_matrix.csv", delimiter=",", skiprows=1)[:, 1:]))
-    history_path = run_dir / "plasticity.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else []
-    return {"name": run_dir.name, "new_task_accuracy": accuracy, "plasticity": history}
+from clight.compare.figure import plot_comparison
+from clight.compare.record import RunRecord, check_same_sequence, read_run
+from clight.compare.table import build_rows, to_markdown
 
 
-def compare(runs: Sequence[dict], plot: Path, window: int = 10) -> str:
-    plot_history({r["name"]: r["plasticity"] for r in runs}, plot, extra={r["name"]: r["new_task_accuracy"] for r in runs})
-    rows = [
-        f"| run | new-task accuracy, first {window} tasks | new-task accuracy, last {window} tasks | dead units (last) "
-        "| effective rank (first -> last) | weight magnitude (first -> last) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        a, p = r["new_task_accuracy"], r["plasticity"]
-        first, last = float(np.mean(a[:window])), float(np.mean(a[-window:]))
-        stats = (
-            f"{p[-1]['dead_fraction']:.3f} | {p[0]['effective_rank']:.1f} -> {p[-1]['effective_rank']:.1f} "
-            f"| {p[0]['weight_magnitude']:.4f} -> {p[-1]['weight_magnitude']:.4f}"
-            if p else "n/a | n/a | n/a"
-        )
-        rows.append(f"| {r['name']} | {first:.3f} | {last:.3f} | {stats} |")
-    return "\n".join(rows)
+def load_run(run_dir: Union[str, Path]) -> RunRecord:
+    """A finished run folder (metrics.json, manifest.json, plasticity.json)."""
+    return read_run(Path(run_dir))
+
+
+def compare(runs: Sequence[RunRecord], plot: Path, window: Optional[int] = 10) -> str:
+    """The markdown table of ``runs`` (new-task accuracy over the first and last ``window`` tasks,
+    every plasticity statistic first -> last); the figure is written to ``plot``."""
+    runs = list(runs)
+    check_same_sequence([(r.name, r.sequence) for r in runs])
+    plot_comparison(runs, plot)
+    rows, layout = build_rows(runs, window)
+    return to_markdown(rows, layout)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,90 @@
+"""The comparison figure: final accuracy per task (grouped bars), new-task accuracy over the
+sequence (running mean) where runs scored only the new task, and every control over the tasks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from clight.compare.record import RunRecord
+from clight.plots import _pyplot
+
+PANELS_PER_ROW = 4
+
+
+def running_mean(values: list[float], window: int) -> np.ndarray:
+    """Mean over the last ``window`` values at every position (fewer at the start)."""
+    x = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(x, 0, 0.0))
+    ends = np.arange(1, len(x) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def _final_accuracy(ax, records: list[RunRecord]) -> None:
+    shown = [r for r in records if r.final_accuracy is not None]
+    width = 0.8 / len(shown)
+    for i, r in enumerate(shown):
+        x = np.arange(1, r.num_tasks + 1) + (i - (len(shown) - 1) / 2) * width
+        ax.bar(x, 100 * np.nan_to_num(np.asarray(r.final_accuracy)), width, label=r.name)
+    ax.set_xlabel("task")
+    ax.set_ylabel("accuracy after the last task (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("final accuracy per task")
+
+
+def _new_task_accuracy(ax, records: list[RunRecord], smooth: int) -> None:
+    for r in records:
+        if r.new_task_accuracy:
+            ys = running_mean(r.new_task_accuracy, smooth)
+            ax.plot(np.arange(1, len(ys) + 1), 100 * ys, label=r.name)
+    ax.set_xlabel("task")
+    ax.set_ylabel("accuracy on the task just trained (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"new-task accuracy ({smooth}-task running mean)" if smooth > 1 else "new-task accuracy")
+
+
+def _control(ax, records: list[RunRecord], name: str) -> None:
+    for r in records:
+        c = next((c for c in r.controls if c.name == name), None)
+        if c is None:
+            continue
+        offset = 0 if c.before is not None else 1
+        ys = ([c.before] if c.before is not None else []) + list(c.per_task)
+        ax.plot(np.arange(offset, offset + len(ys)), ys, marker="o" if len(ys) <= 20 else None, label=r.name)
+    ax.set_xlabel("after task (0: before the first)")
+    ax.set_title(name.replace("_", " "))
+
+
+def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] = None) -> Path:
+    """One panel per view; one colour per run in every panel."""
+    plt = _pyplot()
+    num_tasks = max(r.num_tasks for r in records)
+    panels = []
+    if any(r.final_accuracy is not None for r in records):
+        panels.append(_final_accuracy)
+    if any(r.schedule == "sequential_current" for r in records):
+        window = smooth or (5 if num_tasks >= 20 else 1)
+        panels.append(lambda ax, rs: _new_task_accuracy(ax, rs, window))
+    names = list(dict.fromkeys(c.name for r in records for c in r.controls))
+    panels += [lambda ax, rs, n=n: _control(ax, rs, n) for n in names]
+    columns = min(PANELS_PER_ROW, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, draw in zip(axes.flat, panels):
+        draw(ax, records)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

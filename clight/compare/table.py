@@ -1,0 +1,175 @@
+"""The comparison table: one row per run, written as markdown, CSV and JSON.
+
+Every number is taken from the run folders as written: the final accuracies are the last row of
+the manifest's matrix, AA/BWT/forgetting/wall time come from ``metrics.json``. The derived
+figures are named by what they are: new-task accuracy over the first/last ``window`` tasks (means
+of ``a[t][t]``), intransigence against the joint run, a control's change (after minus start).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from clight.compare.record import RunRecord
+from clight.metrics import IntransigenceReference, intransigence
+
+MAX_TASK_COLUMNS = 12  # the markdown table shows per-task columns up to this many tasks (the CSV always)
+
+
+def default_window(num_tasks: int) -> int:
+    """The new-task accuracy window ``clight report`` uses: 10 tasks, at most half the sequence."""
+    return max(1, min(10, num_tasks // 2))
+
+
+def joint_reference(records: list[RunRecord]) -> tuple[Optional[RunRecord], Optional[IntransigenceReference], str]:
+    """The first joint run, as an intransigence reference, with its provenance written out."""
+    joint = next((r for r in records if r.schedule == "joint"), None)
+    if joint is None:
+        return None, None, ""
+    others = [r.name for r in records if r.schedule == "joint" and r is not joint]
+    provenance = (
+        f"a*_k = accuracy on task k of the joint run {joint.name} ({joint.run_dir}): one model trained on all "
+        f"{joint.num_tasks} tasks at once, used as the reference for every k (Chaudhry et al. 2018 train a joint model on "
+        "tasks 0..k for each k; that needs one joint run per k). I_k = a*_k - a[k][k]"
+        + (f"; other joint runs not used as reference: {', '.join(others)}" if others else "")
+    )
+    return joint, IntransigenceReference(joint.final_accuracy, "joint", f"{joint.run_dir}"), provenance
+
+
+def _mean(values: Optional[list[float]]) -> Optional[float]:
+    return float(np.mean(values)) if values else None
+
+
+def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[list[dict], dict]:
+    """One dict per run (raw values, keyed by CSV column), and what the columns depend on."""
+    num_tasks = max(r.num_tasks for r in records)
+    window = window or default_window(num_tasks)
+    with_matrix = any(r.final_accuracy is not None for r in records)
+    new_task_only = any(r.schedule == "sequential_current" for r in records)
+    joint, reference, provenance = joint_reference(records)
+    control_names = list(dict.fromkeys(c.name for r in records for c in r.controls))
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"method": r.name, "schedule": r.schedule, "status": r.status, "run_dir": str(r.run_dir)}
+        if with_matrix:
+            final = r.final_accuracy or [None] * num_tasks
+            row.update({f"task_{j + 1}": final[j] if j < len(final) else None for j in range(num_tasks)})
+            for key in ("average_accuracy", "backward_transfer", "forgetting"):
+                row[key] = r.metrics.get(key)
+        if reference is not None:
+            diagonal = r.new_task_accuracy
+            row["intransigence"] = intransigence(r.matrix, reference)[0] if diagonal is not None and r is not joint else None
+        if new_task_only:
+            diagonal = r.new_task_accuracy
+            row[f"new_task_accuracy_first_{window}"] = _mean(diagonal[:window]) if diagonal else None
+            row[f"new_task_accuracy_last_{window}"] = _mean(diagonal[-window:]) if diagonal else None
+        controls = {c.name: c for c in r.controls}
+        for name in control_names:
+            c = controls.get(name)
+            row.update({f"{name}_start": c and c.start, f"{name}_after": c and c.after, f"{name}_change": c and c.change})
+        trainable, source = r.trainable()
+        row.update({"wall_time_seconds": r.metrics.get("wall_time_seconds"), "trainable_per_task": trainable,
+                    "trainable_source": source})
+        rows.append(row)
+    layout = {"num_tasks": num_tasks, "window": window, "with_matrix": with_matrix, "new_task_only": new_task_only,
+              "controls": control_names, "intransigence_reference": provenance or None}
+    return rows, layout
+
+
+# -- markdown -----------------------------------------------------------------------------------
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _percent(digits: int) -> Callable[[Any], str]:
+    return lambda v: "n/a" if _missing(v) else f"{100 * v:.{digits}f}"
+
+
+def _trainable(value: Any) -> str:
+    if _missing(value):
+        return "n/a"
+    if isinstance(value, list):
+        if not value:
+            return "n/a"
+        return f"{value[0]:,}" if len(set(value)) == 1 else f"{value[0]:,} → {value[-1]:,}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def _control(row: dict, name: str) -> str:
+    start, after, change = row[f"{name}_start"], row[f"{name}_after"], row[f"{name}_change"]
+    if _missing(after):
+        return "n/a"
+    return f"{start:.4g} → {after:.4g} ({change:+.3g})"
+
+
+def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
+    columns: list[tuple[str, Callable[[dict], str]]] = [("method", lambda row: row["method"])]
+    if layout["with_matrix"]:
+        if layout["num_tasks"] <= MAX_TASK_COLUMNS:
+            columns += [(f"task {j + 1}", lambda row, j=j: _percent(1)(row[f"task_{j + 1}"])) for j in range(layout["num_tasks"])]
+        columns += [(header, lambda row, key=key: _percent(2)(row[key])) for header, key in
+                    (("AA", "average_accuracy"), ("BWT", "backward_transfer"), ("forgetting", "forgetting"))]
+    if layout["intransigence_reference"]:
+        columns.append(("intransigence", lambda row: _percent(2)(row["intransigence"])))
+    if layout["new_task_only"]:
+        w = layout["window"]
+        columns += [(f"new-task acc., first {w}", lambda row: _percent(1)(row[f"new_task_accuracy_first_{w}"])),
+                    (f"new-task acc., last {w}", lambda row: _percent(1)(row[f"new_task_accuracy_last_{w}"]))]
+    columns += [(f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]]
+    columns += [("wall time", lambda row: "n/a" if _missing(row["wall_time_seconds"]) else f"{row['wall_time_seconds']:.0f} s"),
+                ("trainable / task", lambda row: _trainable(row["trainable_per_task"]))]
+    return columns
+
+
+def to_markdown(rows: list[dict], layout: dict) -> str:
+    columns = markdown_columns(layout)
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]:
+    """What the table's numbers are and where they come from, one line each."""
+    out = []
+    if layout["with_matrix"]:
+        points = "BWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT and forgetting"
+        out.append("Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
+                   f"AA = mean of that row over the tasks seen; {points} in percentage points.")
+        convention = next((r.metrics["forgetting_convention"] for r in records if r.metrics.get("forgetting_convention")), None)
+        if convention:
+            out.append(f"Forgetting: {convention}.")
+    if layout["new_task_only"]:
+        out.append(f"New-task accuracy: a[t][t], accuracy on task t right after training it, averaged over the first and the "
+                   f"last {layout['window']} tasks.")
+    if layout["intransigence_reference"]:
+        out.append(f"Intransigence: {layout['intransigence_reference']}.")
+    seen: dict[str, str] = {}
+    for c in (c for r in records for c in r.controls):
+        direction = {True: "lower is better", False: "higher is better"}.get(c.lower_is_better, "no better direction")
+        seen.setdefault(c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} "
+                                f"(from {c.source}).")
+    out += list(seen.values())
+    out += [f"{row['method']}: {row['status']} ({row['run_dir']}); trainable / task from {row['trainable_source']}." for row in rows]
+    return out
+
+
+# -- CSV ------------------------------------------------------------------------------------------
+def _csv_cell(value: Any) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    return str(value)  # repr-exact floats: the CSV holds the run folders' numbers, not rounded ones
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(list(rows[0]))
+    writer.writerows([[_csv_cell(v) for v in row.values()] for row in rows])
+    return buffer.getvalue()
