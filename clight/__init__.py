@@ -28,6 +28,7 @@ _LAZY = {
     "GeneralPerplexity": "clight.methods.general_replay",
     "ContinualCausalLM": "clight.models.causal_lm",
     "ContinualCLIP": "clight.models.clip",
+    "SPU": "clight.methods.selective_update",
     "TextTaskSequence": "clight.data.text",
     "TextTaskSpec": "clight.data.text",
     "JsonlText": "clight.data.text",

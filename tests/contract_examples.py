@@ -18,6 +18,7 @@ from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
 from clight.methods.regularization import EWC, LwF
 from clight.methods.reprogramming import CLRClassifier
+from clight.methods.selective_update import SPU
 from clight.models.backbones import SmallCNN
 from clight.models.causal_lm import ContinualCausalLM
 from clight.models.clip import ContinualCLIP
@@ -75,6 +76,8 @@ METHOD_EXAMPLES: dict[type, Example] = {
     PlasticityMonitor: lambda: (classifier(), permuted_digits(), [PlasticityMonitor(probe_size=64), PlasticityMonitor(probe_size=32, probe="first")]),
     GeneralReplay: lambda: (tiny_lm(), text(), [GeneralReplay("tm"), GeneralReplay("feature_l2", weight=1.0)]),
     GeneralPerplexity: lambda: (tiny_lm(), text(), [GeneralPerplexity(batch_size=2), GeneralPerplexity(batch_size=4)]),
+    SPU: lambda: (tiny_clip(), digits(), [SPU(targets=[r"vision_model\..*mlp\.fc1$"]),
+                                          SPU(fraction=0.2, targets=[r"text_model\..*mlp\.fc1$"], full=[], variant="released_code")]),
 }
 
 MODEL_EXAMPLES: dict[type, Example] = {
