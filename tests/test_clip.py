@@ -144,3 +144,13 @@ def test_a_sequence_runs_through_the_runner_with_both_accuracy_matrices(tmp_path
     assert result.accuracy_matrix[0, 1] == 0.0  # task 1's classes are not among the seen ones after task 0
     assert (tmp_path / "run" / "accuracy_matrix_task_aware.csv").is_file()
     assert result.metrics["model"]["seen_classes"] == 10
+
+
+def test_class_names_come_from_a_list_or_a_source():
+    from clight.data.sources import DatasetSource
+    from clight.models.clip import class_names_of
+
+    assert class_names_of("fashion_mnist")[0] == "T-shirt/top" and class_names_of("digits") == [str(i) for i in range(10)]
+    source = DatasetSource(train=[], test=[], num_classes=2, class_names=["aquarium_fish", "maple_tree"])
+    assert class_names_of(source) == ["aquarium fish", "maple tree"]  # a source's underscores become spaces
+    assert class_names_of(["a_b", "c"]) == ["a_b", "c"]  # a list is taken as written

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clight.contract import ConfigError
+from clight.data.sources import Source, resolve_source
 from clight.data.task import SequenceInfo, Task
 from clight.models.module import ContinualModule, default_optimizer
 
@@ -92,20 +93,19 @@ def load_clip(model: str, dtype: str = "float32", seed: int = 0, tiny_config: Op
     return net, tokenizer
 
 
-def class_names_of(names: Union[str, Sequence[str]]) -> list[str]:
-    """Class names from a list, or from a clight data source by name (``digits``, ``fashion_mnist``)."""
-    if isinstance(names, str):
-        from clight.data.sources import resolve_source
-
-        return list(resolve_source(names).data().class_names)
+def class_names_of(names: Union[str, Sequence[str], Source]) -> list[str]:
+    """Class names from a list, or from a clight data source (``Source``, or a name: ``digits``,
+    ``fashion_mnist``); a source's underscores become spaces (CIFAR-100's ``aquarium_fish``)."""
+    if isinstance(names, (str, Source)):
+        return [n.replace("_", " ") for n in resolve_source(names).data().class_names]
     return [str(n) for n in names]
 
 
 class ContinualCLIP(ContinualModule):
     """CLIP as a class-incremental classifier over the classes seen so far.
 
-    ``class_names``: one name per class id of the sequence, or the name of a clight source
-    (``digits``, ``fashion_mnist``) to take its names. ``template``: the prompt, with ``{}`` for
+    ``class_names``: one name per class id of the sequence, or a clight source (``Source``, e.g.
+    ``Torchvision("CIFAR100")``, or a name: ``digits``, ``fashion_mnist``) to take its names. ``template``: the prompt, with ``{}`` for
     the class name. Evaluation also reports ``correct_task_aware`` (argmax among the sample's
     own task's classes, which CLIP can score before they are trained).
     """
@@ -116,7 +116,7 @@ class ContinualCLIP(ContinualModule):
     def __init__(
         self,
         model: str = "tiny",
-        class_names: Union[str, list[str]] = "digits",
+        class_names: Union[str, list[str], Source] = "digits",
         template: str = "a photo of a {}.",
         dtype: str = "float32",
         tiny_config: Optional[dict] = None,
@@ -144,8 +144,9 @@ class ContinualCLIP(ContinualModule):
         super().check_compatible(info)
         names = class_names_of(self.class_names_arg)
         if len(names) != info.num_classes:
+            given = self.class_names_arg if isinstance(self.class_names_arg, str) else type(self.class_names_arg).__name__
             raise ConfigError(
-                f"ContinualCLIP has {len(names)} class names ({self.class_names_arg if isinstance(self.class_names_arg, str) else 'a list'}) "
+                f"ContinualCLIP has {len(names)} class names ({given}) "
                 f"but the sequence has {info.num_classes} classes: give model.class_names one name per class id, in class-id order"
             )
 
