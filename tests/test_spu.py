@@ -43,7 +43,8 @@ def _fit(model, data, spu, steps, **trainer):
 
 
 def _hand_importance(model, data, names, task, fraction_of_batches=0.25):
-    """|sum of d/dw mean_i ||logits_i||^2| over the first batches, by torch.autograd, task rows only."""
+    """|sum of d/dw mean_i ||logits_i||^2| over the first batches, by torch.autograd, task rows only
+    (not replayed samples, not general text)."""
     model = copy.deepcopy(model).eval()
     params = dict(model.named_parameters())
     loader = data.train_dataloader()
@@ -52,7 +53,7 @@ def _hand_importance(model, data, names, task, fraction_of_batches=0.25):
     for i, batch in enumerate(loader):
         if i == use:
             break
-        rows = batch["task_id"] == task
+        rows = (batch["task_id"] == task) & ~batch.get("is_general", torch.zeros_like(batch["task_id"], dtype=torch.bool))
         logits = model.output_logits({k: v[rows] for k, v in batch.items()})
         grads = torch.autograd.grad((logits ** 2).sum(1).mean(), [params[n] for n in names])
         for n, g in zip(names, grads):
