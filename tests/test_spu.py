@@ -260,3 +260,16 @@ def test_a_killed_and_resumed_run_ends_with_the_same_masks_and_weights(tmp_path)
     described = json.loads(json.dumps(spu.describe()))
     assert [r["task"] for r in described["per_task"]] == [0, 1] and described["variant"] == "exact"
     assert 0 < described["per_task"][0]["trainable_share"] < 0.05
+
+
+def test_task_rows_drop_replayed_and_general_samples():
+    from clight.methods.selective_update import task_rows
+
+    batch = {"input_ids": torch.arange(8).view(4, 2), "task_id": torch.tensor([1, 0, 1, 1]),
+             "is_general": torch.tensor([False, False, True, False]), "note": "kept"}
+    rows = task_rows(batch, {1})
+    assert rows["input_ids"].tolist() == [[0, 1], [6, 7]] and rows["task_id"].tolist() == [1, 1] and rows["note"] == "kept"
+    assert task_rows(batch, {0, 1})["task_id"].tolist() == [1, 0, 1]
+    assert task_rows(batch, {2}) is None
+    plain = {"input": torch.zeros(3, 2), "task_id": torch.tensor([0, 0, 0])}
+    assert task_rows(plain, {0}) is plain

@@ -31,6 +31,7 @@ from clight.methods.selective_update.importance import summed_gradients
 from clight.methods.selective_update.masks import pack_bits, top_k_mask, unpack_bits
 from clight.methods.selective_update.variants import VARIANTS, VariantName
 
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 # What every SPU instance on a model trains, so one instance never freezes another's parameters.
 _CLAIMS: "weakref.WeakKeyDictionary[nn.Module, dict[str, set[str]]]" = weakref.WeakKeyDictionary()
 
@@ -117,6 +118,9 @@ class SPU(ContinualCallback):
     # -- inside a fit ---------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         self._release()
+        if type(trainer.strategy).__name__ in SHARDED_STRATEGIES:
+            raise RuntimeError(f"SPU masks whole parameter tensors on every rank: use a single device or strategy 'ddp', "
+                               f"not {type(trainer.strategy).__name__} (it shards parameters)")
         if self.selection is None or self._frozen_for != pl_module.current_task:
             raise RuntimeError("SPU freezes the model when a task starts: call spu.on_task_start(model, task) before "
                                "trainer.fit (the SequenceRunner does)")
@@ -149,7 +153,7 @@ class SPU(ContinualCallback):
     def _compute_masks(self, trainer, module, weights: dict[str, nn.Parameter]) -> None:
         if trainer.datamodule is None:
             raise RuntimeError("SPU sums gradients over the task's training batches: fit with a datamodule")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         started, task = time.perf_counter(), module.current_task
         loader = trainer.datamodule.train_dataloader()
@@ -166,6 +170,9 @@ class SPU(ContinualCallback):
             packed[name] = pack_bits(top_k_mask(total.abs(), self.fraction).cpu())
         packed = trainer.strategy.broadcast(packed, src=0)  # one selection on every rank, whatever topk's tie-breaking
         rows = int(trainer.strategy.reduce(torch.tensor(float(rows), device=module.device), reduce_op="sum").item())
+        if rows == 0:
+            raise ValueError(f"SPU found no rows of task {task} in the first {count} training batches (only replayed or general "
+                             "samples): raise importance_batches, or mix fewer replayed samples into each batch")
         self.masks = {name: unpack_bits(bits, weights[name].shape) for name, bits in packed.items()}
         self.mask_task = task
         self.records = [r for r in self.records if r["task"] != task] + [self._record(module, task, count, rows)]
