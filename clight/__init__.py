@@ -27,6 +27,8 @@ _LAZY = {
     "GeneralReplay": "clight.methods.general_replay",
     "GeneralPerplexity": "clight.methods.general_replay",
     "ContinualCausalLM": "clight.models.causal_lm",
+    "ContinualCLIP": "clight.models.clip",
+    "SPU": "clight.methods.selective_update",
     "TextTaskSequence": "clight.data.text",
     "TextTaskSpec": "clight.data.text",
     "JsonlText": "clight.data.text",

@@ -18,8 +18,10 @@ from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
 from clight.methods.regularization import EWC, LwF
 from clight.methods.reprogramming import CLRClassifier
+from clight.methods.selective_update import SPU
 from clight.models.backbones import SmallCNN
 from clight.models.causal_lm import ContinualCausalLM
+from clight.models.clip import ContinualCLIP
 
 Example = Callable[[], tuple]
 
@@ -53,6 +55,10 @@ def tiny_lm(**kwargs) -> ContinualCausalLM:
     return ContinualCausalLM("tiny", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **kwargs)
 
 
+def tiny_clip() -> ContinualCLIP:
+    return ContinualCLIP("tiny", class_names="digits", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.2))
+
+
 def clr() -> CLRClassifier:
     torch.manual_seed(0)
     return CLRClassifier(SmallCNN((8, 16)), optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
@@ -70,10 +76,13 @@ METHOD_EXAMPLES: dict[type, Example] = {
     PlasticityMonitor: lambda: (classifier(), permuted_digits(), [PlasticityMonitor(probe_size=64), PlasticityMonitor(probe_size=32, probe="first")]),
     GeneralReplay: lambda: (tiny_lm(), text(), [GeneralReplay("tm"), GeneralReplay("feature_l2", weight=1.0)]),
     GeneralPerplexity: lambda: (tiny_lm(), text(), [GeneralPerplexity(batch_size=2), GeneralPerplexity(batch_size=4)]),
+    SPU: lambda: (tiny_clip(), digits(), [SPU(targets=[r"vision_model\..*mlp\.fc1$"]),
+                                          SPU(fraction=0.2, targets=[r"text_model\..*mlp\.fc1$"], full=[], variant="released_code")]),
 }
 
 MODEL_EXAMPLES: dict[type, Example] = {
     ContinualClassifier: lambda: (classifier(), digits(), []),
     CLRClassifier: lambda: (clr(), digits(setting="task_incremental"), []),
     ContinualCausalLM: lambda: (tiny_lm(lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}), text(), []),
+    ContinualCLIP: lambda: (tiny_clip(), digits(), []),
 }
