@@ -14,7 +14,7 @@ import yaml
 #: settings that do not change what a run computes
 NO_EFFECT = frozenset(
     {
-        "run_dir", "resume", "allow_config_change", "debug",
+        "run_dir", "resume", "allow_config_change",
         "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.profiler",
         "data.init_args.num_workers", "runner.checkpoint_every_epoch",
     }
@@ -24,13 +24,14 @@ _ABSENT = "<absent>"
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1]}}`` -> ``{"a.b[0]": 1}`` (empty dicts and lists stay as leaves)."""
+    """``{"a": {"b": [1, 2]}, "m": [{"c": 3}]}`` -> ``{"a.b": [1, 2], "m[0].c": 3}`` (a list is
+    a value unless it holds sections, like ``methods``)."""
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
-    if isinstance(value, list) and value:
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
         out = {}
         for i, item in enumerate(value):
             out.update(flatten(item, f"{prefix}[{i}]"))
