@@ -17,14 +17,19 @@ class StopAt(ContinualCallback):
     """At task ``task``: before training batch ``batch`` of epoch ``epoch``, before validation
     batch 0 of epoch ``val_epoch``, or when the fit's training loop has ended (``after_training``,
     after its last epoch checkpoint): raise ``SimulatedKill``, or send this process ``signum``
-    (SIGKILL ends it there and then; SIGTERM/SIGINT ask the runner to stop)."""
+    (SIGKILL ends it there and then; SIGTERM/SIGINT ask the runner to stop). With ``marker``
+    (a file path), only the first time: the file is created then, and its presence disarms it."""
 
     def __init__(self, task: int, epoch: int = -1, batch: int = -1, val_epoch: int = -1, after_training: bool = False,
-                 signum: Optional[int] = None) -> None:
+                 signum: Optional[int] = None, marker: Optional[str] = None) -> None:
         self.task, self.epoch, self.batch, self.val_epoch = task, epoch, batch, val_epoch
-        self.after_training, self.signum = after_training, signum
+        self.after_training, self.signum, self.marker = after_training, signum, marker
 
     def _stop(self) -> None:
+        if self.marker is not None:
+            if os.path.exists(self.marker):
+                return
+            open(self.marker, "w").close()
         if self.signum is None:
             raise SimulatedKill("killed")
         os.kill(os.getpid(), self.signum)
