@@ -1,5 +1,7 @@
-"""Two CPU processes (DDP over gloo) against one: same matrix, same replay memory on every rank."""
+"""Two CPU processes (DDP over gloo) against one: same matrix, same replay memory on every rank,
+and a validation accuracy that sums correct and total over the ranks before dividing."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -7,14 +9,28 @@ from pathlib import Path
 
 import torch
 
+from clight import SplitClasses, TaskSequence
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_sequence.py"
 
 
-def _launch(out: Path, devices: int) -> None:
+def _launch(out: Path, devices: int, *extra: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), *extra], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _logged_val_acc(out: Path) -> list[tuple[int, float]]:
+    """(task, val/acc) for every validation epoch in the run's metrics.csv, in order."""
+    rows = list(csv.DictReader(open(out / "run" / "logs" / "metrics.csv")))
+    task, found = 0, []
+    for row in rows:
+        if row.get("val/acc"):
+            found.append((task, float(row["val/acc"])))
+        if row.get("cl/tasks_finished"):
+            task = int(float(row["cl/tasks_finished"]))
+    return found
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -32,3 +48,26 @@ def test_two_processes_match_one_process(tmp_path):
     # summation order: the stated tolerance is 1 percentage point per matrix entry
     assert torch.allclose(rank0["matrix"], single["matrix"], atol=0.01), (rank0["matrix"], single["matrix"])
     assert torch.equal(rank0["matrix"], rank1["matrix"])
+    # the validation accuracy watched by early stopping and best-epoch selection: a fraction of
+    # the whole validation split (never above 1), the single-process value up to the same tolerance
+    ddp_acc, single_acc = _logged_val_acc(tmp_path / "ddp"), _logged_val_acc(tmp_path / "single")
+    assert len(ddp_acc) == len(single_acc) == 6  # 3 tasks x 2 epochs
+    assert all(0.0 <= acc <= 1.0 for _, acc in ddp_acc)
+    for (t, a), (u, b) in zip(ddp_acc, single_acc):
+        assert t == u and abs(a - b) <= 0.01, (ddp_acc, single_acc)
+
+
+def test_validation_accuracy_sums_counts_across_ranks(tmp_path):
+    # lr=0: the weights never move, so one process and two see the very same model and every
+    # logged val/acc must agree (up to float32 rounding). Summing correct and total over the
+    # ranks before dividing gives a multiple of 1/n for a split of n samples; averaging each
+    # rank's own fraction would not (task 2's split has 43 samples: ranks hold 22 and 21).
+    _launch(tmp_path / "single", 1, "0")
+    _launch(tmp_path / "ddp", 2, "0")
+    single, ddp = _logged_val_acc(tmp_path / "single"), _logged_val_acc(tmp_path / "ddp")
+    sizes = [len(t.val) for t in TaskSequence(SplitClasses("digits", 3), batch_size=32, seed=0).tasks]
+    assert sizes[2] % 2 == 1
+    assert [t for t, _ in ddp] == [t for t, _ in single] == [0, 0, 1, 1, 2, 2]
+    for (t, a), (_, b) in zip(ddp, single):
+        assert 0.0 <= a <= 1.0 and abs(a - b) < 1e-6, (t, a, b)
+        assert abs(a * sizes[t] - round(a * sizes[t])) < 1e-4, (t, a, sizes[t])
