@@ -145,6 +145,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RunInterrupted as exc:
         print(f"clight {command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except UnreadableFileError as exc:
+        if debug:
+            raise
+        print(f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
+              "else damaged it).", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         if debug:
             raise

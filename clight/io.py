@@ -95,8 +95,9 @@ def read_json(path: PathLike) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
+    """``Type: first sentence`` of an exception's message."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0].split('. ')[0]}" if text else type(exc).__name__
 
 
 def _json_default(obj: Any) -> Any:
