@@ -14,16 +14,16 @@ class SimulatedKill(RuntimeError):
 
 
 class StopAt(ContinualCallback):
-    """At task ``task``: before training batch ``batch`` of epoch ``epoch``, before validation
+    """At task ``task``: before (or, ``after_batch``, after) training batch ``batch`` of epoch ``epoch``, before validation
     batch 0 of epoch ``val_epoch``, or when the fit's training loop has ended (``after_training``,
     after its last epoch checkpoint): raise ``SimulatedKill``, or send this process ``signum``
     (SIGKILL ends it there and then; SIGTERM/SIGINT ask the runner to stop). With ``marker``
     (a file path), only the first time: the file is created then, and its presence disarms it."""
 
     def __init__(self, task: int, epoch: int = -1, batch: int = -1, val_epoch: int = -1, after_training: bool = False,
-                 signum: Optional[int] = None, marker: Optional[str] = None) -> None:
+                 signum: Optional[int] = None, marker: Optional[str] = None, after_batch: bool = False) -> None:
         self.task, self.epoch, self.batch, self.val_epoch = task, epoch, batch, val_epoch
-        self.after_training, self.signum, self.marker = after_training, signum, marker
+        self.after_training, self.signum, self.marker, self.after_batch = after_training, signum, marker, after_batch
 
     def _stop(self) -> None:
         if self.marker is not None:
@@ -35,7 +35,11 @@ class StopAt(ContinualCallback):
         os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        if not self.after_batch and module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            self._stop()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.after_batch and module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
             self._stop()
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):

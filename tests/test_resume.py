@@ -113,12 +113,16 @@ def test_with_every_epoch_checkpoint_damaged_the_task_restarts_from_its_boundary
     _assert_same_run(runner, result, reference["epochs"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_at_the_next_batch_and_the_run_resumes(tmp_path, reference, signum):
+@pytest.mark.parametrize(
+    "signum, after_batch",
+    [(signal.SIGTERM, True), (signal.SIGINT, False)],
+    ids=["SIGTERM-after-a-batch", "SIGINT-before-a-batch"],  # after a batch: where Lightning's own SIGTERM handling acts
+)
+def test_a_signal_stops_at_the_next_batch_and_the_run_resumes(tmp_path, reference, signum, after_batch):
     full = reference["epochs"][2]
     handler = signal.getsignal(signum)
     with pytest.raises(RunInterrupted) as stopped:
-        _run(tmp_path / "run", [StopAt(task=1, epoch=1, batch=4, signum=signum)])
+        _run(tmp_path / "run", [StopAt(task=1, epoch=1, batch=4, signum=signum, after_batch=after_batch)])
     assert stopped.value.exit_code == 128 + signum and "--resume" not in str(stopped.value)  # Python: resume=True
     assert "resume=True" in str(stopped.value)
     manifest = load_manifest(tmp_path / "run")

@@ -4,7 +4,9 @@ While a run is going, clight's handler only notes the signal; ``StopOnSignal`` c
 before every training batch (all ranks agree through one all-reduce, so they stop at the same
 batch) and raises ``RunInterrupted``. The runner then marks the manifest ``interrupted`` and the
 command exits with 128 + the signal number. A second Ctrl-C stops at once. Lightning's own
-SIGTERM handler (which ends the process with status 0) is replaced inside every fit.
+SIGTERM handler (which ends the process with status 0) is replaced when training starts in
+every fit; a ``SIGTERMException`` it raises before then (e.g. in the sanity check) is turned
+into ``RunInterrupted`` by the runner.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class StopRequest:
             self._previous.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._note)
 
+    def take_back(self) -> None:
+        """Install the handlers again over whatever replaced them since ``install``."""
+        for signum in self._previous:
+            signal.signal(signum, self._note)
+
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -84,10 +91,8 @@ class StopOnSignal(Callback):
     def __init__(self, request: StopRequest) -> None:
         self.request = request
 
-    def on_fit_start(self, trainer, module) -> None:
-        if self.request._previous:  # Lightning installed its SIGTERM handler for this fit: take it back
-            for signum in SIGNALS:
-                signal.signal(signum, self.request._note)
+    def on_train_start(self, trainer, module) -> None:
+        self.request.take_back()  # Lightning installed its SIGTERM handler for this fit
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self.request.check()

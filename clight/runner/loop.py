@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.evaluation import evaluate_tasks
@@ -167,6 +169,8 @@ class SequenceRunner:
         self.model.strict_loading = False  # an epoch checkpoint holds only the state a fit changes (checked above)
         try:
             trainer.fit(self.model, datamodule=self.data, ckpt_path=str(point.path) if point else None, weights_only=True)
+        except SIGTERMException:  # Lightning's handler, before clight's took over in this fit
+            raise RunInterrupted(signal.SIGTERM) from None
         finally:
             self.model.strict_loading = strict
         for task in tasks:
