@@ -7,13 +7,15 @@ import os
 import warnings
 from typing import Optional
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger
 
 
 class SequenceCSVLogger(CSVLogger):
     """``CSVLogger`` whose steps continue from task to task (``step_offset`` is added to every
-    step) and which appends to an existing ``metrics.csv`` when a run resumes.
+    step) and which appends to an existing ``metrics.csv`` when a run resumes (rank 0 only, like
+    every write of the log).
 
     ``keep_rows``: on a resume, the rows the checkpoint being resumed from had seen written; the
     rows after them (logged by the killed attempt past its last checkpoint, and logged again
@@ -28,6 +30,7 @@ class SequenceCSVLogger(CSVLogger):
         self.rows = 0
 
     @property
+    @rank_zero_experiment
     def experiment(self):
         if self._experiment is not None:
             return self._experiment
