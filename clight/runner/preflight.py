@@ -12,8 +12,6 @@ import torch
 from clight.contract import ConfigError
 from clight.runner.fit import RunnerSettings
 
-TRAINS_NOTHING = ("limit_train_batches",)
-
 
 def check_training_length(trainer: dict, settings: RunnerSettings) -> None:
     """Every task must train for a stated, positive length."""
@@ -30,9 +28,8 @@ def check_training_length(trainer: dict, settings: RunnerSettings) -> None:
             raise ConfigError("trainer.max_epochs=-1 with no trainer.max_steps never ends. Set one of them to a positive value.")
     if max_steps is not None and (max_steps == 0 or max_steps < -1):
         raise ConfigError(f"trainer.max_steps={max_steps}: every task would end untrained. Set it to 1 or more (or -1: no limit).")
-    for key in TRAINS_NOTHING:
-        if trainer.get(key) in (0, 0.0):
-            raise ConfigError(f"trainer.{key}=0: every task would end untrained. Remove it or set a positive value.")
+    if trainer.get("limit_train_batches") == 0:
+        raise ConfigError("trainer.limit_train_batches=0: every task would end untrained. Remove it or set a positive value.")
 
 
 def check_finite(values: Any, prefix: str = "") -> None:

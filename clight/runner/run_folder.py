@@ -183,17 +183,17 @@ class RunFolder:
 
     # -- writes (rank 0) ------------------------------------------------------------------------
     def prepare(self, config: Optional[str], progress: Progress, resume: Optional[Resume] = None) -> None:
-        """Create the folder and write the config and the first manifest, or record accepted config changes."""
+        """Create the folder and write the config and the first manifest; on a resume, record accepted
+        config changes and mark the run running again."""
         if not is_rank_zero():
             return
         try:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            if resume is None:
-                if config is not None:
-                    write_text_atomic(self.path / CONFIG, config)
-                write_json_atomic(self.manifest_path, progress.manifest("running"))
-            elif resume.changes:
+            if resume is None and config is not None:
+                write_text_atomic(self.path / CONFIG, config)
+            if resume is not None and resume.changes:
                 self._record_changes(config, resume)
+            write_json_atomic(self.manifest_path, progress.manifest("running"))
         except OSError as exc:
             raise RunFolderError(f"cannot write the run folder {self.path}: {exc}. Choose a run_dir you can write to.") from exc
 
