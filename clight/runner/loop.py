@@ -24,7 +24,7 @@ from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
 from clight.runner.preflight import check_finite, check_optimizer, check_training_length
 from clight.runner.processes import start_processes
-from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, Progress, Resume, RunFolder, RunFolderError
+from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, CONFIG_CHANGES, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.seeding import reseed_globals
 
@@ -119,10 +119,10 @@ class SequenceRunner:
                 self.stop.check()
                 self._run_fit(fit, display)
         except RunInterrupted as exc:
-            self.folder.save_progress(self.progress, "interrupted", interrupted_by=str(exc))
+            self._mark("interrupted", interrupted_by=str(exc))
             raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
         except Exception as exc:
-            self.folder.save_progress(self.progress, "failed", error=f"{type(exc).__name__}: {exc}")
+            self._mark("failed", error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.stop.restore()
@@ -165,14 +165,7 @@ class SequenceRunner:
         trainer = make_trainer(self.trainer_kwargs, self.settings, self.methods, self.logger, self.run_dir,
                                self.folder.fit_checkpoint_dir(fit.index), self.seed, fit.index, self.stop)
         self.model.train()  # Lightning keeps a module's eval mode when a fit starts
-        strict = self.model.strict_loading
-        self.model.strict_loading = False  # an epoch checkpoint holds only the state a fit changes (checked above)
-        try:
-            trainer.fit(self.model, datamodule=self.data, ckpt_path=str(point.path) if point else None, weights_only=True)
-        except SIGTERMException:  # Lightning's handler, before clight's took over in this fit
-            raise RunInterrupted(signal.SIGTERM) from None
-        finally:
-            self.model.strict_loading = strict
+        self._fit(trainer, point)
         for task in tasks:
             self.model.on_task_end(task)
             for method in self.methods:
@@ -189,9 +182,31 @@ class SequenceRunner:
         self.folder.save_boundary(self._state(), self.progress)
         trainer.strategy.barrier("clight-boundary")
 
+    def _fit(self, trainer: L.Trainer, point: Optional[ResumePoint]) -> None:
+        strict = self.model.strict_loading
+        if point is not None:
+            self.model.strict_loading = False  # an epoch checkpoint holds only the state a fit changes (checked)
+        try:
+            trainer.fit(self.model, datamodule=self.data, ckpt_path=str(point.path) if point else None, weights_only=True)
+        except SIGTERMException:  # Lightning's handler, before clight's took over in this fit
+            raise RunInterrupted(signal.SIGTERM) from None
+        finally:
+            self.model.strict_loading = strict
+
+    def _mark(self, status: str, **extra) -> None:
+        """Say in the manifest how the run stopped (never hiding the reason it stopped)."""
+        try:
+            self.folder.save_progress(self.progress, status, **extra)
+        except OSError:
+            pass
+
     def _interrupted_message(self, exc: RunInterrupted, num_fits: int) -> str:
-        command = f"clight fit --config {self.run_dir / CONFIG} --resume {self.run_dir}" if self.config is not None else \
-            "SequenceRunner(..., resume=True)"
+        if self.config is None:
+            command = "SequenceRunner(..., resume=True)"
+        elif (self.run_dir / CONFIG_CHANGES).exists():  # config.yaml is the first config, no longer the run's
+            command = f"clight fit --config CONFIG --resume {self.run_dir}, with the config last used ({CONFIG_CHANGES})"
+        else:
+            command = f"clight fit --config {self.run_dir / CONFIG} --resume {self.run_dir}"
         return (
             f"{exc} in fit {self.progress.finished_fits + 1}/{num_fits}. {self.run_dir} keeps the {self.progress.finished_fits} "
             f"finished fit(s) and the last epoch checkpoint of the running one. Continue with: {command}"
