@@ -14,31 +14,45 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, lazy_instance
 
 from clight.data.datamodule import TaskSequence
 from clight.methods.base import ContinualCallback
 from clight.models.module import ContinualModule
 from clight.contract import ConfigError
-from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunnerSettings, SequenceRunner
+from clight.io import UnreadableFileError
+from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunInterrupted, RunnerSettings, SequenceRunner
+from clight.runner.preflight import check_finite
 
-USAGE = """usage: clight {fit,report,compare} ...
+USAGE = """usage: clight {fit,report,compare} ... [--debug]
 
   clight fit --config CONFIG.yaml [--key=value ...]   train a model on a task sequence
-  clight fit --config CONFIG.yaml --resume RUN_DIR    continue a killed run where it stopped
+  clight fit --config CONFIG.yaml --resume RUN_DIR    continue a stopped run where it stopped
   clight report RUN_DIR                               print the metrics, rebuild tables and plots
   clight compare CONFIG [CONFIG ...] --out DIR        run/resume/read configs, one table + figure
 
 Run `clight fit --help` for every option, `clight fit --config X --print_config` for the resolved config.
+Errors are one line; --debug shows the traceback.
 """
+
+#: errors in what the user gave (config, data, run folder): one line, exit status 2
+USER_ERRORS = (ConfigError, RunFolderError, UnreadableFileError, ValueError, FileNotFoundError, TypeError, KeyError,
+               FloatingPointError, NotADirectoryError, PermissionError)
 
 
 def build_fit_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="clight fit", description="Train a model on a sequence of tasks.", allow_abbrev=False)
+    parser = ArgumentParser(
+        prog="clight fit", description="Train a model on a sequence of tasks (add --debug to see the traceback of an error).",
+        allow_abbrev=False,
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed for model init, data and methods")
     parser.add_argument("--run_dir", type=str, default="runs/run", help="folder for the run's outputs")
     parser.add_argument("--resume", type=Optional[str], default=None, help="resume the run in this folder")
+    parser.add_argument(
+        "--allow_config_change", action=ActionYesNo, default=False,
+        help="resume even though this config differs from the run's (the change is recorded in config_changes.json)",
+    )
     parser.add_subclass_arguments(ContinualModule, "model", required=True, help="the model (class_path, init_args)")
     parser.add_subclass_arguments(
         TaskSequence, "data", default=lazy_instance(TaskSequence), help="the task sequence (class_path optional: TaskSequence)"
@@ -61,6 +75,7 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
     """Parse ``clight fit`` arguments (``--config X.yaml``, ``--key=value`` overrides) into a runner."""
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
+    check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
     return SequenceRunner(
@@ -73,6 +88,7 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
         resume=cfg.resume is not None,
         config=parser.dump(cfg, skip_none=False),
         settings=RunnerSettings(**cfg.runner.as_dict()),
+        allow_config_change=cfg.allow_config_change,
     )
 
 
@@ -118,6 +134,9 @@ def compare(argv: list[str]) -> int:
 COMMANDS = {"fit": fit, "report": report, "compare": compare}
 
 
+DEBUG = "--debug"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -127,11 +146,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"clight: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    debug = DEBUG in rest
+    rest = [a for a in rest if a != DEBUG]
     try:
         return COMMANDS[command](rest)
-    except (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, RunFolderError, ConfigError) as exc:
+    except RunInterrupted as exc:
+        print(f"clight {command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except UnreadableFileError as exc:
+        if debug:
+            raise
+        print(f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
+              "else damaged it).", file=sys.stderr)
+        return 2
+    except USER_ERRORS as exc:
+        if debug:
+            raise
         print(f"clight {command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"clight {command}: error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,15 +13,44 @@ import torch
 PathLike = Union[str, Path]
 
 
+class UnreadableFileError(ValueError):
+    """A file clight wrote (or was given) that cannot be read back: truncated, corrupt or not what it should be."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        super().__init__(f"{path} cannot be read: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: PathLike, path: PathLike) -> None:
+    """Flush ``tmp`` to disk and rename it to ``path``: readers see the old file or the whole new one."""
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _sync_folder(path.parent)
+
+
 def _atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -41,14 +70,34 @@ def save_tensors_atomic(path: PathLike, obj: Any) -> None:
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: PathLike) -> Any:
-    """Load a clight checkpoint without unpickling arbitrary objects."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+def load_checkpoint(path: PathLike, mmap: bool = False) -> Any:
+    """Load a clight checkpoint without unpickling arbitrary objects (``weights_only=True``).
+
+    A truncated or corrupt file raises ``UnreadableFileError`` naming it. ``mmap=True`` reads
+    the structure and maps the tensors without copying them: a cheap check that a file is whole.
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        raise UnreadableFileError(path, f"truncated or corrupt ({_first_line(exc)})") from exc
 
 
 def read_json(path: PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UnreadableFileError(path, f"not valid JSON, truncated or corrupt ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(path, f"not a text file ({exc})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first sentence`` of an exception's message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].split('. ')[0]}" if text else type(exc).__name__
 
 
 def _json_default(obj: Any) -> Any:

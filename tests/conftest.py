@@ -24,6 +24,22 @@ def small_model() -> ContinualClassifier:
     return ContinualClassifier(MLP([64]))
 
 
+def fashion_mnist_installed() -> bool:
+    """Whether Fashion-MNIST's four IDX files are on disk (Debian's package or clight's download cache)."""
+    from clight.data.sources import DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT, FashionMNIST
+
+    def has(folder, stem):
+        return any((folder / sub / name).exists() for sub in ("", "raw") for name in (stem, f"{stem}.gz"))
+
+    return any(all(has(folder, stem) for stem in FashionMNIST.stems.values())
+               for folder in (DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST"))
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_installed(),
+    reason="Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist, as .ci/run does)",
+)
+
 QUIET_TRAINER = dict(accelerator="cpu", devices=1, max_epochs=2, enable_progress_bar=False, deterministic=True)
 
 

@@ -52,6 +52,7 @@ def text() -> "object":
 
 
 def tiny_lm(**kwargs) -> ContinualCausalLM:
+    torch.manual_seed(0)  # LoRA's initial weights come from the global generator (like classifier()'s)
     return ContinualCausalLM("tiny", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **kwargs)
 
 

@@ -77,3 +77,62 @@ def test_resume_flag_finishes_a_run(tmp_path):
     assert again.returncode != 0 and "--resume" in again.stderr
     resumed = clight("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--resume={run}", "--data.scenario.init_args.num_tasks=2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def _stop_method(marker: Path, **where) -> str:
+    """A `--methods` value: tests/kills.py's StopAt, armed once (the marker file disarms it)."""
+    args = ", ".join(f'"{k}": {v}' for k, v in {**where, "marker": f'"{marker}"'}.items())
+    return f'--methods=[{{"class_path": "kills.StopAt", "init_args": {{{args}}}}}]'
+
+
+def _with_tests_on_path() -> dict:
+    tests = str(Path(__file__).parent)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+
+
+def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path):
+    from clight.cli import runner_from_config
+
+    run, marker = tmp_path / "run", tmp_path / "stopped"
+    args = ["--trainer.max_epochs=2", "--data.scenario.init_args.num_tasks=2", "--trainer.enable_progress_bar=false",
+            _stop_method(marker, task=1, epoch=1, batch=2, signum=15)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **_with_tests_on_path())
+    stopped = subprocess.run([sys.executable, "-m", "clight", "fit", "--config", str(QUICKSTART), *args, f"--run_dir={run}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]
+    hint = f"Continue with: clight fit --config {run / 'config.yaml'} --resume {run}"
+    assert "interrupted by SIGTERM in fit 2/2" in stopped.stderr and hint in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    assert (run / "checkpoints" / "task_1" / "epoch_0.ckpt").exists()
+    resumed = subprocess.run([sys.executable, "-m", *hint.split(": ", 1)[1].split()], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the same as a run never stopped (the marker exists now: StopAt stays disarmed)
+    reference = runner_from_config(QUICKSTART, *args, f"--run_dir={tmp_path / 'reference'}").run()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["matrices"]["correct"] == reference.accuracy_matrix.tolist()
+
+
+def test_an_accepted_config_change_is_recorded(tmp_path, capsys):
+    from clight.cli import main, runner_from_config
+    from kills import SimulatedKill, StopAt
+
+    run = tmp_path / "run"
+    small = ["--data.scenario.init_args.num_tasks=2", "--trainer.enable_progress_bar=false"]
+    runner = runner_from_config(QUICKSTART, *small, "--trainer.max_epochs=1", f"--run_dir={run}")
+    runner.methods.append(StopAt(task=1, epoch=0, batch=1))
+    with pytest.raises(SimulatedKill):
+        runner.run()
+    more = [*small, "--trainer.max_epochs=2", f"--resume={run}"]
+    assert main(["fit", "--config", str(QUICKSTART), *more]) == 2
+    assert "trainer.max_epochs: 1 -> 2" in capsys.readouterr().err
+    assert main(["fit", "--config", str(QUICKSTART), *more, "--allow_config_change"]) == 0
+    changes = json.loads((run / "config_changes.json").read_text())
+    assert len(changes) == 1 and changes[0]["changes"] == {"trainer.max_epochs": {"before": 1, "after": 2}}
+    assert changes[0]["after_tasks"] == 1 and changes[0]["from_epoch_checkpoint"] is None
+    assert "max_epochs: 1" in (run / "config.yaml").read_text()  # the config the run was started with stays
+    # from now on the run's config is the changed one: the first config is the one that differs
+    assert main(["fit", "--config", str(QUICKSTART), *small, "--trainer.max_epochs=1", f"--resume={run}"]) == 2
+    assert "trainer.max_epochs: 2 -> 1" in capsys.readouterr().err
+    assert main(["fit", "--config", str(QUICKSTART), *more]) == 0  # finished: nothing to do, the report again

@@ -17,6 +17,7 @@ from clight.data import (
 )
 from clight.data import sources
 from clight.data.views import ArrayDataset
+from conftest import needs_fashion_mnist
 
 
 def _signature(seq: TaskSequence):
@@ -150,6 +151,7 @@ def test_bad_replay_settings_name_the_field():
         ReservoirMemory(capacity=0)
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_from_the_debian_package():
     data = FashionMNIST(download=False).data()
     assert len(data.train) == 60000 and len(data.test) == 10000

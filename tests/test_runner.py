@@ -130,7 +130,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, quiet_trainer):
 
     with pytest.raises(FloatingPointError, match="learning rate"):
         _run(tmp_path, "nan", quiet_trainer, methods=[PoisonInputs()])
-    assert not (tmp_path / "nan" / "manifest.json").exists()
+    manifest = json.loads((tmp_path / "nan" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "learning rate" in manifest["error"] and manifest["finished_fits"] == 0
 
 
 def test_trainer_callbacks_are_rejected_with_a_hint(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -86,17 +87,23 @@ class Digits(Source):
         )
 
 
+IDX_FIX = "Replace the file (reinstall dataset-fashion-mnist, or download it again) or point `root` elsewhere."
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (MNIST format), gzipped or not."""
+    """Read an IDX file (MNIST format), gzipped or not; a damaged file is a ``ValueError`` naming it."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError(f"{path} is not an unsigned-byte IDX file (header {zero:#x} {dtype_code:#x})")
-        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
+    try:
+        with opener(path, "rb") as f:
+            zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+            if zero != 0 or dtype_code != 0x08:
+                raise ValueError(f"{path} is not an unsigned-byte IDX file (header {zero:#x} {dtype_code:#x}). {IDX_FIX}")
+            shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except (OSError, EOFError, struct.error, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}): it is truncated, corrupt or unreadable. {IDX_FIX}") from exc
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes. {IDX_FIX}")
     return data.reshape(shape)
 
 

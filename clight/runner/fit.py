@@ -1,5 +1,5 @@
 """One fit of the sequence: a fresh Trainer with the per-fit callbacks (reseeding, epoch
-checkpoints, early stopping, best-epoch weights, the batch progress bar)."""
+checkpoints, stopping on a signal, early stopping, best-epoch weights, the batch progress bar)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from clight.choices import check_choice
+from clight.runner.checkpoints import EpochCheckpoint
+from clight.runner.interrupt import StopOnSignal, StopRequest
 from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
 from clight.seeding import reseed_globals
 
@@ -28,7 +30,7 @@ class RunnerSettings:
     (only the task just trained, for sequences of hundreds of tasks). ``max_steps_per_task``
     fixes a compute budget in optimizer steps. ``early_stopping_patience`` and ``select_best``
     watch ``monitor`` on the validation split. ``checkpoint_every_epoch`` keeps a checkpoint
-    inside the running task so a killed run resumes mid-task.
+    after every epoch of the running task, so a killed run resumes from its last epoch.
     """
 
     baseline: Baseline = "sequential"
@@ -108,6 +110,7 @@ def make_trainer(
     checkpoint_dir: Path,
     seed: int,
     fit_index: int,
+    stop: StopRequest,
 ) -> L.Trainer:
     """A fresh Trainer for one fit: the run's methods and logger, fresh per-fit callbacks."""
     kwargs = copy.deepcopy(trainer_kwargs)
@@ -115,9 +118,10 @@ def make_trainer(
     kwargs.setdefault("log_every_n_steps", 10)
     if settings.max_steps_per_task is not None:
         kwargs.update(max_steps=settings.max_steps_per_task, max_epochs=-1)
-    fresh: list[Callback] = [EpochSeed(seed, fit_index)]
-    if settings.checkpoint_every_epoch:
-        fresh.append(ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=0, enable_version_counter=False))
+    kwargs["enable_checkpointing"] = settings.checkpoint_every_epoch and kwargs.get("enable_checkpointing", True) is not False
+    fresh: list[Callback] = [EpochSeed(seed, fit_index), StopOnSignal(stop)]
+    if kwargs["enable_checkpointing"]:
+        fresh.append(EpochCheckpoint(checkpoint_dir))
     if settings.early_stopping_patience is not None:
         fresh.append(EarlyStopping(monitor=settings.monitor, mode="max", patience=settings.early_stopping_patience))
     if settings.select_best:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.evaluation import evaluate_tasks
@@ -16,9 +18,13 @@ from clight.logger import SequenceCSVLogger
 from clight.methods.base import ContinualCallback, RunContext, assign_state_keys
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
+from clight.io import read_json
+from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
+from clight.runner.interrupt import RunInterrupted, StopRequest
+from clight.runner.preflight import check_finite, check_optimizer, check_training_length
 from clight.runner.processes import start_processes
-from clight.runner.run_folder import Progress, RunFolder
+from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, CONFIG_CHANGES, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.seeding import reseed_globals
 
@@ -41,7 +47,14 @@ class SequenceRunner:
     atomic checkpoint and manifest. ``settings`` (or the same fields as keyword arguments:
     ``baseline``, ``evaluate``, ``max_steps_per_task``, ``early_stopping_patience``,
     ``monitor``, ``select_best``, ``checkpoint_every_epoch``) say how; see ``RunnerSettings``.
-    Before anything runs, the model and every method check that they apply to the sequence.
+
+    Before the run folder is touched, the model and every method check that they apply to the
+    sequence, the settings are checked (``preflight``), and with ``resume=True`` the folder's
+    manifest, checkpoints and config are read and checked (``RunFolder.open_for_resume``): a
+    ``config`` (the resolved YAML) that differs from the run's in a setting that changes results
+    is refused unless ``allow_config_change``, which records the change in the run folder. A
+    resumed run continues from the newest good epoch checkpoint of the running fit, else from
+    the last finished fit. SIGINT and SIGTERM stop it at the next batch (``RunInterrupted``).
     """
 
     def __init__(
@@ -55,6 +68,7 @@ class SequenceRunner:
         resume: bool = False,
         config: Optional[str] = None,
         settings: Optional[RunnerSettings] = None,
+        allow_config_change: bool = False,
         **setting_overrides,
     ) -> None:
         self.settings = replace(settings or RunnerSettings(), **setting_overrides)
@@ -62,10 +76,13 @@ class SequenceRunner:
         self.model, self.data, self.methods = model, data, list(methods)
         self.folder = RunFolder(Path(run_dir))
         self.seed, self.resume, self.config = seed, resume, config
+        self.allow_config_change = allow_config_change
         self.schedule = self.settings.schedule()
         self.progress: Optional[Progress] = None
         self.logger: Optional[SequenceCSVLogger] = None
         self.trainable_per_fit: list[int] = []  # counted after each fit's on_task_start hooks
+        self.stop = StopRequest()
+        self._resume_point: Optional[ResumePoint] = None
 
     @property
     def run_dir(self) -> Path:
@@ -74,30 +91,61 @@ class SequenceRunner:
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunResult:
         quiet_lightning_banners()
-        info = self.data.info  # loads the data: a missing or malformed data set fails before the run folder exists
-        self.model.check_compatible(info)
-        for method in self.methods:
-            method.check_compatible(self.model, self.data, info)
-        assign_state_keys(self.methods)
+        info = self._check()
+        resume = self._open_folder()
+        if resume is not None and resume.status == "finished":
+            self.progress = resume.progress
+            return self._result(read_json(self.run_dir / "metrics.json"))
         world = start_processes(self.trainer_kwargs)
-        resumed = self.resume and self.folder.holds_run()
-        self.folder.prepare(self.config, self.resume)
+        self.progress = resume.progress if resume else Progress(self.data.num_tasks, self.schedule.describe(), log_rows=0)
+        self.folder.prepare(self.config, self.progress, resume)
         reseed_globals(self.seed)
-        self.logger = SequenceCSVLogger(str(self.run_dir))
+        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=_log_rows(resume))
         self.model.setup_sequence(info)
-        context = RunContext(self.run_dir, self.seed, world.size, world.rank, resumed)
+        context = RunContext(self.run_dir, self.seed, world.size, world.rank, resume is not None)
         for method in self.methods:
             method.setup_sequence(self.model, self.data, context)
-        self.progress = self._restore() if resumed else Progress(self.data.num_tasks, self.schedule.describe())
+        if resume is not None and resume.boundary is not None:
+            self._restore(resume.boundary)
+        self._resume_point = resume.point if resume else None
         self.logger.log_hyperparams(
             {"model": self.model.describe(), "data": self.data.describe(), "methods": [m.describe() for m in self.methods],
              "runner": {**vars(self.settings), "seed": self.seed}}
         )
         display = SequenceProgress(self.data, enabled=self.trainer_kwargs.get("enable_progress_bar", True))
         fits = self.schedule.fits([t.name for t in self.data.tasks])
-        for fit in fits[self.progress.finished_fits :]:
-            self._run_fit(fit, display)
+        self.stop.install()
+        try:
+            for fit in fits[self.progress.finished_fits :]:
+                self.stop.check()
+                self._run_fit(fit, display)
+        except RunInterrupted as exc:
+            self._mark("interrupted", interrupted_by=str(exc))
+            raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
+        except Exception as exc:
+            self._mark("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.stop.restore()
         return self._finish()
+
+    def _check(self):
+        """Everything that can be checked before the run folder is touched."""
+        info = self.data.info  # loads the data: a missing or malformed data set fails before the run folder exists
+        self.model.check_compatible(info)
+        for method in self.methods:
+            method.check_compatible(self.model, self.data, info)
+        assign_state_keys(self.methods)
+        check_finite(self.trainer_kwargs, "trainer")
+        check_training_length(self.trainer_kwargs, self.settings)
+        check_optimizer(self.model)
+        return info
+
+    def _open_folder(self) -> Optional[Resume]:
+        if not self.resume:
+            self.folder.check_fresh()
+            return None
+        return self.folder.open_for_resume(self.data.num_tasks, self.schedule.describe(), self.config, self.allow_config_change)
 
     def _run_fit(self, fit: Fit, display: SequenceProgress) -> None:
         tasks = [self.data.tasks[t] for t in fit.tasks]
@@ -110,29 +158,61 @@ class SequenceRunner:
         self.trainable_per_fit[fit.index :] = [sum(p.numel() for p in self.model.trainable_parameters())]
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
+            self.folder.save_progress(self.progress)
         display.start(self.schedule.title(fit, self.data.num_tasks))
         started = time.perf_counter()
+        point, self._resume_point = self._resume_point, None
+        if point is not None:
+            point.check_fits(self.model)
         trainer = make_trainer(self.trainer_kwargs, self.settings, self.methods, self.logger, self.run_dir,
-                               self.folder.fit_checkpoint_dir(fit.index), self.seed, fit.index)
+                               self.folder.fit_checkpoint_dir(fit.index), self.seed, fit.index, self.stop)
         self.model.train()  # Lightning keeps a module's eval mode when a fit starts
-        resume_from = self.folder.fit_checkpoint_dir(fit.index) / "last.ckpt"
-        ckpt_path = str(resume_from) if self.resume and resume_from.exists() else None
-        trainer.fit(self.model, datamodule=self.data, ckpt_path=ckpt_path, weights_only=True)
+        self._fit(trainer, point)
         for task in tasks:
             self.model.on_task_end(task)
             for method in self.methods:
                 method.on_task_end(self.model, task)
             self.data.on_task_end(task.index)
         row = evaluate_tasks(self.model, self.data, trainer.strategy, tasks=self.schedule.tasks_to_evaluate(fit))
-        self.progress.add_row(row, time.perf_counter() - started, len(tasks))
+        self.progress.add_row(row, time.perf_counter() - started + _seconds_before(trainer), len(tasks))
         self.logger.step_offset += trainer.global_step
         self.progress.step_offset = self.logger.step_offset
         metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
         self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
-        self.logger.save()
+        self.progress.log_rows = self.logger.flush()
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
         self.folder.save_boundary(self._state(), self.progress)
         trainer.strategy.barrier("clight-boundary")
+
+    def _fit(self, trainer: L.Trainer, point: Optional[ResumePoint]) -> None:
+        strict = self.model.strict_loading
+        if point is not None:
+            self.model.strict_loading = False  # an epoch checkpoint holds only the state a fit changes (checked)
+        try:
+            trainer.fit(self.model, datamodule=self.data, ckpt_path=str(point.path) if point else None, weights_only=True)
+        except SIGTERMException:  # Lightning's handler, before clight's took over in this fit
+            raise RunInterrupted(signal.SIGTERM) from None
+        finally:
+            self.model.strict_loading = strict
+
+    def _mark(self, status: str, **extra) -> None:
+        """Say in the manifest how the run stopped (never hiding the reason it stopped)."""
+        try:
+            self.folder.save_progress(self.progress, status, **extra)
+        except OSError:
+            pass
+
+    def _interrupted_message(self, exc: RunInterrupted, num_fits: int) -> str:
+        if self.config is None:
+            command = "SequenceRunner(..., resume=True)"
+        elif (self.run_dir / CONFIG_CHANGES).exists():  # config.yaml is the first config, no longer the run's
+            command = f"clight fit --config CONFIG --resume {self.run_dir}, with the config last used ({CONFIG_CHANGES})"
+        else:
+            command = f"clight fit --config {self.run_dir / CONFIG} --resume {self.run_dir}"
+        return (
+            f"{exc} in fit {self.progress.finished_fits + 1}/{num_fits}. {self.run_dir} keeps the {self.progress.finished_fits} "
+            f"finished fit(s) and the last epoch checkpoint of the running one. Continue with: {command}"
+        )
 
     # -- state ------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -144,23 +224,24 @@ class SequenceRunner:
             "trainable_per_fit": list(self.trainable_per_fit),
         }
 
-    def _restore(self) -> Progress:
-        progress = self.folder.read_progress(self.data.num_tasks, self.schedule.describe())
-        if progress.finished_fits == 0:
-            return progress
-        for fit in self.schedule.fits([t.name for t in self.data.tasks])[: progress.finished_fits]:
+    def _restore(self, state: dict) -> None:
+        for fit in self.schedule.fits([t.name for t in self.data.tasks])[: self.progress.finished_fits]:
             for t in fit.tasks:  # rebuild what the model creates per task (heads, adapters) before loading it
                 self.model.on_task_start(self.data.tasks[t])
                 self.model.on_task_end(self.data.tasks[t])
-        state = self.folder.load_boundary()
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise RunFolderError(
+                f"{self.run_dir / BOUNDARY_CHECKPOINT} was written for another model ({str(exc).splitlines()[-1].strip()}). "
+                "Resume with the config the run was started with, or start a new run_dir."
+            ) from exc
         for method in self.methods:
             if method.state_key in state["methods"]:
                 method.load_state_dict(state["methods"][method.state_key])
         self.data.load_state_dict(state["data"])
         self.logger.step_offset = int(state["step_offset"])
         self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
-        return progress
 
     def _finish(self) -> RunResult:
         metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
@@ -181,8 +262,23 @@ class SequenceRunner:
             }
         )
         self.folder.finish(metrics, self.progress)
+        return self._result(metrics)
+
+    def _result(self, metrics: dict) -> RunResult:
         matrices = {k: np.array(v) for k, v in self.progress.matrices.items()}
         return RunResult(self.run_dir, np.array(self.progress.matrices["correct"], dtype=float), metrics, matrices)
+
+
+def _log_rows(resume: Optional[Resume]) -> Optional[int]:
+    """The rows of ``logs/metrics.csv`` that the state a run resumes from had seen written."""
+    if resume is None:
+        return None
+    return resume.point.log_rows if resume.point is not None else resume.progress.log_rows
+
+
+def _seconds_before(trainer: L.Trainer) -> float:
+    """The seconds a fit resumed from an epoch checkpoint had run before it was killed."""
+    return sum(c.seconds_before for c in trainer.callbacks if isinstance(c, EpochCheckpoint))
 
 
 def _row_log(fit: Fit, row: list[float], metrics: dict) -> dict:

@@ -2,22 +2,30 @@
 boundary, the checkpoints inside the running task, and the final metrics.
 
 Every file is written atomically and by rank 0 only; everything is read back with
-``weights_only=True`` (no arbitrary unpickling).
+``weights_only=True`` (no arbitrary unpickling). Everything a resume needs is read and checked
+(``open_for_resume``) before anything is written, so a refused resume leaves the folder as it was.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from clight.distributed import is_rank_zero
-from clight.io import load_checkpoint, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
+from clight.io import UnreadableFileError, load_checkpoint, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
+from clight.runner.checkpoints import ResumePoint, find_resume_point
+from clight.runner.config_diff import config_changes, describe_changes
 
 MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+CONFIG_CHANGES = "config_changes.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3
 
 
 class RunFolderError(RuntimeError):
@@ -27,7 +35,8 @@ class RunFolderError(RuntimeError):
 @dataclass
 class Progress:
     """What a run has done so far: rows of every accuracy matrix, the initial model's row,
-    the wall time of every fit, and the logger's step offset."""
+    the wall time of every fit, the logger's step offset and how many rows of
+    ``logs/metrics.csv`` belong to the finished fits."""
 
     num_tasks: int
     schedule: dict
@@ -37,6 +46,7 @@ class Progress:
     initial: dict[str, list[float]] = field(default_factory=dict)
     wall_time_per_task: list[float] = field(default_factory=list)
     step_offset: int = 0
+    log_rows: Optional[int] = None
 
     def add_row(self, row: dict[str, list[float]], seconds: float, trained_tasks: int) -> None:
         for name, values in row.items():
@@ -45,8 +55,8 @@ class Progress:
         self.finished_fits += 1
         self.finished_tasks += trained_tasks
 
-    def manifest(self, status: str) -> dict:
-        return {"format": MANIFEST_FORMAT, "status": status, **asdict(self)}
+    def manifest(self, status: str, **extra: Any) -> dict:
+        return {"format": MANIFEST_FORMAT, "status": status, **asdict(self), **extra}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Progress":
@@ -59,7 +69,19 @@ class Progress:
             initial=manifest["initial"],
             wall_time_per_task=manifest["wall_time_per_task"],
             step_offset=int(manifest.get("step_offset", 0)),
+            log_rows=manifest.get("log_rows"),
         )
+
+
+@dataclass
+class Resume:
+    """What a resumed run starts from, read and checked before anything is written."""
+
+    progress: Progress
+    status: str
+    boundary: Optional[dict[str, Any]]  # the state after the last finished fit
+    point: Optional[ResumePoint]  # the newest good epoch checkpoint inside the next fit
+    changes: dict[str, tuple[Any, Any]]  # config changes the user accepted
 
 
 class RunFolder:
@@ -76,25 +98,119 @@ class RunFolder:
     def fit_checkpoint_dir(self, fit_index: int) -> Path:
         return self.path / "checkpoints" / f"task_{fit_index}"
 
-    def prepare(self, config: Optional[str], resume: bool) -> None:
-        """Refuse to overwrite a run; create the folder and write the config (rank 0)."""
-        if self.holds_run() and not resume:
+    # -- checks (read only) ---------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse a run_dir that cannot be created or written, before anything is written."""
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunFolderError(f"cannot create the run folder {self.path}: {existing} is a file. Choose another run_dir.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunFolderError(f"cannot write to {existing} (permission denied). Choose a run_dir you can write to.")
+
+    def check_fresh(self) -> None:
+        if self.holds_run():
             raise RunFolderError(
                 f"{self.path} already holds a run. Resume it with --resume {self.path}, or choose another run_dir."
             )
-        if is_rank_zero():
-            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            if config is not None and not (resume and (self.path / "config.yaml").exists()):
-                write_text_atomic(self.path / "config.yaml", config)
+        self.check_writable()
 
-    def read_progress(self, num_tasks: int, schedule: dict) -> Progress:
-        progress = Progress.from_manifest(read_json(self.manifest_path))
+    def open_for_resume(self, num_tasks: int, schedule: dict, config: Optional[str], allow_config_change: bool) -> Resume:
+        if not self.holds_run():
+            hint = "the folder does not exist" if not self.path.exists() else f"it has no {MANIFEST}"
+            raise RunFolderError(
+                f"there is no run to resume in {self.path} ({hint}). Check the path, or start a new run with --run_dir {self.path}."
+            )
+        manifest = self._read(MANIFEST, read_json)
+        progress = self._progress(manifest, num_tasks, schedule)
+        changes = self._check_config(config, allow_config_change)
+        boundary = self._read(BOUNDARY_CHECKPOINT, load_checkpoint) if progress.finished_fits else None
+        point = find_resume_point(self.fit_checkpoint_dir(progress.finished_fits))
+        self.check_writable()
+        return Resume(progress, str(manifest.get("status", "running")), boundary, point, changes)
+
+    def _read(self, name: str, reader) -> Any:
+        try:
+            return reader(self.path / name)
+        except (UnreadableFileError, FileNotFoundError) as exc:
+            raise RunFolderError(
+                f"{exc}. The run folder is damaged and cannot be resumed: restore {name} from a copy, or start a new run_dir."
+            ) from exc
+
+    def _progress(self, manifest: dict, num_tasks: int, schedule: dict) -> Progress:
+        try:
+            progress = Progress.from_manifest(manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunFolderError(
+                f"{self.manifest_path} is damaged (bad or missing entry {exc}). Restore it from a copy, or start a new run_dir."
+            ) from exc
         if progress.num_tasks != num_tasks or progress.schedule.get("kind") != schedule.get("kind"):
             raise RunFolderError(
                 f"{self.path} holds a run of {progress.num_tasks} tasks ({progress.schedule.get('kind')}); "
                 f"this config has {num_tasks} ({schedule.get('kind')}). Resume with the config the run was started with."
             )
         return progress
+
+    def current_config(self) -> Optional[str]:
+        """The config the run is using: the last accepted change, else the one it was started with."""
+        if (self.path / CONFIG_CHANGES).exists():
+            return self._read(CONFIG_CHANGES, read_json)[-1]["config"]
+        return (self.path / CONFIG).read_text() if (self.path / CONFIG).exists() else None
+
+    def _check_config(self, config: Optional[str], allow: bool) -> dict[str, tuple[Any, Any]]:
+        if config is None:  # a run driven from Python: no config file to compare
+            return {}
+        started = self.current_config()
+        if started is None:
+            if allow:
+                return {"(the whole config)": (None, "recorded now")}
+            raise RunFolderError(
+                f"{self.path} has no {CONFIG} to compare this config with. Pass --allow_config_change to resume with "
+                f"this config (it is then recorded in {CONFIG_CHANGES})."
+            )
+        try:
+            changes = config_changes(started, config)
+        except yaml.YAMLError as exc:
+            raise RunFolderError(f"{self.path / CONFIG} cannot be parsed ({exc}). Restore it from a copy.") from exc
+        if changes and not allow:
+            raise RunFolderError(
+                f"this config differs from the one {self.path} was run with, in settings that change results: "
+                f"{describe_changes(changes)}. Resume with the run's own config (--config {self.path / CONFIG}), or pass "
+                f"--allow_config_change to continue with the new values (recorded in {CONFIG_CHANGES})."
+            )
+        return changes
+
+    # -- writes (rank 0) ------------------------------------------------------------------------
+    def prepare(self, config: Optional[str], progress: Progress, resume: Optional[Resume] = None) -> None:
+        """Create the folder and write the config and the first manifest; on a resume, record accepted
+        config changes and mark the run running again."""
+        if not is_rank_zero():
+            return
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if resume is None and config is not None:
+                write_text_atomic(self.path / CONFIG, config)
+            if resume is not None and resume.changes:
+                self._record_changes(config, resume)
+            write_json_atomic(self.manifest_path, progress.manifest("running"))
+        except OSError as exc:
+            raise RunFolderError(f"cannot write the run folder {self.path}: {exc}. Choose a run_dir you can write to.") from exc
+
+    def _record_changes(self, config: Optional[str], resume: Resume) -> None:
+        path = self.path / CONFIG_CHANGES
+        history = read_json(path) if path.exists() else []
+        history.append({
+            "after_tasks": resume.progress.finished_tasks,
+            "from_epoch_checkpoint": resume.point.path.name if resume.point else None,
+            "changes": {k: {"before": a, "after": b} for k, (a, b) in resume.changes.items()},
+            "config": config,
+        })
+        write_json_atomic(path, history)
+
+    def save_progress(self, progress: Progress, status: str = "running", **extra: Any) -> None:
+        if is_rank_zero():
+            write_json_atomic(self.manifest_path, progress.manifest(status, **extra))
 
     def save_boundary(self, state: dict[str, Any], progress: Progress) -> None:
         """The state after the last finished fit, then the manifest that points past it (rank 0)."""
@@ -103,9 +219,6 @@ class RunFolder:
         save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, state)
         write_json_atomic(self.manifest_path, progress.manifest("running"))
         shutil.rmtree(self.fit_checkpoint_dir(progress.finished_fits - 1), ignore_errors=True)
-
-    def load_boundary(self) -> dict[str, Any]:
-        return load_checkpoint(self.path / BOUNDARY_CHECKPOINT)
 
     def finish(self, metrics: dict, progress: Progress) -> None:
         if not is_rank_zero():

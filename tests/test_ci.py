@@ -1,0 +1,17 @@
+"""The README's test commands are what CI runs."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_commands_word_for_word():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**Run the tests**"):]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert len(commands) == 2 and "pip install -e" in commands[1] and "dataset-fashion-mnist" in commands[0]
+    for command in commands:
+        assert command in ci, f".ci/run does not run the README's test command:\n{command}"
