@@ -124,7 +124,7 @@ def test_unfinished_run_is_resumed_not_restarted(tmp_path):
         runner.run()
     run = tmp_path / "runs" / "replay_killed"
     killed = json.loads((run / "manifest.json").read_text())
-    assert killed["status"] == "running" and killed["finished_fits"] == 1
+    assert killed["status"] == "failed" and killed["finished_fits"] == 1  # an exception marks it failed (a SIGKILL leaves "running")
     result = compare_configs([config, other], tmp_path / "out")
     assert [r.status for r in result.records] == ["resumed", "started"]
     assert f"clight compare {config} {other} --out {tmp_path / 'out'}\n" in result.markdown  # the command line equivalent
