@@ -377,3 +377,16 @@ def test_runner_takes_the_reference_under_the_trainers_precision(data, tmp_path)
     SequenceRunner(model, data, methods=[GeneralReplay("tm"), RecordTM()], trainer=trainer, run_dir=str(tmp_path / "run"),
                    max_steps_per_task=3).run()
     assert seen == [0.0] * 6
+
+
+def test_general_splits_cover_many_documents_and_never_share_one():
+    from clight.data.text import general_splits
+    from clight.data.text.general_sources import GeneralSource
+
+    class Docs(GeneralSource):
+        def documents(self):
+            return [[f"d{d}p{p}" for p in range(3 if d % 2 else 5)] for d in range(10)]
+
+    replay, heldout = general_splits(Docs(), n_replay=12, n_heldout=3)
+    assert replay[:9] == [f"d{d}p0" for d in range(9)] and replay[9:] == ["d0p1", "d1p1", "d2p1"]
+    assert heldout == ["d9p0", "d9p1", "d9p2"]  # the last 10% of documents only

@@ -38,13 +38,18 @@ class GeneralSet(Dataset):
 
 def general_splits(source: GeneralSource, n_replay: int, n_heldout: int, heldout_fraction: float = 0.1) -> tuple[list[str], list[str]]:
     """Replay passages from the first documents, held-out passages from the last ``heldout_fraction``
-    of documents, so no held-out text shares a document with replayed text."""
+    of documents, so no held-out text shares a document with replayed text. Within each part the
+    passages are taken round-robin across its documents (the first passage of every document, then
+    the second, ...), so a small set still covers many documents rather than the first one or two."""
     docs = source.documents()
     n_held_docs = max(1, int(round(heldout_fraction * len(docs)))) if n_heldout else 0
     if n_held_docs >= len(docs):
         raise ValueError(f"the general source has only {len(docs)} documents: too few to hold some out")
-    replay = [p for d in docs[: len(docs) - n_held_docs] for p in d][:n_replay]
-    heldout = [p for d in docs[len(docs) - n_held_docs :] for p in d][:n_heldout]
+    replay = _round_robin(docs[: len(docs) - n_held_docs])[:n_replay]
+    heldout = _round_robin(docs[len(docs) - n_held_docs :])[:n_heldout]
     return replay, heldout
 
 
+def _round_robin(docs: Sequence[Sequence[str]]) -> list[str]:
+    longest = max((len(d) for d in docs), default=0)
+    return [d[i] for i in range(longest) for d in docs if i < len(d)]
