@@ -49,14 +49,15 @@ class MoEAdapters(ContinualCallback):
     its router too. ``balance_weight``: the load-balancing loss's weight (0: off, as in the
     released code, which computes it and never adds it). DDAS: an autoencoder (``ae_*``) per task
     on the frozen model's features of ``ddas_samples`` training samples (all by default), and a
-    threshold (``threshold``, ``threshold_quantile``; see ``DDAS``).
+    threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
     """
 
     def __init__(self, num_experts: int = 22, top_k: int = 2, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1,
                  blocks: Optional[Sequence[str]] = None, tap: Tap = "mlp", noisy_gating: bool = True, freeze_top: int = 2,
                  balance_weight: float = 0.0, ae_code_dims: int = 100, ae_steps: int = 300, ae_batch_size: int = 64,
                  ae_lr: float = 0.01, ae_weight_decay: float = 1e-4, feature_transform: FeatureTransform = "standardize",
-                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, ddas_samples: Optional[int] = None,
+                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, calibration_fraction: float = 0.1,
+                 ddas_samples: Optional[int] = None,
                  feature_batch_size: int = 32) -> None:
         check_choice("MoEAdapters.tap", tap, Tap)
         check_choice("MoEAdapters.feature_transform", feature_transform, FeatureTransform)
@@ -71,7 +72,8 @@ class MoEAdapters(ContinualCallback):
         self.layer_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, scale=scale, dropout=dropout,
                                  noisy_gating=noisy_gating)
         self.blocks, self.tap, self.freeze_top, self.balance_weight = blocks, tap, freeze_top, balance_weight
-        self.ddas_kwargs = dict(code_dims=ae_code_dims, transform=feature_transform, threshold=threshold, threshold_quantile=threshold_quantile)
+        self.ddas_kwargs = dict(code_dims=ae_code_dims, transform=feature_transform, threshold=threshold,
+                                threshold_quantile=threshold_quantile, calibration_fraction=calibration_fraction)
         DDAS(1, 1, **self.ddas_kwargs)  # checks the DDAS options now
         self.fit_kwargs = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
         self.ddas_samples, self.feature_batch_size = ddas_samples, feature_batch_size

@@ -58,19 +58,24 @@ class DDAS(nn.Module):
     divided by its overall standard deviation, one number, so no near-constant dimension is blown
     up; then fixed, so every task's errors live in one space),
     ``sigmoid`` (the released code's, on its non-negative CNN features) or ``none``.
-    ``threshold``: ``"auto"`` (the ``threshold_quantile`` quantile of the task's own training
-    reconstruction errors) or one number for every task (the paper's single hyper-parameter).
+    ``threshold``: ``"auto"`` (the ``threshold_quantile`` quantile of the reconstruction errors of
+    the ``calibration_fraction`` of the task's samples held out from the autoencoder's fit: errors
+    of samples it has not seen, as test samples will be; of its training samples when the
+    fraction is 0) or one number for every task (the paper's single hyper-parameter).
     """
 
     def __init__(self, num_tasks: int, dim: int, code_dims: int = 100, transform: FeatureTransform = "standardize",
-                 threshold: Threshold = "auto", threshold_quantile: float = 0.99) -> None:
+                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, calibration_fraction: float = 0.1) -> None:
         super().__init__()
         check_choice("DDAS.transform", transform, FeatureTransform)
         if not (threshold == "auto" or (isinstance(threshold, (int, float)) and threshold > 0)):
             raise ValueError(f"DDAS.threshold must be 'auto' or a positive number, got {threshold!r}")
         if not 0.0 < threshold_quantile <= 1.0:
             raise ValueError(f"DDAS.threshold_quantile must be in (0, 1], got {threshold_quantile}")
+        if not 0.0 <= calibration_fraction < 1.0:
+            raise ValueError(f"DDAS.calibration_fraction must be in [0, 1), got {calibration_fraction}")
         self.transform, self.threshold, self.threshold_quantile = transform, threshold, threshold_quantile
+        self.calibration_fraction = calibration_fraction
         self.autoencoders = nn.ModuleList(Autoencoder(dim, code_dims, transform == "sigmoid") for _ in range(num_tasks))
         self.autoencoders.requires_grad_(False)
         self.register_buffer("fitted", torch.zeros(num_tasks, dtype=torch.bool))
@@ -117,7 +122,9 @@ class DDAS(nn.Module):
             raise ValueError(f"DDAS got no features for task {task}: its training set is empty")
         if not torch.isfinite(features).all():
             raise FloatingPointError(f"the frozen model's features of task {task} hold NaN or inf: check the inputs")
-        features = features.float()
+        shuffled = features.float()[torch.randperm(len(features), generator=generator).to(features.device)]
+        held = int(len(shuffled) * self.calibration_fraction)
+        calibration, features = shuffled[:held], shuffled[held:]
         if self.transform == "standardize" and not bool(self.stats_ready):
             self.mean.copy_(features.mean(0))
             spread = (features - self.mean).pow(2).mean().sqrt()  # a task of near-identical samples: 1e-3 of their size
@@ -144,19 +151,19 @@ class DDAS(nn.Module):
         ae.requires_grad_(False)
         with torch.no_grad():
             train_errors = ae.errors(z)
-        if self.threshold == "auto":
-            value = float(torch.quantile(train_errors.double(), self.threshold_quantile))
-        else:
-            value = float(self.threshold)
+            errors = ae.errors(self.features_to_space(calibration)) if held else train_errors
+        value = float(torch.quantile(errors.double(), self.threshold_quantile)) if self.threshold == "auto" else float(self.threshold)
         self.thresholds[task] = value
         self.fitted[task] = True
-        return {"threshold": value, "train_error_median": float(train_errors.median()), "samples": len(z)}
+        return {"threshold": value, "train_error_median": float(train_errors.median()),
+                "calibration_error_median": float(errors.median()), "samples": len(z), "calibration_samples": held}
 
     def describe(self) -> dict:
         return {
             "feature_transform": self.transform + (" (clight; first task's statistics)" if self.transform == "standardize"
                                                    else " (released code)" if self.transform == "sigmoid" else ""),
-            "threshold": "per task: the %g quantile of its training reconstruction errors" % self.threshold_quantile
+            "threshold": f"per task: the {self.threshold_quantile} quantile of the reconstruction errors of "
+            f"{self.calibration_fraction:.0%} of its samples held out from the fit (clight)"
             if self.threshold == "auto" else f"{self.threshold} for every task (paper: one hyper-parameter)",
             "code_dims": self.autoencoders[0].encoder.out_features,
         }
