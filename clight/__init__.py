@@ -27,6 +27,7 @@ _LAZY = {
     "GeneralReplay": "clight.methods.general_replay",
     "GeneralPerplexity": "clight.methods.general_replay",
     "ContinualCausalLM": "clight.models.causal_lm",
+    "ContinualCLIP": "clight.models.clip",
     "TextTaskSequence": "clight.data.text",
     "TextTaskSpec": "clight.data.text",
     "JsonlText": "clight.data.text",

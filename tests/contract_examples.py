@@ -21,6 +21,7 @@ from clight.methods.regularization import EWC, LwF
 from clight.methods.reprogramming import CLRClassifier
 from clight.models.backbones import SmallCNN
 from clight.models.causal_lm import ContinualCausalLM
+from clight.models.clip import ContinualCLIP
 
 Example = Callable[[], tuple]
 
@@ -54,6 +55,10 @@ def tiny_lm(**kwargs) -> ContinualCausalLM:
     return ContinualCausalLM("tiny", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **kwargs)
 
 
+def tiny_clip() -> ContinualCLIP:
+    return ContinualCLIP("tiny", class_names="digits", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.2))
+
+
 def clr() -> CLRClassifier:
     torch.manual_seed(0)
     return CLRClassifier(SmallCNN((8, 16)), optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
@@ -82,4 +87,5 @@ MODEL_EXAMPLES: dict[type, Example] = {
     ContinualClassifier: lambda: (classifier(), digits(), []),
     CLRClassifier: lambda: (clr(), digits(setting="task_incremental"), []),
     ContinualCausalLM: lambda: (tiny_lm(lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}), text(), []),
+    ContinualCLIP: lambda: (tiny_clip(), digits(), []),
 }
