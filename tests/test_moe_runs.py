@@ -43,9 +43,9 @@ def test_activate_freeze_keeps_what_a_task_froze_bit_identical(tmp_path, family)
     if family == "causal_lm":
         data = TextTaskSequence(tasks=["rt_sentiment", "rt_subjectivity", "tweet_sentiment"], tokenizer="char", max_length=64,
                                 max_train_per_task=16, max_test_per_task=4, general_samples=4, heldout_general=0, batch_size=8)
-        model, prefix = tiny_lm(), "net."
+        model, network = tiny_lm(), "net."
     else:
-        model, data, prefix = tiny_vit(), digits(num_tasks=3), "backbone."
+        model, data, network = tiny_vit(), digits(num_tasks=3), "backbone."
     method, snaps = MoEAdapters(num_experts=6, top_k=2, bottleneck=8, freeze_top=2, ae_steps=30), Snapshots()
     SequenceRunner(model, data, methods=[method, snaps], trainer=ONE_EPOCH, run_dir=str(tmp_path / "run")).run()
     history = method.describe()["history"]
@@ -54,7 +54,7 @@ def test_activate_freeze_keeps_what_a_task_froze_bit_identical(tmp_path, family)
     for t, entry in enumerate(history):
         assert entry["frozen_experts"] and all(len(e) <= 2 for e in entry["frozen_experts"].values())
         frozen_keys = [k for block, experts in entry["frozen_experts"].items() for e in experts
-                       for k in snaps.states[t] if k.startswith(f"{prefix}{block}.moe.experts.{e}.")]
+                       for k in snaps.states[t] if k.startswith(f"{block}.moe.experts.{e}.")]
         frozen_keys += [k for k in snaps.states[t] if k.endswith((f".routers.{t}", f".noise.{t}"))]
         assert frozen_keys
         for later in snaps.states[t + 1:]:
@@ -63,13 +63,13 @@ def test_activate_freeze_keeps_what_a_task_froze_bit_identical(tmp_path, family)
         if t + 1 < len(snaps.states):  # what was not frozen did train in the next task
             ever_frozen = {(b, e) for h in history[: t + 1] for b, es in h["frozen_experts"].items() for e in es}
             free = [k for k in snaps.states[t] if ".moe.experts." in k and ".up." in k
-                    and (k[len(prefix):].split(".moe.")[0], int(k.split(".experts.")[1].split(".")[0])) not in ever_frozen]
+                    and (k.split(".moe.")[0], int(k.split(".experts.")[1].split(".")[0])) not in ever_frozen]
             moved += sum(not torch.equal(snaps.states[t + 1][k], snaps.states[t][k]) for k in free)
     assert moved > 0
     for later_router in (k for k in snaps.states[0] if k.endswith(".routers.2")):  # task 2's router waits for task 2
         assert torch.equal(snaps.states[1][later_router], torch.zeros_like(snaps.states[1][later_router]))
     for k, v in snaps.states[0].items():  # the pretrained weights never move
-        if ".moe." not in k and "moe_routing" not in k and (k.startswith(prefix)):
+        if ".moe." not in k and "moe_routing" not in k and k.startswith(network):
             assert torch.equal(snaps.states[-1][k], v), k
 
 

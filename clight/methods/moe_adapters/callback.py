@@ -21,10 +21,11 @@ from clight.data.task import SequenceInfo, Task
 from clight.distributed import broadcast_from_rank_zero, is_rank_zero
 from clight.methods.base import ContinualCallback
 from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
-from clight.methods.moe_adapters.injection import inject
+from clight.methods.moe_adapters.follower import install_follower
+from clight.methods.moe_adapters.injection import choose_blocks, inject, moe_blocks
 from clight.methods.moe_adapters.layer import MoELayer, RouteState
 from clight.methods.moe_adapters.routing import NetworkRouting, install_routing
-from clight.methods.moe_adapters.targets import Target, resolve_target, select_blocks, transformer_blocks
+from clight.methods.moe_adapters.targets import Target, resolve_target
 
 Tap = Literal["mlp", "block"]
 SALT = 0x4D6F45  # "MoE": the run-seed salt of everything this method draws
@@ -77,7 +78,7 @@ class MoEAdapters(ContinualCallback):
         DDAS(1, 1, **self.ddas_kwargs)  # checks the DDAS options now
         self.fit_kwargs = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
         self.ddas_samples, self.feature_batch_size = ddas_samples, feature_batch_size
-        self.state = RouteState()
+        self.state, self.follower_state = RouteState(), RouteState()
         self.layers: dict[str, MoELayer] = {}
         self.target: Optional[Target] = None
         self.routing: Optional[NetworkRouting] = None
@@ -91,7 +92,12 @@ class MoEAdapters(ContinualCallback):
     def check_compatible(self, module: Any, datamodule: Any, info: SequenceInfo) -> None:
         super().check_compatible(module, datamodule, info)
         target = resolve_target(module, type(self).__name__)
-        select_blocks(transformer_blocks(target.network(module)), self.blocks, type(self).__name__)
+        choose_blocks(module, self._networks(module, target), self.blocks, type(self).__name__)
+
+    @staticmethod
+    def _networks(module: Any, target: Target) -> list:
+        follower = target.follower(module)
+        return [target.network(module)] + ([follower] if follower is not None else [])
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         from lightning.pytorch.strategies import DDPStrategy
@@ -105,13 +111,18 @@ class MoEAdapters(ContinualCallback):
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         self._datamodule, self._context = datamodule, context
         self.target = resolve_target(module, type(self).__name__)
-        network = self.target.network(module)
-        self.routing = install_routing(network, self.target)
+        networks = self._networks(module, self.target)
+        chosen = choose_blocks(module, networks, self.blocks, type(self).__name__)
+        self.target.pretrained(module).requires_grad_(False)
+        self.routing = install_routing(networks[0], self.target)
         self.key = str(len(self.routing.states))
-        num_tasks = datamodule.num_tasks
-        self.layers = inject(network, num_tasks, self.state, self.target.router_input, self.blocks, self.tap,
-                             generator=context.generator(SALT, int(self.key)), **self.layer_kwargs)
-        device = next(network.parameters()).device
+        generator, num_tasks = context.generator(SALT, int(self.key)), datamodule.num_tasks
+        new = inject(networks[0], chosen[0], num_tasks, self.state, self.target.router_input, self.tap, generator, **self.layer_kwargs)
+        if len(networks) > 1:  # the follower's routers read its first token (CLIP's text start token, as the released code)
+            install_follower(networks[1], self.routing).add(self.key, self.follower_state)
+            new += inject(networks[1], chosen[1], num_tasks, self.follower_state, "first", self.tap, generator, **self.layer_kwargs)
+        self.layers = {name: block.moe for name, block in moe_blocks(module).items() if any(block.moe is m for m in new)}
+        device = next(networks[0].parameters()).device
         self.selector = DDAS(num_tasks, self.target.feature_dim(module), **self.ddas_kwargs).to(device)
         self.routing.add(self.key, self.selector, self.state)
         if self.balance_weight > 0:
@@ -132,7 +143,8 @@ class MoEAdapters(ContinualCallback):
 
     # -- inside a fit -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.state.fit_task = self.state.count_task = int(pl_module.current_task)
+        for state in (self.state, self.follower_state):
+            state.fit_task = state.count_task = int(pl_module.current_task)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         ids = batch.get("task_id") if isinstance(batch, dict) else None
@@ -156,7 +168,8 @@ class MoEAdapters(ContinualCallback):
         self._leave_fit()
 
     def _leave_fit(self) -> None:
-        self.state.fit_task = self.state.count_task = self.state.batch_rows = None
+        for state in (self.state, self.follower_state):
+            state.fit_task = state.count_task = state.batch_rows = None
 
     def _balance_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         losses = [layer.balance_loss for layer in self.layers.values() if layer.balance_loss is not None]
@@ -194,7 +207,7 @@ class MoEAdapters(ContinualCallback):
         features = []
         try:
             for batch in tqdm(loader, desc=f"DDAS features, task {task.index}", leave=False, disable=not is_rank_zero()):
-                args, kwargs, context = self.target.batch_call(move_data_to_device(batch, module.device))
+                args, kwargs, context = self.target.batch_call(module, move_data_to_device(batch, module.device))
                 with context:
                     features.append(self.routing.frozen_features(network, args, kwargs))
         finally:

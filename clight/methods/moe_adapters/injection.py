@@ -31,27 +31,39 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def inject(network: nn.Module, num_tasks: int, state: RouteState, router_input: RouterInput,
-           blocks: Optional[Sequence[str]] = None, tap: str = "mlp", generator: Optional[torch.Generator] = None,
-           owner: str = "MoEAdapters", **layer_kwargs) -> dict[str, MoELayer]:
-    """Freeze ``network`` and wrap its transformer blocks (those matching the regexes ``blocks``;
-    all by default) with MoE layers sharing ``state``. ``tap``: ``mlp`` (the experts read the
-    residual stream entering the block's MLP, the released code's) or ``block`` (the block's input).
-    Returns ``{block name: layer}``."""
-    found = transformer_blocks(network)
-    if not found:
-        raise ConfigError(f"{owner}: {type(network).__name__} has no transformer block left to wrap (another MoEAdapters "
+def qualified_name(root: nn.Module, module: nn.Module) -> str:
+    """``module``'s name inside ``root`` (``""`` for ``root`` itself)."""
+    return next(name for name, m in root.named_modules() if m is module)
+
+
+def choose_blocks(root: nn.Module, networks: Sequence[nn.Module], patterns: Optional[Sequence[str]],
+                  owner: str = "MoEAdapters") -> list[list[tuple[str, str]]]:
+    """For each network, its ``(name, tap)`` blocks whose name inside ``root`` matches a regex of
+    ``patterns`` (every block for ``None``); a ``ConfigError`` when none is left to wrap."""
+    prefixes = [qualified_name(root, n) for n in networks]
+    full = [(f"{p}.{name}" if p else name, tap) for p, n in zip(prefixes, networks) for name, tap in transformer_blocks(n)]
+    if not full:
+        raise ConfigError(f"{owner}: {type(root).__name__} has no transformer block left to wrap (another MoEAdapters "
                           "instance wraps them all?): give each instance its own `blocks`")
-    chosen = select_blocks(found, blocks, owner)
+    chosen = {name for name, _ in select_blocks(full, patterns, owner)}
+    return [[(name, tap) for name, tap in transformer_blocks(n) if (f"{p}.{name}" if p else name) in chosen]
+            for p, n in zip(prefixes, networks)]
+
+
+def inject(network: nn.Module, blocks: Sequence[tuple[str, str]], num_tasks: int, state: RouteState, router_input: RouterInput,
+           tap: str = "mlp", generator: Optional[torch.Generator] = None, **layer_kwargs) -> list[MoELayer]:
+    """Freeze ``network`` and wrap its ``blocks`` (``(name, norm before the MLP)``) with MoE layers
+    sharing ``state``. ``tap``: ``mlp`` (the experts read the residual stream entering the block's
+    MLP, the released code's) or ``block`` (the block's input)."""
     network.requires_grad_(False)
-    layers: dict[str, MoELayer] = {}
-    for name, norm in chosen:
+    layers = []
+    for name, norm in blocks:
         block = network.get_submodule(name)
-        layer = MoELayer(_hidden_size(block, norm), num_tasks, state, router_input=router_input, generator=generator, **layer_kwargs)
         reference = next(block.parameters())
+        layer = MoELayer(_hidden_size(block, norm), num_tasks, state, router_input=router_input, generator=generator, **layer_kwargs)
         layer.to(device=reference.device, dtype=reference.dtype)
         replace_module(network, name, MoEBlock(block, layer, norm if tap == "mlp" else None))
-        layers[name] = layer
+        layers.append(layer)
     return layers
 
 

@@ -37,6 +37,8 @@ class NetworkRouting(nn.Module):
         self.target = target
         self.selectors = nn.ModuleDict()
         self.states: dict[str, RouteState] = {}
+        # each instance's routes of the latest forward, kept after it (a follower network reads them)
+        self.last_rows: dict[str, Optional[torch.Tensor]] = {}
         self._forced: Any = _NOT_FORCED
         self._computing = False
 
@@ -80,6 +82,7 @@ class NetworkRouting(nn.Module):
             if rows is not None and rows.shape != (batch,):
                 raise ValueError(f"MoE routes have shape {tuple(rows.shape)}, the network got {batch} samples")
             state.rows, state.token_mask = rows, mask
+            self.last_rows[key] = rows
 
     def clear(self) -> None:
         for state in self.states.values():

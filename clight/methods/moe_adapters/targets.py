@@ -60,6 +60,10 @@ class Target:
     def network(self, module: Any) -> nn.Module:
         raise NotImplementedError
 
+    def pretrained(self, module: Any) -> nn.Module:
+        """The pretrained part of the model, frozen for good (heads of a classifier stay the model's)."""
+        return self.network(module)
+
     def feature_dim(self, module: Any) -> int:
         raise NotImplementedError
 
@@ -73,9 +77,13 @@ class Target:
         """``[B, d]`` features of the inputs of one call of ``network`` (every adapter is off)."""
         return network(*args, **kwargs).float()
 
-    def batch_call(self, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
+    def batch_call(self, module: Any, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
         """How the model calls the network on a training batch: args, kwargs, routing context."""
         raise NotImplementedError
+
+    def follower(self, module: Any) -> Optional[nn.Module]:
+        """A second network whose routes follow the first's per sample (CLIP's text tower), or None."""
+        return None
 
     def describe(self) -> str:
         return self.name
@@ -118,7 +126,7 @@ class CausalLMTarget(Target):
         weight = tokens.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weight).sum(1) / weight.sum(1).clamp_min(1)
 
-    def batch_call(self, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
+    def batch_call(self, module: Any, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
         from clight.models.causal_lm import prompt_tokens, route_by
 
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -141,8 +149,38 @@ class ViTTarget(Target):
     def feature_dim(self, module: Any) -> int:
         return int(module.backbone.num_features)
 
-    def batch_call(self, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
+    def batch_call(self, module: Any, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
         return (batch["input"],), {}, nullcontext()
+
+
+class CLIPTarget(Target):
+    """A ``ContinualCLIP``: the blocks of both towers, as in the released code. DDAS routes each
+    image (vision tower, routers on the class token) by the frozen vision tower's pooled output;
+    the text tower follows: the class prompts an image is scored against are encoded under that
+    image's routes (no adapters at all for an image routed to none: zero-shot CLIP, exactly)."""
+
+    name = "CLIP"
+
+    def network(self, module: Any) -> nn.Module:
+        return module.clip.vision_model
+
+    def follower(self, module: Any) -> Optional[nn.Module]:
+        return module.clip.text_model
+
+    def pretrained(self, module: Any) -> nn.Module:
+        return module.clip  # both towers, their projections and the logit scale
+
+    def feature_dim(self, module: Any) -> int:
+        return int(module.clip.config.vision_config.hidden_size)
+
+    def batch_size(self, args: tuple, kwargs: dict) -> int:
+        return int((kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]).shape[0])
+
+    def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        return network(*args, **kwargs).pooler_output.float()
+
+    def batch_call(self, module: Any, batch: dict) -> tuple[tuple, dict, AbstractContextManager]:
+        return (), {"pixel_values": module.preprocess(batch["input"])}, nullcontext()
 
 
 def _has_class_token(network: nn.Module) -> bool:
@@ -153,15 +191,19 @@ def resolve_target(module: Any, owner: str = "MoEAdapters") -> Target:
     """The target for ``module``, or a ``ConfigError`` naming the model and what is supported."""
     from clight.models.causal_lm import ContinualCausalLM
     from clight.models.classifier import ContinualClassifier
+    from clight.models.clip import ContinualCLIP
 
-    supported = "a ContinualCausalLM (Hugging Face causal LM, no LoRA) or a ContinualClassifier with a timm ViT backbone"
-    if isinstance(module, ContinualCausalLM):
+    supported = ("a ContinualCausalLM (Hugging Face causal LM, no LoRA), a ContinualCLIP, or a ContinualClassifier with a "
+                 "timm ViT backbone")
+    if isinstance(module, ContinualCLIP):
+        target: Target = CLIPTarget()
+    elif isinstance(module, ContinualCausalLM):
         if module.lora_config:
             raise ConfigError(f"{owner} adds its own adapters to the frozen model; {module.model_name} has LoRA: set model.lora to null")
         if module.evaluation == "generate":
             raise ConfigError(f"{owner} routes each sample once by its whole input, but generation calls the network token by "
                               "token: set model.evaluation to likelihood")
-        target: Target = CausalLMTarget()
+        target = CausalLMTarget()
     elif isinstance(module, ContinualClassifier):
         if not transformer_blocks(module.backbone):
             raise ConfigError(f"{owner} needs transformer blocks, and the backbone {type(module.backbone).__name__} of "
