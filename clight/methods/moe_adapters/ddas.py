@@ -11,7 +11,7 @@ dimensions, in one feature space shared by all tasks (``transform``), so they co
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import torch
 from torch import nn

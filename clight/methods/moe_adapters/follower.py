@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from clight.methods.moe_adapters.layer import RouteState
-from clight.methods.moe_adapters.routing import NetworkRouting
+from clight.methods.moe_adapters.routing import NetworkRouting, attach
 
 
 class FollowerRouting(nn.Module):
@@ -100,11 +100,4 @@ def _after_forward(network: nn.Module, args: tuple, kwargs: dict, output: Any) -
 
 def install_follower(network: nn.Module, leader: NetworkRouting) -> FollowerRouting:
     """The follower routing of ``network``, attached and hooked on first use."""
-    existing = getattr(network, "moe_routing", None)
-    if isinstance(existing, FollowerRouting):
-        return existing
-    routing = FollowerRouting(leader)
-    network.moe_routing = routing
-    network.register_forward_pre_hook(_before_forward, with_kwargs=True)
-    network.register_forward_hook(_after_forward, with_kwargs=True)
-    return routing
+    return attach(network, FollowerRouting, lambda: FollowerRouting(leader), _before_forward, _after_forward)

@@ -17,7 +17,7 @@ network's, bit for bit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -105,16 +105,22 @@ def _after_forward(network: nn.Module, args: tuple, kwargs: dict, output: Any) -
         routing.clear()
 
 
-def install_routing(network: nn.Module, target: Target) -> NetworkRouting:
-    """The network's routing, attached and hooked on first use (one per network)."""
+def attach(network: nn.Module, kind: type, make: Callable[[], nn.Module], before: Callable, after: Callable) -> Any:
+    """``network.moe_routing`` if it is a ``kind`` already; else ``make()``, attached there, with
+    ``before`` and ``after`` hooked on the network's forward (one routing per network)."""
     existing = getattr(network, "moe_routing", None)
-    if isinstance(existing, NetworkRouting):
+    if isinstance(existing, kind):
         return existing
-    routing = NetworkRouting(target)
+    routing = make()
     network.moe_routing = routing
-    network.register_forward_pre_hook(_before_forward, with_kwargs=True)
-    network.register_forward_hook(_after_forward, with_kwargs=True)
+    network.register_forward_pre_hook(before, with_kwargs=True)
+    network.register_forward_hook(after, with_kwargs=True)
     return routing
+
+
+def install_routing(network: nn.Module, target: Target) -> NetworkRouting:
+    """The network's routing, attached and hooked on first use."""
+    return attach(network, NetworkRouting, lambda: NetworkRouting(target), _before_forward, _after_forward)
 
 
 def network_routing(network: nn.Module) -> NetworkRouting:
