@@ -52,10 +52,9 @@ def choose_blocks(root: nn.Module, networks: Sequence[nn.Module], patterns: Opti
 
 def inject(network: nn.Module, blocks: Sequence[tuple[str, str]], num_tasks: int, state: RouteState, router_input: RouterInput,
            tap: str = "mlp", generator: Optional[torch.Generator] = None, **layer_kwargs) -> list[MoELayer]:
-    """Freeze ``network`` and wrap its ``blocks`` (``(name, norm before the MLP)``) with MoE layers
-    sharing ``state``. ``tap``: ``mlp`` (the experts read the residual stream entering the block's
-    MLP, the released code's) or ``block`` (the block's input)."""
-    network.requires_grad_(False)
+    """Wrap ``network``'s ``blocks`` (``(name, norm before the MLP)``) with MoE layers sharing
+    ``state`` (the caller freezes the pretrained weights). ``tap``: ``mlp`` (the experts read the
+    residual stream entering the block's MLP, the released code's) or ``block`` (the block's input)."""
     layers = []
     for name, norm in blocks:
         block = network.get_submodule(name)
