@@ -88,21 +88,25 @@ class MoELayer(nn.Module):
         gates = units.new_zeros(units.shape[0], self.num_experts)
         balance = units.new_zeros(())
         noisy = self.noisy_gating and self.training
-        for task in torch.unique(unit_rows[unit_rows >= 0]).tolist():
-            idx = (unit_rows == task).nonzero().flatten()
-            g, loss = top_k_gates(gate_input[idx], self.routers[str(task)], self.noise[str(task)], self.top_k, noisy)
-            gates = gates.index_copy(0, idx, g)
+        tasks = torch.unique(unit_rows[unit_rows >= 0]).tolist()
+        for task in tasks:
+            idx = (unit_rows == task).nonzero().flatten() if len(tasks) > 1 or (unit_rows < 0).any() else None
+            g, loss = top_k_gates(gate_input if idx is None else gate_input[idx], self.routers[str(task)], self.noise[str(task)],
+                                  self.top_k, noisy)
+            gates = g if idx is None else gates.index_copy_(0, idx, g)
             balance = balance + loss
-        y = torch.zeros_like(units)
+        y = torch.zeros_like(units)  # filled in place: one buffer, not a copy per expert
         for e, expert in enumerate(self.experts):
             idx = gates[:, e].nonzero().flatten()
             if idx.numel():
-                y = y.index_add(0, idx, gates[idx, e].view(-1, 1, 1) * expert(units[idx]))
+                y.index_add_(0, idx, gates[idx, e].view(-1, 1, 1) * expert(units[idx]))
         if self.training:
             self.balance_loss = balance if self.track_balance else None
             self._count(gates, unit_rows, batch, length, per_token)
-        routed = (rows >= 0).view(batch, 1, 1)
-        return torch.where(routed, out + y.view(batch, length, dim).to(out.dtype), out)
+        y = y.view(batch, length, dim).to(out.dtype)
+        if bool((rows >= 0).all()):
+            return out + y
+        return torch.where((rows >= 0).view(batch, 1, 1), out + y, out)
 
     @torch.no_grad()
     def _count(self, gates: torch.Tensor, unit_rows: torch.Tensor, batch: int, length: int, per_token: bool) -> None:
