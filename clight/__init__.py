@@ -26,6 +26,7 @@ _LAZY = {
     "Subsample": "clight.data.subsample",
     "GeneralReplay": "clight.methods.general_replay",
     "GeneralPerplexity": "clight.methods.general_replay",
+    "MoEAdapters": "clight.methods.moe_adapters",
     "ContinualCausalLM": "clight.models.causal_lm",
     "ContinualCLIP": "clight.models.clip",
     "SPU": "clight.methods.selective_update",

@@ -15,6 +15,7 @@ import torch
 
 from clight import MLP, ContinualClassifier, PermutedInputs, SplitClasses, TaskSequence
 from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
+from clight.methods.moe_adapters import MoEAdapters
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
 from clight.methods.regularization import EWC, LwF
 from clight.methods.reprogramming import CLRClassifier
@@ -79,6 +80,11 @@ METHOD_EXAMPLES: dict[type, Example] = {
     GeneralPerplexity: lambda: (tiny_lm(), text(), [GeneralPerplexity(batch_size=2), GeneralPerplexity(batch_size=4)]),
     SPU: lambda: (tiny_clip(), digits(), [SPU(targets=[r"vision_model\..*mlp\.fc1$"]),
                                           SPU(fraction=0.2, targets=[r"text_model\..*mlp\.fc1$"], full=[], variant="released_code")]),
+    # two instances on disjoint blocks of the tiny Llama, each with its own experts, routers and DDAS
+    MoEAdapters: lambda: (tiny_lm(), text(), [
+        MoEAdapters(num_experts=4, bottleneck=8, blocks=[r"layers\.0$"], ae_steps=20),
+        MoEAdapters(num_experts=3, top_k=1, bottleneck=8, blocks=[r"layers\.1$"], balance_weight=0.01, ae_steps=20, ddas_samples=8),
+    ]),
 }
 
 MODEL_EXAMPLES: dict[type, Example] = {

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,35 @@ def load_causal_lm(model: str, tokenizer, dtype: str = "float32", seed: int = 0,
     from clight.assets.smollm2 import resolve_pretrained
 
     return AutoModelForCausalLM.from_pretrained(resolve_pretrained(model), dtype=getattr(torch, dtype))
+
+
+# Which tokens of each row a method that routes whole samples reads (MoE adapters' DDAS): set
+# around forwards whose rows are scored on some tokens only, so that every candidate answer of a
+# question is routed by the same prompt. Unset: every real token.
+_ROUTING_TOKENS: ContextVar[Optional[torch.Tensor]] = ContextVar("clight_routing_tokens", default=None)
+
+
+def routing_tokens() -> Optional[torch.Tensor]:
+    """The ``[B, L]`` mask of the tokens the current forward's rows are routed by, or ``None``."""
+    return _ROUTING_TOKENS.get()
+
+
+@contextmanager
+def route_by(tokens: torch.Tensor) -> Iterator[None]:
+    """Route the rows of the forwards inside by the ``tokens`` mask ``[B, L]``."""
+    token = _ROUTING_TOKENS.set(tokens)
+    try:
+        yield
+    finally:
+        _ROUTING_TOKENS.reset(token)
+
+
+def prompt_tokens(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's real tokens that are not scored (its prompt); all its real tokens where it has
+    no prompt (general text)."""
+    real = attention_mask.bool()
+    prompt = real & (labels == IGNORE)
+    return torch.where(prompt.any(1, keepdim=True), prompt, real)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,8 +208,11 @@ class ContinualCausalLM(ContinualModule):
     def choice_scores(self, batch: dict) -> torch.Tensor:
         """Log-likelihood ``[B, K]`` of each candidate answer after its prompt (-inf for padding choices)."""
         b, k, length = batch["choice_input_ids"].shape
-        logits, _ = self(batch["choice_input_ids"].view(b * k, length), batch["choice_attention_mask"].view(b * k, length))
-        nll, valid = token_nll(logits, batch["choice_labels"].view(b * k, length))
+        ids, mask = batch["choice_input_ids"].view(b * k, length), batch["choice_attention_mask"].view(b * k, length)
+        labels = batch["choice_labels"].view(b * k, length)
+        with route_by(prompt_tokens(labels, mask)):
+            logits, _ = self(ids, mask)
+        nll, valid = token_nll(logits, labels)
         score = -(nll * valid).sum(1)
         if self.length_normalize:
             score = score / valid.sum(1).clamp_min(1)

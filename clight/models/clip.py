@@ -192,7 +192,14 @@ class ContinualCLIP(ContinualModule):
         return F.normalize(self.clip.text_projection(pooled), dim=-1)
 
     def similarity(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """CLIP's logits: ``logit_scale.exp()`` x cosine similarity ``[B, C]``."""
+        """CLIP's logits: ``logit_scale.exp()`` x cosine similarity ``[B, C]``. ``text`` is ``[C, d]``,
+        or ``[B, C, d]`` when each image has its own class embeddings (MoE adapters encode the
+        prompts under each image's routes)."""
+        if text.dim() == 3:  # the same product per distinct set of class embeddings, so each row is bit for bit
+            sets, index = torch.unique(text.flatten(1), dim=0, return_inverse=True)  # what one set alone gives
+            scaled = self.clip.logit_scale.exp() * image
+            logits = torch.stack([scaled @ s.view_as(text[0]).t() for s in sets])
+            return logits[index, torch.arange(len(image), device=image.device)]
         return self.clip.logit_scale.exp() * image @ text.t()
 
     # -- what methods may call --------------------------------------------------------------------

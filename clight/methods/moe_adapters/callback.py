@@ -1,0 +1,265 @@
+"""MoEAdapters: the method as a callback (Yu et al., CVPR 2024).
+
+``setup_sequence`` freezes the model and wraps its transformer blocks with the experts and one
+router per task (all created up front, so a checkpoint loads into a fresh model); between fits it
+decides what trains (``on_task_start``), freezes the experts the finished task used most and fits
+that task's DDAS autoencoder (``on_task_end``). Inside a fit every sample goes through its own
+task's router; outside a fit (evaluation, perplexity, any forward in between) DDAS routes each
+sample, so no task id is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from lightning.fabric.utilities import move_data_to_device
+
+from clight.choices import check_choice
+from clight.contract import ConfigError, RunContext
+from clight.data.task import SequenceInfo, Task
+from clight.distributed import broadcast_from_rank_zero, is_rank_zero
+from clight.methods.base import ContinualCallback
+from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
+from clight.methods.moe_adapters.follower import install_follower
+from clight.methods.moe_adapters.injection import choose_blocks, inject, moe_blocks
+from clight.methods.moe_adapters.layer import MoELayer, RouteState
+from clight.methods.moe_adapters.routing import NetworkRouting, install_routing
+from clight.methods.moe_adapters.targets import Target, resolve_target
+
+Tap = Literal["mlp", "block"]
+SALT = 0x4D6F45  # "MoE": the run-seed salt of everything this method draws
+
+
+def _sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return value
+
+
+class MoEAdapters(ContinualCallback):
+    """Mixture-of-experts adapters with incremental activate-freeze and DDAS routing.
+
+    Experts: ``num_experts`` bottleneck adapters (d -> ``bottleneck`` -> d, up-projection 0 at
+    start, output times ``scale``, ``dropout`` inside) per block, shared by all tasks; one
+    ``top_k`` router per task (noisy while training, ``noisy_gating``). ``blocks``: regexes of the
+    blocks to wrap (all by default). ``tap``: the experts read the residual stream entering each
+    block's MLP (``mlp``, the released code's) or the block's input (``block``). After each task
+    the ``freeze_top`` experts its router picked most in every block are frozen for good, and
+    its router too. ``balance_weight``: the load-balancing loss's weight (0: off, as in the
+    released code, which computes it and never adds it). DDAS: an autoencoder (``ae_*``) per task
+    on the frozen model's features of ``ddas_samples`` training samples (all by default), and a
+    threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
+    """
+
+    def __init__(self, num_experts: int = 22, top_k: int = 2, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1,
+                 blocks: Optional[Sequence[str]] = None, tap: Tap = "mlp", noisy_gating: bool = True, freeze_top: int = 2,
+                 balance_weight: float = 0.0, ae_code_dims: int = 100, ae_steps: int = 300, ae_batch_size: int = 64,
+                 ae_lr: float = 0.01, ae_weight_decay: float = 1e-4, feature_transform: FeatureTransform = "standardize",
+                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, calibration_fraction: float = 0.1,
+                 ddas_samples: Optional[int] = None,
+                 feature_batch_size: int = 32) -> None:
+        check_choice("MoEAdapters.tap", tap, Tap)
+        check_choice("MoEAdapters.feature_transform", feature_transform, FeatureTransform)
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"MoEAdapters.top_k must be between 1 and num_experts ({num_experts}), got {top_k}")
+        for name, value in (("bottleneck", bottleneck), ("ae_code_dims", ae_code_dims), ("ae_steps", ae_steps),
+                            ("ae_batch_size", ae_batch_size), ("feature_batch_size", feature_batch_size)):
+            if value < 1:
+                raise ValueError(f"MoEAdapters.{name} must be a positive integer, got {value}")
+        if freeze_top < 0 or balance_weight < 0 or not 0 <= dropout < 1 or (ddas_samples is not None and ddas_samples < 1):
+            raise ValueError("MoEAdapters: freeze_top and balance_weight must be >= 0, dropout in [0, 1), ddas_samples >= 1 or null")
+        self.layer_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, scale=scale, dropout=dropout,
+                                 noisy_gating=noisy_gating)
+        self.blocks, self.tap, self.freeze_top, self.balance_weight = blocks, tap, freeze_top, balance_weight
+        self.ddas_kwargs = dict(code_dims=ae_code_dims, transform=feature_transform, threshold=threshold,
+                                threshold_quantile=threshold_quantile, calibration_fraction=calibration_fraction)
+        DDAS(1, 1, **self.ddas_kwargs)  # checks the DDAS options now
+        self.fit_kwargs = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
+        self.ddas_samples, self.feature_batch_size = ddas_samples, feature_batch_size
+        self.state, self.follower_state = RouteState(), RouteState()
+        self.layers: dict[str, MoELayer] = {}
+        self.target: Optional[Target] = None
+        self.routing: Optional[NetworkRouting] = None
+        self.selector: Optional[DDAS] = None
+        self.key = "0"
+        self.history: list[dict] = []
+        self._datamodule: Any = None
+        self._context = RunContext()
+
+    # -- where it applies -------------------------------------------------------------------------
+    def check_compatible(self, module: Any, datamodule: Any, info: SequenceInfo) -> None:
+        super().check_compatible(module, datamodule, info)
+        target = resolve_target(module, type(self).__name__)
+        choose_blocks(module, self._networks(module, target), self.blocks, type(self).__name__)
+
+    @staticmethod
+    def _networks(module: Any, target: Target) -> list:
+        follower = target.follower(module)
+        return [target.network(module)] + ([follower] if follower is not None else [])
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and trainer.world_size > 1 and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+            raise ConfigError("MoEAdapters sends each sample to its top-k experts, so in a step some trainable experts get no "
+                              "gradient: under DDP set trainer.strategy to ddp_find_unused_parameters_true")
+
+    # -- the sequence -----------------------------------------------------------------------------
+    def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
+        self._datamodule, self._context = datamodule, context
+        self.target = resolve_target(module, type(self).__name__)
+        networks = self._networks(module, self.target)
+        chosen = choose_blocks(module, networks, self.blocks, type(self).__name__)
+        self.target.pretrained(module).requires_grad_(False)
+        self.routing = install_routing(networks[0], self.target)
+        self.key = str(len(self.routing.states))
+        generator, num_tasks = context.generator(SALT, int(self.key)), datamodule.num_tasks
+        new = inject(networks[0], chosen[0], num_tasks, self.state, self.target.router_input, self.tap, generator, **self.layer_kwargs)
+        if len(networks) > 1:  # the follower's routers read its first token (CLIP's text start token, as the released code)
+            install_follower(networks[1], self.routing).add(self.key, self.follower_state)
+            new += inject(networks[1], chosen[1], num_tasks, self.follower_state, "first", self.tap, generator, **self.layer_kwargs)
+        self.layers = {name: block.moe for name, block in moe_blocks(module).items() if any(block.moe is m for m in new)}
+        device = next(networks[0].parameters()).device
+        self.selector = DDAS(num_tasks, self.target.feature_dim(module), **self.ddas_kwargs).to(device)
+        self.routing.add(self.key, self.selector, self.state)
+        if self.balance_weight > 0:
+            for layer in self.layers.values():
+                layer.track_balance = True
+            module.add_loss_term(f"moe_balance{self._state_key_suffix}", self._balance_term)
+
+    def on_task_start(self, module: Any, task: Task) -> None:
+        for layer in self.layers.values():
+            layer.set_trainable(task.index)
+            layer.usage, layer.step_usage = torch.zeros_like(layer.usage), torch.zeros_like(layer.step_usage)
+
+    def on_task_end(self, module: Any, task: Task) -> None:
+        self._leave_fit()
+        frozen = self._freeze_most_used()
+        fitted = self._fit_selector(module, task)
+        self.history.append({"task": task.index, "frozen_experts": frozen, **fitted})
+
+    # -- inside a fit -----------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        for state in (self.state, self.follower_state):
+            state.fit_task = state.count_task = int(pl_module.current_task)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        ids = batch.get("task_id") if isinstance(batch, dict) else None
+        if torch.is_tensor(ids) and ids.dim() == 1:  # replayed samples go through their own task's router
+            self.state.batch_rows = torch.where(ids >= 0, ids, torch.full_like(ids, self.state.fit_task)).long()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Sum the step's expert picks over ranks (one small all-reduce), so the counts, and the
+        checkpoints rank 0 writes of them, are the same on every rank."""
+        self.state.batch_rows = None
+        layers = list(self.layers.values())
+        steps = _sum_across_ranks(torch.stack([layer.step_usage.to(layers[0].step_usage.device) for layer in layers]))
+        for layer, counts in zip(layers, steps):
+            layer.merge_usage(counts)
+            layer.balance_loss = None
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._leave_fit()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._leave_fit()
+
+    def _leave_fit(self) -> None:
+        for state in (self.state, self.follower_state):
+            state.fit_task = state.count_task = state.batch_rows = None
+
+    def _balance_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
+        losses = [layer.balance_loss for layer in self.layers.values() if layer.balance_loss is not None]
+        for layer in self.layers.values():
+            layer.balance_loss = None
+        return self.balance_weight * torch.stack(losses).sum() if losses else outputs["logits"].sum() * 0.0
+
+    # -- between fits -----------------------------------------------------------------------------
+    def _freeze_most_used(self) -> dict[str, list[int]]:
+        """Freeze, in every block, the ``freeze_top`` experts picked most for the task just trained
+        (ties to the lower index; never-picked experts stay trainable)."""
+        frozen: dict[str, list[int]] = {}
+        for name, layer in self.layers.items():
+            usage = layer.usage.cpu()
+            order = torch.sort(-usage, stable=True).indices[: self.freeze_top]
+            top = [int(e) for e in order if usage[e] > 0]
+            layer.frozen[top] = True
+            frozen[name] = top
+        return frozen
+
+    @torch.no_grad()
+    def task_features(self, module: Any, task: Task) -> torch.Tensor:
+        """The frozen model's DDAS features ``[N, d]`` of task ``task``'s training samples."""
+        from tqdm.auto import tqdm
+
+        dataset = task.train
+        if self.ddas_samples is not None and self.ddas_samples < len(dataset):
+            rows = torch.randperm(len(dataset), generator=self._context.generator(SALT, int(self.key), 2, task.index))
+            dataset = torch.utils.data.Subset(dataset, rows[: self.ddas_samples].tolist())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.feature_batch_size, shuffle=False,
+                                             collate_fn=self._datamodule.train_collate_fn())
+        network = self.target.network(module)
+        was_training = module.training
+        module.eval()
+        features = []
+        try:
+            for batch in tqdm(loader, desc=f"DDAS features, task {task.index}", leave=False, disable=not is_rank_zero()):
+                args, kwargs, context = self.target.batch_call(module, move_data_to_device(batch, module.device))
+                with context:
+                    features.append(self.routing.frozen_features(network, args, kwargs))
+        finally:
+            module.train(was_training)
+        return torch.cat(features)
+
+    def _fit_selector(self, module: Any, task: Task) -> dict:
+        """Fit the task's autoencoder (every rank alike, seeded from the run), then take rank 0's
+        selector and frozen sets on every rank, so they are identical even where kernels are not."""
+        features = self.task_features(module, task)
+        generator = self._context.generator(SALT, int(self.key), 1, task.index)
+        fitted = self.selector.fit(task.index, features, generator, **self.fit_kwargs)
+        shared = broadcast_from_rank_zero({
+            "selector": {k: v.cpu() for k, v in self.selector.state_dict().items()},
+            "frozen": {name: layer.frozen.cpu() for name, layer in self.layers.items()},
+            "fitted": fitted,
+        })
+        self.selector.load_state_dict(shared["selector"])
+        for name, layer in self.layers.items():
+            layer.frozen.copy_(shared["frozen"][name])
+        return shared["fitted"]
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"usage": {name: layer.usage.cpu().clone() for name, layer in self.layers.items()}, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        for name, usage in state.get("usage", {}).items():
+            if name in self.layers:
+                self.layers[name].usage = usage.clone()
+
+    def describe(self) -> dict:
+        per_token = self.target is not None and self.target.router_input == "token"
+        return {
+            "class": type(self).__name__,
+            "method": "MoE adapters with DDAS (Yu et al., CVPR 2024)",
+            "target": self.target.describe() if self.target is not None else None,
+            "blocks": list(self.layers),
+            **self.layer_kwargs,
+            "tap": "the residual stream entering each block's MLP, parallel to it (released code)" if self.tap == "mlp"
+            else "each block's input, added to its output",
+            "router": "each token on its own (causal LM)" if per_token else "one route per sample, on its class token (paper)",
+            "gating": "noisy top-k while training (released code)" if self.layer_kwargs["noisy_gating"] else "top-k without noise",
+            "activate_freeze": f"top {self.freeze_top} experts per block by router picks, after each task; the task's router too",
+            "balance_loss": f"weight {self.balance_weight}" if self.balance_weight > 0
+            else "off (the released code computes it and never adds it to the loss)",
+            "ddas": {
+                "routing": "per sample (paper); the released code picks one task per batch",
+                "features": "the frozen model's own (clight); the released code uses ImageNet AlexNet conv5 features",
+                **(self.selector.describe() if self.selector is not None else {}),
+                **self.fit_kwargs, "samples_per_task": self.ddas_samples,
+            },
+            "history": self.history,
+        }
