@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
+# Lightning and jsonargparse are imported by the commands that use them: `clight --help` starts at once.
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
-from clight.data.datamodule import TaskSequence
-from clight.methods.base import ContinualCallback
-from clight.models.module import ContinualModule
-from clight.contract import ConfigError
-from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunnerSettings, SequenceRunner
+    from clight.runner import SequenceRunner
 
 USAGE = """usage: clight {fit,report} ...
 
@@ -32,6 +29,14 @@ Run `clight fit --help` for every option, `clight fit --config X --print_config`
 
 
 def build_fit_parser() -> ArgumentParser:
+    import lightning as L
+    from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
+
+    from clight.data.datamodule import TaskSequence
+    from clight.methods.base import ContinualCallback
+    from clight.models.module import ContinualModule
+    from clight.runner import RESERVED_TRAINER_KEYS, RunnerSettings
+
     parser = ArgumentParser(prog="clight fit", description="Train a model on a sequence of tasks.", allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed for model init, data and methods")
@@ -57,6 +62,10 @@ def _trainer_kwargs(cfg: Namespace, parser: ArgumentParser) -> dict:
 
 def runner_from_args(argv: list[str]) -> SequenceRunner:
     """Parse ``clight fit`` arguments (``--config X.yaml``, ``--key=value`` overrides) into a runner."""
+    import lightning as L
+
+    from clight.runner import RunnerSettings, SequenceRunner
+
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
     L.seed_everything(cfg.seed_everything, verbose=False)
@@ -97,6 +106,8 @@ def _print_report(run_dir: Path) -> None:
 
 
 def report(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog="clight report", description="Print a run's metrics and rebuild its tables and plots.")
     parser.add_argument("run_dir", type=str)
     args = parser.parse_args(argv)
@@ -119,6 +130,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"clight: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    from clight.contract import ConfigError
+    from clight.runner.run_folder import RunFolderError
+
     try:
         return COMMANDS[command](rest)
     except (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, RunFolderError, ConfigError) as exc:
