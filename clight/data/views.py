@@ -107,18 +107,31 @@ class TaskView(Dataset):
 
 
 class ConcatViews(Dataset):
-    """Several task views behind one index space; a batch may mix samples of many views."""
+    """Several task views behind one index space; a batch may mix samples of many views.
+
+    Nested ``ConcatViews`` are flattened. When every view is a ``TaskView`` of the same base
+    data set without a transform (the tasks of one split source, a replay memory over them), a
+    batch is one gather from the base, whatever the mix of views in it.
+    """
 
     def __init__(self, views: Sequence[Dataset]) -> None:
-        self.views = list(views)
+        self.views = [w for v in views for w in (v.views if isinstance(v, ConcatViews) else [v])]
         sizes = torch.tensor([len(v) for v in self.views], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        self._merged: Optional[TaskView] = None
+        if self.views and all(type(v) is TaskView and v.base is self.views[0].base and v.transform is None for v in self.views):
+            self._merged = TaskView(self.views[0].base, torch.cat([v.indices for v in self.views]), -1)
+            self._task_ids = torch.cat([torch.full((len(v),), v.task_id, dtype=torch.long) for v in self.views])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         index = torch.as_tensor(indices, dtype=torch.long)
+        if self._merged is not None:
+            batch = self._merged.__getitems__(index)
+            batch["task_id"] = self._task_ids.index_select(0, index)
+            return batch
         which = torch.searchsorted(self.offsets, index, right=True) - 1
         # one fetch per view; batches usually come grouped by view already (current task, then memory)
         grouped = bool((which[1:] >= which[:-1]).all())
