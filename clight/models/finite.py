@@ -38,14 +38,13 @@ class FiniteLossCheck:
         self.pending: list[tuple[int, int, torch.Tensor]] = []
 
     def observe(self, loss: torch.Tensor, task: int, step: int, due: bool, every_step: Optional[bool] = None) -> None:
-        loss = loss.detach()
         if every_step if every_step is not None else loss.device.type == "cpu":
             value = float(loss)
             if not math.isfinite(value):
                 self.pending.clear()
                 raise non_finite_error(value, task, step)
             return
-        self.pending.append((task, step, loss))
+        self.pending.append((task, step, loss.detach()))
         if due or len(self.pending) >= MAX_PENDING:
             self.check()
 

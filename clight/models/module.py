@@ -145,8 +145,9 @@ class ContinualModule(L.LightningModule):
         for name, term in self.loss_terms.items():
             terms[name] = term(self, batch, outputs)
             loss = loss + terms[name]
-        logged = self._logs_this_step()
-        self._finite.observe(loss, self.current_task, self.global_step, due=logged, every_step=self.check_finite_every_step)
+        step = self.global_step
+        logged = self._logs_this_step(step)
+        self._finite.observe(loss, self.current_task, step, due=logged, every_step=self.check_finite_every_step)
         if logged:
             batch_size = len(next(iter(batch.values())))
             if terms:  # without extra terms the task loss is the loss: log it once
@@ -156,15 +157,14 @@ class ContinualModule(L.LightningModule):
             self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         return loss
 
-    def _logs_this_step(self) -> bool:
+    def _logs_this_step(self, step: int) -> bool:
         """Whether Lightning's logger writes this step's metrics, or it ends the epoch or the fit.
         A ``self.log`` call costs about a tenth of a small model's step, and what is handed over
         on the steps in between is never written."""
         trainer = self._trainer
         if trainer is None:
             return False
-        last_step = 0 < trainer.max_steps <= self.global_step + 1
-        return trainer._logger_connector.should_update_logs or trainer.is_last_batch or last_step
+        return trainer._logger_connector.should_update_logs or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
 
     # Non-finite losses not yet read back from an accelerator are checked before anything is saved.
     def on_train_epoch_end(self) -> None:
