@@ -1,14 +1,27 @@
-"""Time per training step: clight fine-tuning against a hand-written PyTorch loop.
+"""What clight costs over a hand-written PyTorch loop, measured the way a user compares frameworks.
 
-Same model (an MLP), same data (Fashion-MNIST as one task, the same TaskSequence loader),
-same batch size, same optimizer, on the CPU. clight's step time is read between consecutive
-``on_train_batch_start`` calls inside a real ``SequenceRunner`` fit, so it includes the data
-loader, Lightning's loop, hooks, logging and the progress bar; the plain loop is timed the same
-way. clight runs with its default rich progress bar and, as a third arm, without it. Variants
-alternate over several rounds; the figure is the median over rounds of each
-round's median step time, and the ratio clight / plain comes first.
+The protocol: split Fashion-MNIST, 5 class-incremental tasks of 2 classes, MLP 784-256-256-10,
+SGD (lr 0.01, momentum 0.9), batch 64, one epoch per task, every task scored after every task.
+clight runs it as a user does (``SequenceRunner`` with its defaults: epoch checkpoints, the
+progress bar, the CSV logger; validation off because the hand-written loop has none);
+``handwritten_cl.py`` runs it in plain PyTorch over tensors already in memory. Parts:
 
-    python benchmarks/overhead.py            # writes benchmarks/results/overhead.json
+- ``small``: fine-tuning, replay, EWC and LwF in both, in-process: time per step (median gap
+  between step starts), training time (the fits), the methods' work between tasks (EWC's Fisher,
+  LwF's copy of the model, the replay memory) and the evaluation rows;
+- ``large``: fine-tuning of an MLP 784-1000-1000-10 at batch 128 (``--large-steps`` steps per
+  task), where the fixed cost of a step is diluted;
+- ``process``: whole processes, the hand-written script against ``clight fit --config`` (written
+  from the same protocol), and the start-up of ``import torch``, ``import lightning`` (and of
+  torch with the packages torchmetrics imports when they are installed: torchvision, scipy,
+  matplotlib, transformers), ``clight --help`` and ``import clight`` with its runner.
+
+Arms alternate inside every round; figures are medians over rounds (the per-round values are in
+the JSON), ratios clight / hand-written first. Writes ``benchmarks/results/overhead.json``.
+
+    python benchmarks/overhead.py                       # all parts, 3 rounds, 2 threads, wall time
+    python benchmarks/overhead.py --clock cpu --threads 1 --rounds 5   # on a machine shared with other jobs
+    python benchmarks/overhead.py --parts small --methods finetune lwf
 """
 
 from __future__ import annotations
@@ -16,114 +29,263 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from clight import MLP, ContinualClassifier, SequenceRunner, SplitClasses, TaskSequence
-from clight.methods import ContinualCallback
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import handwritten_cl as hand  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "overhead.json"
+RESULTS = HERE / "results" / "overhead.json"
+METHODS = hand.METHODS
+CONFIG = """seed_everything: 0
+model:
+  class_path: clight.ContinualClassifier
+  init_args:
+    backbone: {{class_path: clight.MLP, init_args: {{hidden_sizes: [256, 256]}}}}
+    optimizer: {{class_path: torch.optim.SGD, init_args: {{lr: 0.01, momentum: 0.9}}}}
+data:
+  scenario: {{class_path: clight.SplitClasses, init_args: {{source: fashion_mnist, num_tasks: 5}}}}
+  batch_size: 64
+trainer: {{accelerator: cpu, devices: 1, max_epochs: 1, limit_val_batches: 0}}
+run_dir: {run_dir}
+"""
 
 
-class StepClock(ContinualCallback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
+def median_step_ms(starts: list[float]) -> float:
+    return 1e3 * statistics.median(b - a for a, b in zip(starts, starts[1:]))
 
 
-def make_data(batch_size: int) -> TaskSequence:
-    data = TaskSequence(SplitClasses("fashion_mnist", 1), batch_size=batch_size, seed=0)
-    data.set_task(0)
-    return data
+class Timed:
+    """Adds the wall time of every call of ``fn`` to ``totals[key]`` (the first ``skip`` calls to
+    ``totals[skip_key]``)."""
+
+    def __init__(self, fn, totals: dict, key: str, skip: int = 0, skip_key: str = "") -> None:
+        self.fn, self.totals, self.key, self.skip, self.skip_key = fn, totals, key, skip, skip_key
+
+    def __call__(self, *args, **kwargs):
+        began = hand.clock()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            key = self.skip_key if self.skip > 0 else self.key
+            self.skip -= 1
+            self.totals[key] += hand.clock() - began
 
 
-def make_model(hidden: list[int]) -> ContinualClassifier:
+def clight_run(method: str, hidden: list[int], batch_size: int, steps_per_task=None) -> dict:
+    """One clight run of the protocol; the same timings as ``handwritten_cl.run``."""
+    import clight.runner.loop as loop
+    from clight import MLP, ContinualClassifier, Replay, SequenceRunner, SplitClasses, TaskSequence
+    from clight.methods import ContinualCallback
+    from clight.methods.regularization import EWC, LwF
+
+    class StepClock(ContinualCallback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.starts.append(hand.clock())
+
+    totals = {"train_s": 0.0, "between_tasks_s": 0.0, "eval_s": 0.0, "initial_row_s": 0.0}
     torch.manual_seed(0)
-    return ContinualClassifier(MLP(hidden))
-
-
-def median_step(starts: list[float], warmup: int) -> float:
-    gaps = [b - a for a, b in zip(starts[warmup:], starts[warmup + 1 :])]
-    return statistics.median(gaps)
-
-
-def time_clight(args, progress_bar: bool = True) -> float:
+    model = ContinualClassifier(MLP(hidden), optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9))
+    replay = Replay("class_balanced", capacity=1000, batch_size=batch_size) if method == "replay" else None
+    data = TaskSequence(SplitClasses("fashion_mnist", 5), batch_size=batch_size, seed=0, replay=replay)
+    methods = {"ewc": [EWC()], "lwf": [LwF()]}.get(method, [])
+    for m in methods:
+        m.on_task_start = Timed(m.on_task_start, totals, "between_tasks_s")
+        m.on_task_end = Timed(m.on_task_end, totals, "between_tasks_s")
+    data.on_task_end = Timed(data.on_task_end, totals, "between_tasks_s")
     clock = StepClock()
-    trainer = dict(accelerator="cpu", devices=1, limit_val_batches=0, enable_progress_bar=progress_bar)
+    real_make, real_eval = loop.make_trainer, loop.evaluate_tasks
+
+    def make_trainer(*args, **kwargs):
+        trainer = real_make(*args, **kwargs)
+        trainer.fit = Timed(trainer.fit, totals, "train_s")
+        return trainer
+
+    # the first evaluation scores the untrained model (for forward transfer): kept apart
+    loop.make_trainer, loop.evaluate_tasks = make_trainer, Timed(real_eval, totals, "eval_s", 1, "initial_row_s")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = SequenceRunner(model, data, methods=[clock, *methods], run_dir=f"{tmp}/run", max_steps_per_task=steps_per_task,
+                                    trainer=dict(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0))
+            rows = runner.run().accuracy_matrix.tolist()
+    finally:
+        loop.make_trainer, loop.evaluate_tasks = real_make, real_eval
+    return {"rows": rows, "starts": clock.starts, **totals}
+
+
+def part_small(args, tasks) -> dict:
+    keys = ("step_ms", "train_s", "between_tasks_s", "eval_s", "initial_row_s")
+    rounds = {f"{arm}_{m}": {k: [] for k in keys} for m in args.methods for arm in ("clight", "hand")}
+    clight_run("finetune", [256, 256], 64, steps_per_task=20)  # warm-up: first-use costs of both arms
+    hand.run("finetune", tasks, [256, 256])
+    for r in range(args.rounds):
+        for m in args.methods:
+            arms = [("hand", lambda: hand.run(m, tasks, [256, 256])), ("clight", lambda: clight_run(m, [256, 256], 64))]
+            for arm, fn in arms if r % 2 == 0 else arms[::-1]:
+                out = fn()
+                for k in keys[1:]:
+                    rounds[f"{arm}_{m}"][k].append(out.get(k, 0.0))  # the hand-written loop has no initial row
+                rounds[f"{arm}_{m}"]["step_ms"].append(median_step_ms(out["starts"]))
+                print(f"round {r} {arm:6s} {m:8s} step {rounds[f'{arm}_{m}']['step_ms'][-1]:.3f} ms, train {out['train_s']:.2f} s, "
+                      f"between tasks {out['between_tasks_s']:.2f} s, eval {out['eval_s']:.2f} s", flush=True)
+    return rounds
+
+
+def part_large(args, tasks) -> dict:
+    rounds = {"clight": [], "hand": []}
+    for r in range(args.rounds):
+        for arm in ("hand", "clight") if r % 2 == 0 else ("clight", "hand"):
+            if arm == "hand":
+                out = hand.run("finetune", tasks, [1000, 1000], batch_size=128, max_steps=args.large_steps)
+            else:
+                out = clight_run("finetune", [1000, 1000], 128, steps_per_task=args.large_steps)
+            rounds[arm].append(median_step_ms(out["starts"]))
+            print(f"round {r} large {arm:6s} step {rounds[arm][-1]:.2f} ms", flush=True)
+    return rounds
+
+
+def part_process(args) -> dict:
+    python = sys.executable
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    commands = {
+        "import_torch": [python, "-c", "import torch"],
+        "import_lightning": [python, "-c", "import lightning"],
+        # what Lightning's import of torchmetrics pulls in besides torch (torchmetrics imports them when installed)
+        "import_torch_and_torchmetrics_extras": [python, "-c", "import torch, torchvision, scipy.signal, matplotlib.pyplot, transformers"],
+        "clight_help": [python, "-m", "clight", "--help"],
+        "import_clight_runner": [python, "-c", "import clight; clight.SequenceRunner"],
+        "hand_process": [python, str(HERE / "handwritten_cl.py"), "--threads", str(args.threads)],
+    }
+    rounds = {k: [] for k in [*commands, "clight_process"]}
     with tempfile.TemporaryDirectory() as tmp:
-        runner = SequenceRunner(make_model(args.hidden), make_data(args.batch_size), methods=[clock], trainer=trainer,
-                                run_dir=tmp + "/run", max_steps_per_task=args.steps, checkpoint_every_epoch=False)
-        runner.run()
-    return median_step(clock.starts, args.warmup)
+        for r in range(args.rounds):
+            config = Path(tmp) / f"fit_{r}.yaml"
+            config.write_text(CONFIG.format(run_dir=f"{tmp}/run_{r}"))
+            runs = {**commands, "clight_process": [python, "-m", "clight", "fit", "--config", str(config)]}
+            for name, command in runs.items() if r % 2 == 0 else reversed(runs.items()):
+                began, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                rounds[name].append(cpu if args.clock == "cpu" else time.perf_counter() - began)
+                print(f"round {r} {name:22s} {rounds[name][-1]:.2f} s ({args.clock})", flush=True)
+    return rounds
 
 
-def time_plain(args) -> float:
-    data = make_data(args.batch_size)
-    model = make_model(args.hidden)
-    model.setup_sequence(data.info)
-    model.on_task_start(data.tasks[0])
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    starts: list[float] = []
-    model.train()
-    while len(starts) < args.steps:
-        for batch in data.train_dataloader():
-            starts.append(time.perf_counter())
-            logits = model(batch["input"], batch["task_id"])
-            loss = loss_fn(logits, batch["target"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if len(starts) >= args.steps:
-                break
-    starts.append(time.perf_counter())
-    return median_step(starts, args.warmup)
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def per_round(clight: list[float], hand: list[float]) -> list[float]:
+    return [round(c / h, 3) for c, h in zip(clight, hand)]
+
+
+MEANINGS = {
+    "step_small_mlp": "median time of a training step, MLP 784-256-256-10 at batch 64 (the headline)",
+    "step_large_mlp": "median time of a training step, MLP 784-1000-1000-10 at batch 128",
+    "process_fit": "a whole `clight fit` process against the whole hand-written script, imports included",
+    "process_without_start_up": "the same, less the start-up of each (import clight with its runner; import torch)",
+    "start_up": "`import clight; clight.SequenceRunner` against `import torch`",
+    "train_s": "the training of all 5 tasks (clight: the Trainer fits)",
+    "between_tasks_s": "the methods' work between tasks: EWC's Fisher, LwF's copy of the model, the replay memory",
+    "eval_s": "the 5 accuracy rows after the tasks (clight's extra row for the untrained model is initial_row_s)",
+    "step_ms_added_to_finetune": "a method's step minus the fine-tuning step, clight's over the hand-written loop's",
+}
+
+
+def summarize(args, small, large, process) -> dict:
+    headline, methods, medians, spread = {}, {}, {}, {}
+    if small:
+        c, h = small["clight_finetune"] if "finetune" in args.methods else None, small.get("hand_finetune")
+        if c:
+            headline["step_small_mlp"] = med(c["step_ms"]) / med(h["step_ms"])
+            spread["step_small_mlp"] = per_round(c["step_ms"], h["step_ms"])
+        for m in args.methods:
+            c, h = small[f"clight_{m}"], small[f"hand_{m}"]
+            methods[m] = {k: med(c[k]) / med(h[k]) for k in c if med(h[k]) > 0}
+            medians[m] = {k: {"clight": med(c[k]), "hand": med(h[k])} for k in c}
+            spread[f"step_{m}"] = per_round(c["step_ms"], h["step_ms"])
+        if "finetune" in args.methods:  # what each method adds to a fine-tuning step (EWC's penalty, LwF's teacher)
+            base = {arm: med(small[f"{arm}_finetune"]["step_ms"]) for arm in ("clight", "hand")}
+            for m in args.methods:
+                extra = {arm: med(small[f"{arm}_{m}"]["step_ms"]) - base[arm] for arm in ("clight", "hand")}
+                if m != "finetune":
+                    methods[m]["step_ms_added_to_finetune"] = extra["clight"] / extra["hand"] if extra["hand"] > 0 else None
+                    medians[m]["step_ms_added_to_finetune"] = extra
+    if large:
+        headline["step_large_mlp"] = med(large["clight"]) / med(large["hand"])
+        medians["step_large_mlp_ms"] = {"clight": med(large["clight"]), "hand": med(large["hand"])}
+        spread["step_large_mlp"] = per_round(large["clight"], large["hand"])
+    if process:
+        headline["process_fit"] = med(process["clight_process"]) / med(process["hand_process"])
+        run = ([c - s for c, s in zip(process["clight_process"], process["import_clight_runner"])],
+               [h - s for h, s in zip(process["hand_process"], process["import_torch"])])
+        headline["process_without_start_up"] = med(run[0]) / med(run[1])
+        headline["start_up"] = med(process["import_clight_runner"]) / med(process["import_torch"])
+        medians["process_s"] = {k: med(v) for k, v in process.items()}
+        spread["process_fit"] = per_round(process["clight_process"], process["hand_process"])
+    return {
+        "ratios_clight_over_handwritten": headline,
+        "targets": {"step_small_mlp": "<= 1.5 (aim 1.3)", "step_large_mlp": "<= 1.05", "process_fit": "<= 1.5",
+                    "between_tasks_s of ewc and lwf": "<= 1"},
+        "ratios_per_method": methods,
+        "per_round_ratios": spread,
+        "medians": medians,
+        "meaning": MEANINGS,
+        "per_round": {k: v for k, v in {"small": small, "large_step_ms": large, "process_s": process}.items() if v},
+        "setup": {
+            "command": " ".join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
+            "protocol": "split Fashion-MNIST, 5 class-incremental tasks, MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, "
+                        "batch 64, 1 epoch per task, 10% of each task held out (unused), every task scored after every task",
+            "large": f"MLP 784-1000-1000-10, batch 128, {args.large_steps} steps per task",
+            "replay": "class-balanced memory of 1000, 64 replayed samples added to each batch",
+            "ewc": "online EWC, lambda 100, Fisher of 200 samples", "lwf": "T=2, alpha 1, previous model frozen",
+            "clight_settings": "SequenceRunner defaults (epoch checkpoints, tqdm bar every 10 steps, CSV logger), limit_val_batches=0",
+            "handwritten": "benchmarks/handwritten_cl.py: torch and numpy only, tensors in memory, no DataLoader",
+            "clock": "CPU time (process_time; children's user+sys for processes)" if args.clock == "cpu" else "wall time",
+            "rounds": args.rounds, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores" + (f"; {args.note}" if args.note else ""),
+        },
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", nargs="+", choices=["small", "large", "process"], default=["small", "large", "process"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--large-steps", type=int, default=40)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: CPU time of the process (children's for the process part), for a machine shared "
+                             "with other jobs, where wall time mostly measures waiting for a core; use with --threads 1")
+    parser.add_argument("--note", default="", help="a word on the machine (e.g. shared with other jobs)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clight_times, quiet_times, plain_times = [], [], []
-    for _ in range(args.rounds):
-        plain_times.append(time_plain(args))
-        clight_times.append(time_clight(args))
-        quiet_times.append(time_clight(args, progress_bar=False))
-    clight_ms, plain_ms = 1e3 * statistics.median(clight_times), 1e3 * statistics.median(plain_times)
-    quiet_ms = 1e3 * statistics.median(quiet_times)
-    result = {
-        "ratio_clight_over_plain": clight_ms / plain_ms,
-        "ratio_clight_without_progress_bar_over_plain": quiet_ms / plain_ms,
-        "target": "<= 1.05",
-        "clight_step_ms_median": clight_ms,
-        "clight_without_progress_bar_step_ms_median": quiet_ms,
-        "plain_step_ms_median": plain_ms,
-        "overhead_ms_per_step": clight_ms - plain_ms,
-        "per_round_ratio": [c / p for c, p in zip(clight_times, plain_times)],
-        "model": f"MLP 784-{'-'.join(map(str, args.hidden))}-10",
-        "batch_size": args.batch_size,
-        "steps_per_round": args.steps,
-        "rounds": args.rounds,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": os.uname().machine,
-    }
+    if args.clock == "cpu":
+        hand.clock = time.process_time
+    tasks = hand.load_tasks() if {"small", "large"} & set(args.parts) else None
+    small = part_small(args, tasks) if "small" in args.parts else {}
+    large = part_large(args, tasks) if "large" in args.parts else {}
+    process = part_process(args) if "process" in args.parts else {}
+    result = summarize(args, small, large, process)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("ratios_clight_over_handwritten", "ratios_per_method", "per_round_ratios")}, indent=2))
 
 
 if __name__ == "__main__":

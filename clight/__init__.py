@@ -1,22 +1,26 @@
-"""clight: continual learning on PyTorch Lightning."""
+"""clight: continual learning on PyTorch Lightning.
 
-from clight.data import (
-    DatasetList, DatasetSource, Digits, FashionMNIST, PermutedInputs, Replay, SplitClasses, Task,
-    TaskSequence, Torchvision,
-)
-from clight.contract import (
-    CausalLanguageModel, ConfigError, DistillableClassifier, GeneralTextData, LabelFreeOutputs, RunContext,
-)
-from clight.evaluation import evaluate_tasks
-from clight.methods import ContinualCallback
-from clight.metrics import (
-    average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forward_transfer, summarize,
-)
-from clight.models import MLP, ContinualClassifier, ContinualModule, SmallCNN, TimmBackbone
-from clight.runner import RunnerSettings, RunResult, SequenceRunner
+Every public name is imported on first use (torch, Lightning, transformers and peft take
+seconds to import), so ``import clight`` and ``clight --help`` start at once.
+"""
 
-# Method families and language models; imported on first use (transformers and peft are heavy).
+from clight._lazy import lazy_attributes
+
 _LAZY = {
+    **dict.fromkeys(
+        ["DatasetList", "DatasetSource", "Digits", "FashionMNIST", "PermutedInputs", "Replay", "SplitClasses", "Task",
+         "TaskSequence", "Torchvision"], "clight.data"),
+    **dict.fromkeys(
+        ["CausalLanguageModel", "ConfigError", "DistillableClassifier", "GeneralTextData", "LabelFreeOutputs", "RunContext"],
+        "clight.contract"),
+    "evaluate_tasks": "clight.evaluation",
+    "ContinualCallback": "clight.methods",
+    **dict.fromkeys(
+        ["average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer",
+         "summarize"], "clight.metrics"),
+    **dict.fromkeys(["MLP", "ContinualClassifier", "ContinualModule", "SmallCNN", "TimmBackbone"], "clight.models"),
+    **dict.fromkeys(["RunInterrupted", "RunnerSettings", "RunResult", "SequenceRunner"], "clight.runner"),
+    # method families and language models
     "EWC": "clight.methods.regularization",
     "LwF": "clight.methods.regularization",
     "CLRClassifier": "clight.methods.reprogramming",
@@ -30,37 +34,15 @@ _LAZY = {
     "ContinualCausalLM": "clight.models.causal_lm",
     "ContinualCLIP": "clight.models.clip",
     "SPU": "clight.methods.selective_update",
-    "TextTaskSequence": "clight.data.text",
-    "TextTaskSpec": "clight.data.text",
-    "JsonlText": "clight.data.text",
-    "CsvText": "clight.data.text",
-    "HFText": "clight.data.text",
-    "RottenTomatoes": "clight.data.text",
-    "Tweets": "clight.data.text",
-    "WikiExcerpt": "clight.data.text",
-    "JsonlGeneral": "clight.data.text",
-    "TextFolder": "clight.data.text",
-    "HFGeneral": "clight.data.text",
+    **dict.fromkeys(
+        ["TextTaskSequence", "TextTaskSpec", "JsonlText", "CsvText", "HFText", "RottenTomatoes", "Tweets", "WikiExcerpt",
+         "JsonlGeneral", "TextFolder", "HFGeneral"], "clight.data.text"),
     "compare_configs": "clight.compare",
     "compare_runs": "clight.compare",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clight' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CausalLanguageModel", "ConfigError", "DistillableClassifier", "GeneralTextData", "LabelFreeOutputs", "RunContext",
-    "RunnerSettings", "MLP", "ContinualCallback", "ContinualClassifier", "ContinualModule", "DatasetList", "DatasetSource",
-    "Digits", "FashionMNIST", "PermutedInputs", "Replay", "RunResult", "SequenceRunner", "SmallCNN",
-    "SplitClasses", "Task", "TaskSequence", "TimmBackbone", "Torchvision", "average_accuracy",
-    "average_incremental_accuracy", "backward_transfer", "evaluate_tasks", "forgetting", "forward_transfer",
-    "summarize",
-    *_LAZY,
-]
+__all__ = list(_LAZY)

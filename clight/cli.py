@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import lightning as L
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, lazy_instance
+# Lightning and jsonargparse are imported by the commands that use them: `clight --help` starts at once.
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
-from clight.data.datamodule import TaskSequence
-from clight.methods.base import ContinualCallback
-from clight.models.module import ContinualModule
-from clight.contract import ConfigError
-from clight.io import UnreadableFileError
-from clight.runner import RESERVED_TRAINER_KEYS, RunFolderError, RunInterrupted, RunnerSettings, SequenceRunner
-from clight.runner.preflight import check_finite
+    from clight.runner import SequenceRunner
 
 USAGE = """usage: clight {fit,report,compare} ... [--debug]
 
@@ -36,11 +31,18 @@ Errors are one line; --debug shows the traceback.
 """
 
 #: errors in what the user gave (config, data, run folder): one line, exit status 2
-USER_ERRORS = (ConfigError, RunFolderError, UnreadableFileError, ValueError, FileNotFoundError, TypeError, KeyError,
-               FloatingPointError, NotADirectoryError, PermissionError)
+BUILTIN_USER_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
 
 
 def build_fit_parser() -> ArgumentParser:
+    import lightning as L
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, lazy_instance
+
+    from clight.data.datamodule import TaskSequence
+    from clight.methods.base import ContinualCallback
+    from clight.models.module import ContinualModule
+    from clight.runner import RESERVED_TRAINER_KEYS, RunnerSettings
+
     parser = ArgumentParser(
         prog="clight fit", description="Train a model on a sequence of tasks (add --debug to see the traceback of an error).",
         allow_abbrev=False,
@@ -73,8 +75,14 @@ def _trainer_kwargs(cfg: Namespace, parser: ArgumentParser) -> dict:
 
 def runner_from_args(argv: list[str]) -> SequenceRunner:
     """Parse ``clight fit`` arguments (``--config X.yaml``, ``--key=value`` overrides) into a runner."""
+    import lightning as L
+
+    from clight.runner import RunnerSettings, SequenceRunner
+
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
+    from clight.runner.preflight import check_finite
+
     check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
@@ -115,6 +123,8 @@ def _print_report(run_dir: Path) -> None:
 
 
 def report(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog="clight report", description="Print a run's metrics and rebuild its tables and plots.")
     parser.add_argument("run_dir", type=str)
     args = parser.parse_args(argv)
@@ -148,6 +158,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     debug = DEBUG in rest
     rest = [a for a in rest if a != DEBUG]
+    from clight.contract import ConfigError
+    from clight.io import UnreadableFileError
+    from clight.runner import RunInterrupted
+    from clight.runner.run_folder import RunFolderError
+
     try:
         return COMMANDS[command](rest)
     except RunInterrupted as exc:
@@ -159,7 +174,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
               "else damaged it).", file=sys.stderr)
         return 2
-    except USER_ERRORS as exc:
+    except (ConfigError, RunFolderError, UnreadableFileError, *BUILTIN_USER_ERRORS) as exc:
         if debug:
             raise
         print(f"clight {command}: error: {exc}", file=sys.stderr)

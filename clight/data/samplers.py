@@ -62,8 +62,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
             return 0
         return max(1, pool // size)
 
-    def _shard(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.tensor_split(self.world_size)[self.rank]
+    def _shard(self, batch: list[int]) -> list[int]:
+        # global batches are divisible by the world size: equal contiguous slices
+        share = len(batch) // self.world_size
+        return batch[self.rank * share : (self.rank + 1) * share]
 
     def __iter__(self):
         pool = self._pool()
@@ -71,16 +73,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if size == 0:
             return
         g = seeded_generator(self.seed, 20, self.task, self.epoch)
-        order = torch.randperm(pool, generator=g)
+        order = torch.randperm(pool, generator=g).tolist()  # one conversion per epoch, not per batch
+        replay = self.mode == "mix" and self.replay_batch_size
+        if replay:
+            k = min(self.replay_batch_size, self.n_memory)
+            k -= k % self.world_size
         for b in range(len(self)):
-            batch = order[b * size : (b + 1) * size]
-            parts = [self._shard(batch)]
-            if self.mode == "mix" and self.replay_batch_size:
-                k = min(self.replay_batch_size, self.n_memory)
-                k -= k % self.world_size
-                replay = self.n_current + torch.randperm(self.n_memory, generator=g)[:k]
-                parts.append(self._shard(replay))
-            yield torch.cat(parts).tolist()
+            batch = self._shard(order[b * size : (b + 1) * size])
+            if replay:
+                batch += self._shard((self.n_current + torch.randperm(self.n_memory, generator=g)[:k]).tolist())
+            yield batch
 
 
 def evaluation_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:

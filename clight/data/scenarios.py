@@ -219,7 +219,7 @@ class _OffsetTargets(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitems__(self, indices):
-        x, y = fetch_pairs(self.base, list(indices))
+        x, y = fetch_pairs(self.base, torch.as_tensor(indices, dtype=torch.long))
         return x, y + self.offset
 
     def __getitem__(self, i):

@@ -28,11 +28,15 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at the positions in the long tensor ``index``."""
+        # index_select, not x[index]: a tenth of the time on a uint8 image array
+        x = self.inputs.index_select(0, index)
+        x = x.div(255.0) if x.dtype == torch.uint8 else x.float()
+        return x, self.targets.index_select(0, index)
+
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        x = self.inputs[index]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        return x, self.targets[index]
+        return self.rows(torch.as_tensor(indices, dtype=torch.long))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([int(i)])
@@ -57,7 +61,11 @@ def _split_sample(sample) -> tuple:
     )
 
 
-def fetch_pairs(base: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def fetch_pairs(base: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of ``base`` at the positions in the long tensor ``indices``."""
+    if isinstance(base, ArrayDataset):
+        return base.rows(indices)
+    indices = indices.tolist()
     if hasattr(base, "__getitems__"):
         return base.__getitems__(indices)
     pairs = [_split_sample(base[i]) for i in indices]
@@ -89,7 +97,7 @@ class TaskView(Dataset):
         return dataset_targets(self.base)[self.indices]
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        x, y = fetch_pairs(self.base, self.indices[torch.as_tensor(indices, dtype=torch.long)].tolist())
+        x, y = fetch_pairs(self.base, self.indices.index_select(0, torch.as_tensor(indices, dtype=torch.long)))
         if self.transform is not None:
             x = self.transform(x)
         return {"input": x, "target": y, "task_id": torch.full((len(y),), self.task_id, dtype=torch.long)}
@@ -99,27 +107,48 @@ class TaskView(Dataset):
 
 
 class ConcatViews(Dataset):
-    """Several task views behind one index space; a batch may mix samples of many views."""
+    """Several task views behind one index space; a batch may mix samples of many views.
+
+    Nested ``ConcatViews`` are flattened. When every view is a ``TaskView`` of the same base
+    data set without a transform (the tasks of one split source, a replay memory over them), a
+    batch is one gather from the base, whatever the mix of views in it.
+    """
 
     def __init__(self, views: Sequence[Dataset]) -> None:
-        self.views = list(views)
+        self.views = [w for v in views for w in (v.views if isinstance(v, ConcatViews) else [v])]
         sizes = torch.tensor([len(v) for v in self.views], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        self._merged: Optional[TaskView] = None
+        if self.views and all(type(v) is TaskView and v.base is self.views[0].base and v.transform is None for v in self.views):
+            self._merged = TaskView(self.views[0].base, torch.cat([v.indices for v in self.views]), -1)
+            self._task_ids = torch.cat([torch.full((len(v),), v.task_id, dtype=torch.long) for v in self.views])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         index = torch.as_tensor(indices, dtype=torch.long)
+        if self._merged is not None:
+            batch = self._merged.__getitems__(index)
+            batch["task_id"] = self._task_ids.index_select(0, index)
+            return batch
         which = torch.searchsorted(self.offsets, index, right=True) - 1
-        parts, order = [], []
-        for v in which.unique().tolist():
-            positions = (which == v).nonzero().flatten()
-            parts.append(_getitems(self.views[v], (index[positions] - self.offsets[v]).tolist()))
-            order.append(positions)
-        inverse = torch.empty_like(index)
-        inverse[torch.cat(order)] = torch.arange(len(index))
-        return {key: torch.cat([p[key] for p in parts])[inverse] for key in parts[0]}
+        # one fetch per view; batches usually come grouped by view already (current task, then memory)
+        grouped = bool((which[1:] >= which[:-1]).all())
+        order = None if grouped else torch.argsort(which, stable=True)
+        if order is not None:
+            index, which = index[order], which[order]
+        parts, start = [], 0
+        for v, count in zip(*(t.tolist() for t in torch.unique_consecutive(which, return_counts=True))):
+            local = index[start : start + count] - self.offsets[v]
+            parts.append(_getitems(self.views[v], local.tolist()))
+            start += count
+        batch = {key: torch.cat([p[key] for p in parts]) if len(parts) > 1 else parts[0][key] for key in parts[0]}
+        if order is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            batch = {key: value[inverse] for key, value in batch.items()}
+        return batch
 
     def __getitem__(self, i: int) -> dict:
         return {k: v[0] for k, v in self.__getitems__([int(i)]).items()}

@@ -91,7 +91,11 @@ class ContinualCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**_stable(self.init_arguments())) + getattr(self, "_state_key_suffix", "")
+        # Lightning reads the key on every hook call (to name profiler sections): build it once.
+        base = self.__dict__.get("_state_key_base")
+        if base is None:
+            base = self._state_key_base = self._generate_state_key(**_stable(self.init_arguments()))
+        return base + getattr(self, "_state_key_suffix", "")
 
     def disambiguate(self, occurrence: int) -> None:
         """The runner numbers identical instances (same class and arguments) in config order."""

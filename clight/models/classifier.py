@@ -48,6 +48,7 @@ class ContinualClassifier(ContinualModule):
         self.train_backbone = train_backbone
         self.train_old_heads = train_old_heads
         self.heads = nn.ModuleDict()
+        self._class_indices: dict = {}
         self.register_buffer("seen_mask", torch.zeros(0, dtype=torch.bool), persistent=True)
         self.register_buffer("local_index", torch.zeros(0, dtype=torch.long), persistent=True)
 
@@ -57,6 +58,7 @@ class ContinualClassifier(ContinualModule):
 
     def setup_sequence(self, info: SequenceInfo) -> None:
         super().setup_sequence(info)
+        self._class_indices = {}
         if isinstance(self.backbone, SizesItself) and info.input_shape is not None:
             self.backbone.adapt_to(info.input_shape)
         self.seen_mask = torch.zeros(info.num_classes, dtype=torch.bool, device=self.seen_mask.device)
@@ -102,8 +104,7 @@ class ContinualClassifier(ContinualModule):
 
     def logits(self, features: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.multi_head:
-            out = self.heads["all"](features)
-            return out.masked_fill(~self.seen_mask, float("-inf"))
+            return self._mask_unseen(self.heads["all"](features))
         if task_id is None:
             raise ValueError("a task-incremental model needs the task id of every sample")
         # every head on every sample, then each sample's own row: no data-dependent branching,
@@ -113,6 +114,9 @@ class ContinualClassifier(ContinualModule):
             F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in self.heads.values()
         ])
         return stacked[self._head_position(task_id), torch.arange(len(features), device=features.device)]
+
+    def _mask_unseen(self, raw_logits: torch.Tensor) -> torch.Tensor:
+        return raw_logits.masked_fill(~self.seen_mask, float("-inf"))
 
     def _head_position(self, task_id: torch.Tensor) -> torch.Tensor:
         keys = [int(k) for k in self.heads.keys()]
@@ -125,8 +129,15 @@ class ContinualClassifier(ContinualModule):
         (task-incremental), or one tensor over all those tasks' classes (single head)."""
         if self.multi_head:
             return [self.heads[str(t)](features) for t in tasks]
-        classes = sorted({c for t in tasks for c in self.sequence.task_classes[t]})
-        return [self.heads["all"](features)[:, torch.tensor(classes, device=features.device)]]
+        return [self.heads["all"](features).index_select(1, self._class_index(tasks, features.device))]
+
+    def _class_index(self, tasks: Sequence[int], device: torch.device) -> torch.Tensor:
+        """The sorted classes of ``tasks`` as an index tensor, built once per set of tasks (LwF asks every step)."""
+        key = (tuple(tasks), device)
+        if key not in self._class_indices:
+            classes = sorted({c for t in tasks for c in self.sequence.task_classes[t]})
+            self._class_indices[key] = torch.tensor(classes, device=device)
+        return self._class_indices[key]
 
     def output_logits(self, batch: dict) -> torch.Tensor:
         """Logits of every sample (masked as in training), no labels needed."""
@@ -144,20 +155,26 @@ class ContinualClassifier(ContinualModule):
     @torch.no_grad()
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
         features = self.features(batch["input"], batch["task_id"])
-        logits = self.logits(features, batch["task_id"])
+        if self.multi_head:
+            logits = self.logits(features, batch["task_id"])
+        else:  # the head once, for both the class-incremental and the task-aware count
+            raw = self.heads["all"](features)
+            logits = self._mask_unseen(raw)
         correct = (logits.argmax(1) == self._targets(batch)).sum()
         counts = {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}
         if not self.multi_head:
-            counts["correct_task_aware"] = self._task_aware_correct(self.heads["all"](features), batch)
+            counts["correct_task_aware"] = self._task_aware_correct(raw, batch)
         return counts
 
     def _task_aware_correct(self, raw_logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Task-incremental accuracy of a single-head model: argmax within the sample's task."""
-        allowed = torch.zeros_like(raw_logits, dtype=torch.bool)
-        for t in batch["task_id"].unique().tolist():
-            rows = (batch["task_id"] == t).nonzero().flatten()
-            cols = torch.tensor(self.sequence.task_classes[t], device=raw_logits.device)
-            allowed[rows.unsqueeze(1), cols.unsqueeze(0)] = True
+        key = ("task_classes", raw_logits.device)
+        if key not in self._class_indices:  # [task, class]: whether the class belongs to the task
+            table = torch.zeros(len(self.sequence.task_classes), raw_logits.shape[1], dtype=torch.bool)
+            for t, classes in enumerate(self.sequence.task_classes):
+                table[t, classes] = True
+            self._class_indices[key] = table.to(raw_logits.device)
+        allowed = self._class_indices[key].index_select(0, batch["task_id"])
         return (raw_logits.masked_fill(~allowed, float("-inf")).argmax(1) == batch["target"]).sum()
 
     def describe(self) -> dict:

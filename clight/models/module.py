@@ -13,16 +13,15 @@ from torchmetrics.aggregation import MeanMetric
 from clight.choices import SETTINGS
 from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
+from clight.models.finite import FiniteLossCheck, NonFiniteLossError
+
+__all__ = ["ContinualModule", "NonFiniteLossError", "default_optimizer"]
 
 LossTerm = Callable[["ContinualModule", dict, dict], torch.Tensor]
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
 
 
 class ContinualModule(L.LightningModule):
@@ -43,13 +42,22 @@ class ContinualModule(L.LightningModule):
 
     Methods add named loss terms with ``add_loss_term``; each is logged as ``train/<name>``
     beside ``train/task_loss`` and ``train/loss`` (``train/task_loss`` only when there are
-    terms). ``on_task_start`` / ``on_task_end`` run between fits (never inside one), so the set
-    of trainable parameters is fixed for the whole of every fit.
+    terms). Values are handed to Lightning only on the steps its logger writes
+    (``trainer.log_every_n_steps``) and on the last step of every epoch and fit, so
+    ``metrics.csv`` holds what it would hold if every step were logged, while
+    ``trainer.callback_metrics`` and the progress bar show the latest logged step. A non-finite
+    loss stops the run (``NonFiniteLossError``): at once on the CPU; on an accelerator at the
+    next logged step, epoch end or checkpoint, so the device is not waited for on every step
+    (``check_finite_every_step = True`` checks every step there too).
+    ``on_task_start`` / ``on_task_end`` run between fits (never inside one), so the set of
+    trainable parameters is fixed for the whole of every fit.
     """
 
     settings: ClassVar[tuple[str, ...]] = SETTINGS
     #: why the model supports only ``settings`` (shown when a sequence does not match)
     settings_reason: ClassVar[str] = ""
+    #: check the loss for NaN / inf on every step (None: on the CPU only, where it costs nothing)
+    check_finite_every_step: Optional[bool] = None
 
     def __init__(
         self,
@@ -64,6 +72,15 @@ class ContinualModule(L.LightningModule):
         self.sequence: Optional[SequenceInfo] = None
         # correct / total summed over every rank before dividing (exact under DDP)
         self.val_accuracy = MeanMetric()
+        self._finite = FiniteLossCheck()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets this around each of the dozens of hook calls of a step; it is never a
+        # parameter, buffer or submodule, so nn.Module's checks for those are skipped.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # -- sequence hooks -----------------------------------------------------------------------
     def check_compatible(self, info: SequenceInfo) -> None:
@@ -123,22 +140,41 @@ class ContinualModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, outputs = self.task_loss(batch)
-        batch_size = len(next(iter(batch.values())))
-        if self.loss_terms:  # without extra terms the task loss is the loss: log it once
-            self.log("train/task_loss", loss.detach(), batch_size=batch_size)
+        task_loss, outputs = self.task_loss(batch)
+        loss, terms = task_loss, {}
         for name, term in self.loss_terms.items():
-            value = term(self, batch, outputs)
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
-            loss = loss + value
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at task {self.current_task}, step {self.global_step}. "
-                "Lower the learning rate (model.optimizer.init_args.lr), check the inputs for NaN, "
-                "or enable gradient clipping (trainer.gradient_clip_val). The run folder keeps the last finished task."
-            )
-        self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
+            terms[name] = term(self, batch, outputs)
+            loss = loss + terms[name]
+        step = self.global_step
+        logged = self._logs_this_step(step)
+        self._finite.observe(loss, self.current_task, step, due=logged, every_step=self.check_finite_every_step)
+        if logged:
+            batch_size = len(next(iter(batch.values())))
+            if terms:  # without extra terms the task loss is the loss: log it once
+                self.log("train/task_loss", task_loss.detach(), batch_size=batch_size)
+            for name, value in terms.items():
+                self.log(f"train/{name}", value.detach(), batch_size=batch_size)
+            self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         return loss
+
+    def _logs_this_step(self, step: int) -> bool:
+        """Whether Lightning's logger writes this step's metrics, or it ends the epoch or the fit.
+        A ``self.log`` call costs about a tenth of a small model's step, and what is handed over
+        on the steps in between is never written."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return trainer._logger_connector.should_update_logs or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
+
+    # Non-finite losses not yet read back from an accelerator are checked before anything is saved.
+    def on_train_epoch_end(self) -> None:
+        self._finite.check()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._finite.check()
+
+    def on_train_end(self) -> None:
+        self._finite.check()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         counts = self.evaluation_counts(batch)

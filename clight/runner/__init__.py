@@ -1,12 +1,18 @@
-"""The runner: the task loop, the kind of run (schedule), one fit's Trainer, the run folder."""
+"""The runner: the task loop, the kind of run (schedule), one fit's Trainer, the run folder.
 
-from clight.runner.fit import RESERVED_TRAINER_KEYS, KeepBestWeights, RunnerSettings
-from clight.runner.interrupt import RunInterrupted
-from clight.runner.loop import RunResult, SequenceRunner
-from clight.runner.run_folder import MANIFEST, Progress, RunFolder, RunFolderError
-from clight.runner.schedule import Fit, Joint, NewTaskOnly, Schedule, Sequential, make_schedule
+Names are imported on first use, so reading a run folder (``clight report``) does not import
+Lightning."""
 
-__all__ = [
-    "MANIFEST", "RESERVED_TRAINER_KEYS", "Fit", "Joint", "KeepBestWeights", "NewTaskOnly", "Progress", "RunFolder",
-    "RunFolderError", "RunInterrupted", "RunResult", "RunnerSettings", "Schedule", "SequenceRunner", "Sequential", "make_schedule",
-]
+from clight._lazy import lazy_attributes
+
+_LAZY = {
+    **dict.fromkeys(["RESERVED_TRAINER_KEYS", "KeepBestWeights", "RunnerSettings"], "clight.runner.fit"),
+    **dict.fromkeys(["RunResult", "SequenceRunner"], "clight.runner.loop"),
+    "RunInterrupted": "clight.runner.interrupt",
+    **dict.fromkeys(["MANIFEST", "Progress", "RunFolder", "RunFolderError"], "clight.runner.run_folder"),
+    **dict.fromkeys(["Fit", "Joint", "NewTaskOnly", "Schedule", "Sequential", "make_schedule"], "clight.runner.schedule"),
+}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = list(_LAZY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -34,21 +34,38 @@ class EWC(ContinualCallback):
         self.anchors: list[dict[str, torch.Tensor]] = []
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.fisher_path = "not computed yet"
+        self._terms: Optional[tuple[torch.device, list]] = None
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         module.add_loss_term("ewc", self.penalty)
 
     def penalty(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
-        params = dict(module.named_parameters())
-        total = next(iter(params.values())).new_zeros(())
-        for anchor, fisher in zip(self.anchors, self.fishers):
-            for name, f in fisher.items():
-                if name in params and params[name].requires_grad:
-                    diff = params[name] - anchor[name].to(params[name].device)
-                    total = total + (f.to(diff.device) * diff.pow(2)).sum()
+        terms = self._penalty_terms(module)
+        total = next(module.parameters()).new_zeros(())
+        for param, anchor, fisher in terms:
+            total = total + (fisher * (param - anchor).pow(2)).sum()
         return 0.5 * self.lambda_ * total
 
+    def _penalty_terms(self, module: Any) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(parameter, anchor, Fisher) of every trainable anchored parameter, on the module's
+        device; built at the first step after the state or the device changed, not on every step."""
+        device = next(module.parameters()).device
+        if self._terms is None or self._terms[0] != device:
+            params = dict(module.named_parameters())
+            terms = [
+                (params[name], anchor[name].to(device), f.to(device))
+                for anchor, fisher in zip(self.anchors, self.fishers)
+                for name, f in fisher.items()
+                if name in params and params[name].requires_grad
+            ]
+            self._terms = (device, terms)
+        return self._terms[1]
+
+    def on_task_start(self, module: Any, task: Task) -> None:
+        self._terms = None  # the trainable parameters may change between tasks
+
     def on_task_end(self, module: Any, task: Task) -> None:
+        self._terms = None
         fisher, self.fisher_path = diagonal_fisher(module, task.train, self.fisher_samples)
         anchor = {k: v.detach().clone() for k, v in module.named_parameters() if k in fisher}
         if self.mode == "online" and self.fishers:
@@ -68,3 +85,4 @@ class EWC(ContinualCallback):
 
     def load_state_dict(self, state: dict) -> None:
         self.anchors, self.fishers = list(state["anchors"]), list(state["fishers"])
+        self._terms = None

@@ -36,6 +36,7 @@ class LwF(ContinualCallback):
             raise ValueError(f"LwF needs alpha >= 0 and temperature > 0, got {alpha}, {temperature}")
         self.alpha, self.temperature = alpha, temperature
         self.previous: Optional[Any] = None
+        self._previous_device: Optional[torch.device] = None
         self._pending: Optional[dict] = None
         self.old_tasks: list[int] = []
 
@@ -45,22 +46,27 @@ class LwF(ContinualCallback):
     def penalty(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         if self.previous is None:
             return outputs["logits"].new_zeros(())
-        self.previous.to(module.device)
-        features = outputs["features"]
+        if self._previous_device != module.device:  # moved once, not walked on every step
+            self.previous.to(module.device)
+            self._previous_device = module.device
         with torch.no_grad():
             old = self.previous.distillation_logits(self.previous.features(batch["input"], batch.get("task_id")), self.old_tasks)
-        new = module.distillation_logits(features, self.old_tasks)
-        return self.alpha * torch.stack([distillation(n, o, self.temperature) for n, o in zip(new, old)]).sum()
+        new = module.distillation_logits(outputs["features"], self.old_tasks)
+        terms = [distillation(n, o, self.temperature) for n, o in zip(new, old)]
+        return self.alpha * (terms[0] if len(terms) == 1 else torch.stack(terms).sum())
+
+    def _set_previous(self, model: Any) -> None:
+        self.previous, self._previous_device = model, None
 
     def on_task_start(self, module: Any, task: Task) -> None:
         if self._pending is not None:
-            self.previous = module.frozen_copy()
+            self._set_previous(module.frozen_copy())
             self.previous.load_state_dict(self._pending, strict=False)
             self._pending = None
 
     def on_task_end(self, module: Any, task: Task) -> None:
         self._pending = None
-        self.previous = module.frozen_copy()
+        self._set_previous(module.frozen_copy())
         self.old_tasks.append(task.index)
 
     def describe(self) -> dict:
