@@ -94,6 +94,26 @@ def read_json(path: PathLike) -> Any:
         raise UnreadableFileError(path, f"not a text file ({exc})") from exc
 
 
+def read_jsonl(path: PathLike) -> list[dict]:
+    """The objects of a JSON-lines file, one per non-empty line; a bad line is named with its number."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(path, f"not a UTF-8 text file ({exc})") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UnreadableFileError(path, f"line {number} is not valid JSON ({exc}); every line must be one JSON object") from exc
+        if not isinstance(row, dict):
+            raise UnreadableFileError(path, f"line {number} holds a {type(row).__name__}, not a JSON object")
+        rows.append(row)
+    return rows
+
+
 def _first_line(exc: BaseException) -> str:
     """``Type: first sentence`` of an exception's message."""
     text = str(exc).strip().splitlines()

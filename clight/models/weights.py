@@ -9,6 +9,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from clight.io import UnreadableFileError, load_checkpoint
+
 KeyMap = Union[str, dict[str, str], None]
 
 # Named key maps: ordered {regex: replacement} applied to every checkpoint key.
@@ -23,8 +25,11 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
+            raise UnreadableFileError(path, f"not a readable safetensors file ({exc})") from exc
+    state = load_checkpoint(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import bz2
 import functools
 import html
-import json
 import re
 from pathlib import Path
 from typing import Optional
 
 from clight.assets.packaged import package_file
+from clight.io import read_jsonl
 
 
 class GeneralSource:
@@ -31,8 +31,11 @@ class JsonlGeneral(GeneralSource):
         self.path, self.text_field, self.name = path, text_field, Path(path).stem
 
     def documents(self) -> list[list[str]]:
-        lines = [line for line in Path(self.path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [[json.loads(line)[self.text_field]] for line in lines]
+        rows = read_jsonl(self.path)
+        for number, row in enumerate(rows, 1):
+            if self.text_field not in row:
+                raise KeyError(f"{self.path} object {number} lacks {self.text_field!r}: set text_field")
+        return [[row[self.text_field]] for row in rows]
 
 
 class TextFolder(GeneralSource):

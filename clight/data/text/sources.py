@@ -7,12 +7,12 @@ from __future__ import annotations
 import bz2
 import csv
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from clight.assets.packaged import package_file
+from clight.io import read_jsonl
 from clight.choices import check_choice
 
 @dataclass
@@ -64,7 +64,7 @@ class JsonlText(TextSource):
         self.name = Path(path).stem
 
     def load(self) -> LabelledTexts:
-        rows = [json.loads(line) for line in Path(self.path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_jsonl(self.path)
         for k, r in enumerate(rows):
             if self.text_field not in r or self.label_field not in r:
                 raise KeyError(f"{self.path} line {k + 1} lacks {self.text_field!r} or {self.label_field!r}: set text_field / label_field")
