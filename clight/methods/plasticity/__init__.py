@@ -1,6 +1,7 @@
 """Plasticity methods (docs/methods/plasticity.md): continual backprop, ReDo, shrink & perturb, and a monitor."""
 
-from clight.methods.plasticity.chain import Chain, ChainError, find_chains
+from clight.methods.plasticity.chain import Chain, ChainError
+from clight.methods.plasticity.discovery import find_chains
 from clight.methods.plasticity.continual_backprop import ContinualBackprop
 from clight.methods.plasticity.monitor import PlasticityMonitor, measure
 from clight.methods.plasticity.redo import ReDo

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from clight.methods.plasticity.chain import Chain, ForwardFn, default_forward
+from clight.methods.plasticity.chain import Chain, ForwardFn
+from clight.methods.plasticity.discovery import default_forward
 from clight.methods.plasticity.hooked import UnitCallback
 from clight.methods.plasticity.optim_state import STEP_COUNT_KINDS, step_count_kind
 from clight.methods.plasticity.utility import UTILITIES, instant_utility

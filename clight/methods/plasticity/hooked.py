@@ -9,7 +9,8 @@ import torch
 
 from clight.contract import RunContext
 from clight.methods.base import ContinualCallback
-from clight.methods.plasticity.chain import Chain, ForwardFn, default_forward, find_chains
+from clight.methods.plasticity.chain import Chain, ForwardFn
+from clight.methods.plasticity.discovery import default_forward, find_chains
 from clight.methods.plasticity.optim_state import optimizer_of
 from clight.methods.plasticity.units import check_init, replace_units
 from clight.seeding import seeded_generator

@@ -14,7 +14,8 @@ from clight.contract import RunContext
 from clight.distributed import is_rank_zero
 from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
-from clight.methods.plasticity.chain import ForwardFn, default_forward, find_chains
+from clight.methods.plasticity.chain import ForwardFn
+from clight.methods.plasticity.discovery import default_forward, find_chains
 from clight.methods.plasticity.statistics import (
     dead_fraction,
     dormant_fraction,

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from clight.methods.plasticity.chain import ForwardFn, default_forward
+from clight.methods.plasticity.chain import ForwardFn
+from clight.methods.plasticity.discovery import default_forward
 from clight.methods.plasticity.hooked import UnitCallback
 
 
