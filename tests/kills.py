@@ -6,6 +6,8 @@ import os
 import signal
 from typing import Optional
 
+import torch
+
 from clight.methods import ContinualCallback
 
 
@@ -59,6 +61,16 @@ class StepCounter(ContinualCallback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.steps[module.current_task] = self.steps.get(module.current_task, 0) + 1
+
+
+class GeneratorStates(ContinualCallback):
+    """The state of torch's global generator at every training batch, by (task, epoch, batch)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.states[(module.current_task, trainer.current_epoch, batch_idx)] = torch.get_rng_state()
 
 
 def kill_at_nth_commit(n: int) -> None:

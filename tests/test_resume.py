@@ -15,7 +15,7 @@ from clight import SequenceRunner
 from clight.io import load_checkpoint
 from clight.runner import RunInterrupted
 from conftest import QUIET_TRAINER, small_model, small_sequence
-from kills import SimulatedKill, StepCounter, StopAt
+from kills import GeneratorStates, SimulatedKill, StepCounter, StopAt
 
 EPOCHS = 3
 TRAINER = dict(QUIET_TRAINER, max_epochs=EPOCHS)
@@ -30,17 +30,18 @@ def _run(run_dir, methods=(), resume=False, **settings):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run (and one with a step budget), with the steps each task trained."""
+    """The uninterrupted run (and one with a step budget), with the steps each task trained and
+    the global generator's state at every training batch."""
     runs = {}
     for name, settings in (("epochs", {}), ("budget", {"max_steps_per_task": 25})):
-        counter = StepCounter()
-        runner, result = _run(tmp_path_factory.mktemp(name) / "run", [counter], **settings)
-        runs[name] = (runner, result, counter.steps)
+        counter, generators = StepCounter(), GeneratorStates()
+        runner, result = _run(tmp_path_factory.mktemp(name) / "run", [counter, generators], **settings)
+        runs[name] = (runner, result, counter.steps, generators.states)
     return runs
 
 
 def _assert_same_run(runner, result, reference) -> None:
-    ref_runner, ref_result, _ = reference
+    ref_runner, ref_result = reference[:2]
     np.testing.assert_array_equal(result.accuracy_matrix, ref_result.accuracy_matrix)
     for key, value in ref_runner.model.state_dict().items():
         assert torch.equal(value, runner.model.state_dict()[key]), key
@@ -69,6 +70,21 @@ def test_a_killed_task_resumes_from_its_last_epoch(tmp_path, reference, stop, ep
     assert counter.steps.get(task, 0) == (EPOCHS - epochs_kept) * per_epoch < full[task]
     assert all(counter.steps[t] == full[t] for t in range(task + 1, 3))  # later tasks: whole
     _assert_same_run(runner, result, reference["epochs"])
+
+
+def test_a_resumed_epoch_draws_the_same_random_numbers(tmp_path, reference):
+    """Dropout, noisy gates and anything else drawn from the global generators while training
+    repeat after a resume: at every batch the generator is where the uninterrupted run's was
+    (the data iterator's draw of its base seed comes after the epoch's reseed in both)."""
+    with pytest.raises(SimulatedKill):
+        _run(tmp_path / "run", [StopAt(task=1, epoch=1, batch=3)])
+    generators = GeneratorStates()
+    _run(tmp_path / "run", [generators], resume=True)
+    expected = reference["epochs"][3]
+    assert min(generators.states) == (1, 1, 0)  # resumed from epoch 0's checkpoint
+    assert set(generators.states) == {key for key in expected if key >= (1, 1, 0)}
+    for key, state in generators.states.items():
+        assert torch.equal(state, expected[key]), f"task {key[0]}, epoch {key[1]}, batch {key[2]}"
 
 
 def test_a_step_budget_resumes_from_its_last_epoch(tmp_path, reference):

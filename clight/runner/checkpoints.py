@@ -121,6 +121,11 @@ class EpochCheckpoint(Checkpoint):
         # (its epoch-end hooks twice) and skip the first batch; start the next epoch afresh.
         trainer.fit_loop.epoch_loop.restarting = False
         trainer.fit_loop._restarting = False
+        # Afresh also for the data iterator: a resuming fit would keep the one made before the
+        # epoch-start hooks, so EpochSeed's reseed would come before its draw of the loader's base
+        # seed from the global generator instead of after it, as in a run never stopped: dropout
+        # and all other global draws of the epoch (and any workers' seeds) would differ.
+        trainer.fit_loop._resuming_from_checkpoint = False
         if self.should_stop:  # early stopping had asked to stop when the checkpoint was written
             trainer.should_stop = True
 
