@@ -1,6 +1,7 @@
 """What a training step logs and when it stops on a non-finite loss."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -91,7 +92,8 @@ def test_deferred_check_names_the_first_bad_step_and_saves_nothing(tmp_path):
     # before the end of the epoch, so no epoch checkpoint holds the poisoned weights
     assert runner.model.global_step == 2 * EVERY - 1
     assert not list((tmp_path / "run" / "checkpoints").rglob("*.ckpt"))
-    assert not (tmp_path / "run" / "manifest.json").exists()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["finished_tasks"] == 0  # says why it stopped, holds no result
 
 
 def test_pending_losses_are_read_together():

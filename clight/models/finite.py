@@ -39,7 +39,7 @@ class FiniteLossCheck:
 
     def observe(self, loss: torch.Tensor, task: int, step: int, due: bool, every_step: Optional[bool] = None) -> None:
         if every_step if every_step is not None else loss.device.type == "cpu":
-            value = float(loss)
+            value = loss.item()  # item(), unlike float(), does not warn about a tensor that requires grad
             if not math.isfinite(value):
                 self.pending.clear()
                 raise non_finite_error(value, task, step)
