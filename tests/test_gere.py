@@ -373,7 +373,7 @@ def test_runner_takes_the_reference_under_the_trainers_precision(data, tmp_path)
             seen.append(float(trainer.callback_metrics["train/gere_tm"]))
 
     model = tiny(optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
-    trainer = dict(TRAINER, precision="bf16-mixed")
+    trainer = dict(TRAINER, precision="bf16-mixed", log_every_n_steps=1)  # loss terms reach Lightning on logged steps
     SequenceRunner(model, data, methods=[GeneralReplay("tm"), RecordTM()], trainer=trainer, run_dir=str(tmp_path / "run"),
                    max_steps_per_task=3).run()
     assert seen == [0.0] * 6
