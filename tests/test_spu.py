@@ -260,6 +260,8 @@ def test_a_killed_and_resumed_run_ends_with_the_same_masks_and_weights(tmp_path)
     described = json.loads(json.dumps(spu.describe()))
     assert [r["task"] for r in described["per_task"]] == [0, 1] and described["variant"] == "exact"
     assert 0 < described["per_task"][0]["trainable_share"] < 0.05
+    masked = sum(int(m.sum()) for m in spu.masks.values())  # the last task's selected entries, counted from the masks
+    assert described["trainable_per_task"][-1] == described["per_task"][-1]["trainable_entries"] >= masked
 
 
 def test_task_rows_drop_replayed_and_general_samples():

@@ -223,6 +223,7 @@ class SPU(ContinualCallback):
             "candidates": self.selection.source if self.selection is not None else None,
             "targets": self.targets, "full": self.full, "heads": self.heads,
             "per_task": [dict(r) for r in self.records],
+            "trainable_per_task": [r["trainable_entries"] for r in self.records],  # entries SPU lets move, not whole tensors
             "importance_seconds": [[t, s] for t, s in sorted(self.importance_seconds.items())],
             "mask_bytes": self.mask_bytes(),
         }
