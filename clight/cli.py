@@ -78,11 +78,10 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
     import lightning as L
 
     from clight.runner import RunnerSettings, SequenceRunner
+    from clight.runner.preflight import check_finite
 
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
-    from clight.runner.preflight import check_finite
-
     check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
@@ -158,32 +157,39 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     debug = DEBUG in rest
     rest = [a for a in rest if a != DEBUG]
-    from clight.contract import ConfigError
     from clight.io import UnreadableFileError
-    from clight.runner import RunInterrupted
-    from clight.runner.run_folder import RunFolderError
 
     try:
         return COMMANDS[command](rest)
-    except RunInterrupted as exc:
-        print(f"clight {command}: {exc}", file=sys.stderr)
-        return exc.exit_code
     except UnreadableFileError as exc:
         if debug:
             raise
         print(f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
               "else damaged it).", file=sys.stderr)
         return 2
-    except (ConfigError, RunFolderError, UnreadableFileError, *BUILTIN_USER_ERRORS) as exc:
-        if debug:
-            raise
-        print(f"clight {command}: error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        interrupted = _loaded("clight.runner.interrupt", "RunInterrupted")
+        if interrupted and isinstance(exc, interrupted):
+            print(f"clight {command}: {exc}", file=sys.stderr)
+            return exc.exit_code
         if debug:
             raise
+        if isinstance(exc, _user_errors()):
+            print(f"clight {command}: error: {exc}", file=sys.stderr)
+            return 2
         print(f"clight {command}: error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _loaded(module: str, name: str) -> Optional[type]:
+    """A class from a module only if that module is already imported: an exception of that class
+    can only have been raised if it is, and importing it here would import Lightning for nothing."""
+    return getattr(sys.modules.get(module), name, None)
+
+
+def _user_errors() -> tuple[type, ...]:
+    clight_errors = (_loaded("clight.contract", "ConfigError"), _loaded("clight.runner.run_folder", "RunFolderError"))
+    return tuple(c for c in clight_errors if c is not None) + BUILTIN_USER_ERRORS
 
 
 if __name__ == "__main__":

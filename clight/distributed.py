@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, TypeVar
 
 import torch
@@ -18,9 +20,14 @@ def global_rank() -> int:
     the environment (Lightning reads RANK / LOCAL_RANK / SLURM_PROCID at import)."""
     if _group_up():
         return torch.distributed.get_rank()
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    if rank_zero is not None:  # a launched strategy may have set it since
+        return int(getattr(rank_zero.rank_zero_only, "rank", 0) or 0)
+    # Lightning's own order, without importing Lightning (`clight report` does not need it)
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 0
 
 
 def world_size() -> int:

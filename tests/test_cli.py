@@ -30,6 +30,10 @@ def test_quickstart_end_to_end_and_report(tmp_path):
     report = clight("report", str(run))
     assert report.returncode == 0, report.stderr
     assert "backward_transfer" in report.stdout and (run / "plots" / "accuracy_matrix.png").exists()
+    # reading a run folder needs neither Lightning nor a training process (its import alone takes seconds)
+    probe = f"import sys, clight.cli as c; assert c.main(['report', {str(run)!r}]) == 0; assert 'lightning' not in sys.modules"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-2000:]
 
 
 def test_help_and_print_config():
