@@ -3,13 +3,12 @@ DDAS (autoencoders, thresholds), and the same expert-pick counts."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
+
+from conftest import run_on_two_ranks
 
 SCRIPT = textwrap.dedent(
     '''
@@ -38,12 +37,7 @@ SCRIPT = textwrap.dedent(
 def test_ddp_ranks_hold_identical_experts_and_ddas(tmp_path: Path) -> None:
     script = tmp_path / "moe_ddp.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_on_two_ranks(script, tmp_path)
     assert r0["model"].keys() == r1["model"].keys()
     for name, value in r0["model"].items():
         assert torch.equal(value, r1["model"][name]), name

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
+
+from conftest import run_on_two_ranks
 
 SCRIPT = textwrap.dedent(
     '''
@@ -49,12 +48,7 @@ SCRIPT = textwrap.dedent(
 def test_ddp_ranks_replace_identically(tmp_path: Path) -> None:
     script = tmp_path / "ddp_cbp.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_on_two_ranks(script, tmp_path, timeout=180)
     assert sum(r0["cbp"]["replaced"].values()) > 0 and sum(r0["redo"]["replaced"].values()) > 0
     assert r0["cbp"]["replaced"] == r1["cbp"]["replaced"] and r0["redo"]["replaced"] == r1["redo"]["replaced"]
     for name, value in r0["model"].items():

@@ -3,26 +3,18 @@ rows (importance summed across ranks before the top-k), and the ranks' weights s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
+from conftest import run_on_two_ranks
 from test_spu import _digits
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "spu_ddp.py"
 
 
 def test_ddp_ranks_hold_identical_masks_from_the_global_batch(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "2"], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_on_two_ranks(SCRIPT, tmp_path, "2", timeout=600)
     assert len(r0["masks"]) == 2 and r0["records"] == r1["records"]
     for t in range(2):
         for name, mask in r0["masks"][t].items():
