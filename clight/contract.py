@@ -31,7 +31,7 @@ class RunContext:
     seed: int = 0
     world_size: int = 1
     global_rank: int = 0
-    resumed: bool = False
+    resumed: bool = False  # the model's weights come from training (a checkpoint), not from the base model
 
     @property
     def is_rank_zero(self) -> bool:

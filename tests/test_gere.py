@@ -345,6 +345,32 @@ def test_runner_resume_reuses_cached_thresholds(data, tmp_path):
     assert result.accuracy_matrix.shape == (2, 2)
 
 
+def test_a_run_killed_before_any_training_computes_its_thresholds_on_resume(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        SequenceRunner(tiny(), data, methods=[_KillAtTaskStart(0), GeneralReplay("tm")], trainer=TRAINER, run_dir=run_dir,
+                       max_steps_per_task=2).run()
+    assert not (tmp_path / "run" / "gere" / "tm_base.safetensors").exists()
+    again = GeneralReplay("tm")
+    result = SequenceRunner(tiny(), data, methods=[again], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2, resume=True).run()
+    fresh = GeneralReplay("tm")
+    fresh.setup_sequence(tiny(), data, RunContext(tmp_path / "fresh"))
+    fresh.ensure_reference(tiny().eval())
+    assert not again.loaded_from_cache and torch.equal(again.thresholds.mu, fresh.thresholds.mu)
+    assert result.accuracy_matrix.shape == (2, 2)
+
+
+def test_a_trained_run_without_its_thresholds_file_is_refused_on_resume(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        SequenceRunner(tiny(), data, methods=[GeneralReplay("tm"), _KillAtTaskStart(1)], trainer=TRAINER, run_dir=run_dir,
+                       max_steps_per_task=2).run()
+    (tmp_path / "run" / "gere" / "tm_base.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="tm_base.safetensors is missing"):
+        SequenceRunner(tiny(), data, methods=[GeneralReplay("tm")], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2,
+                       resume=True).run()
+
+
 def test_tm_is_exactly_zero_at_the_start_under_bf16_mixed(data, tmp_path):
     """The reference is taken under the training precision, so the untrained model satisfies every constraint."""
     from lightning.pytorch.plugins.precision import MixedPrecision

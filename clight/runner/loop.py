@@ -102,7 +102,8 @@ class SequenceRunner:
         reseed_globals(self.seed)
         self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=_log_rows(resume))
         self.model.setup_sequence(info)
-        context = RunContext(self.run_dir, self.seed, world.size, world.rank, resume is not None)
+        trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
+        context = RunContext(self.run_dir, self.seed, world.size, world.rank, trained_before)
         for method in self.methods:
             method.setup_sequence(self.model, self.data, context)
         if resume is not None and resume.boundary is not None:
