@@ -8,7 +8,8 @@ progress bar, the CSV logger; validation off because the hand-written loop has n
 
 - ``small``: fine-tuning, replay, EWC and LwF in both, in-process: time per step (median gap
   between step starts), training time (the fits), the methods' work between tasks (EWC's Fisher,
-  LwF's copy of the model, the replay memory) and the evaluation rows;
+  LwF's copy of the model, the replay memory) and the evaluation rows; fine-tuning also as the
+  smallest Lightning program (``bare_lightning.py``), which splits the gap into Lightning's and clight's;
 - ``large``: fine-tuning of an MLP 784-1000-1000-10 at batch 128 (``--large-steps`` steps per
   task), where the fixed cost of a step is diluted;
 - ``process``: whole processes, the hand-written script against ``clight fit --config`` (written
@@ -43,6 +44,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bare_lightning  # noqa: E402
 import handwritten_cl as hand  # noqa: E402
 
 RESULTS = HERE / "results" / "overhead.json"
@@ -129,11 +131,15 @@ def clight_run(method: str, hidden: list[int], batch_size: int, steps_per_task=N
 def part_small(args, tasks) -> dict:
     keys = ("step_ms", "train_s", "between_tasks_s", "eval_s", "initial_row_s")
     rounds = {f"{arm}_{m}": {k: [] for k in keys} for m in args.methods for arm in ("clight", "hand")}
+    if "finetune" in args.methods:
+        rounds["lightning_finetune"] = {k: [] for k in keys}
     clight_run("finetune", [256, 256], 64, steps_per_task=20)  # warm-up: first-use costs of both arms
     hand.run("finetune", tasks, [256, 256])
     for r in range(args.rounds):
         for m in args.methods:
             arms = [("hand", lambda: hand.run(m, tasks, [256, 256])), ("clight", lambda: clight_run(m, [256, 256], 64))]
+            if m == "finetune":  # Lightning's own loop, with every optional feature off
+                arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256])))
             for arm, fn in arms if r % 2 == 0 else arms[::-1]:
                 out = fn()
                 for k in keys[1:]:
@@ -185,8 +191,7 @@ def part_process(args) -> dict:
     return rounds
 
 
-def med(values: list[float]) -> float:
-    return statistics.median(values)
+med = statistics.median
 
 
 def per_round(clight: list[float], hand: list[float]) -> list[float]:
@@ -195,6 +200,9 @@ def per_round(clight: list[float], hand: list[float]) -> list[float]:
 
 MEANINGS = {
     "step_small_mlp": "median time of a training step, MLP 784-256-256-10 at batch 64 (the headline)",
+    "step_small_mlp_bare_lightning_over_handwritten": "the smallest Lightning program of the fine-tuning arm "
+    "(benchmarks/bare_lightning.py: no logger, checkpoints, progress bar or DataLoader) against the hand-written loop",
+    "step_small_mlp_clight_over_bare_lightning": "what clight adds to Lightning's own loop, per step",
     "step_large_mlp": "median time of a training step, MLP 784-1000-1000-10 at batch 128",
     "process_fit": "a whole `clight fit` process against the whole hand-written script, imports included",
     "process_without_start_up": "the same, less the start-up of each (import clight with its runner; import torch)",
@@ -213,6 +221,11 @@ def summarize(args, small, large, process) -> dict:
         if c:
             headline["step_small_mlp"] = med(c["step_ms"]) / med(h["step_ms"])
             spread["step_small_mlp"] = per_round(c["step_ms"], h["step_ms"])
+            bare = small["lightning_finetune"]["step_ms"]
+            headline["step_small_mlp_bare_lightning_over_handwritten"] = med(bare) / med(h["step_ms"])
+            headline["step_small_mlp_clight_over_bare_lightning"] = med(c["step_ms"]) / med(bare)
+            medians["step_small_mlp_bare_lightning_ms"] = med(bare)
+            spread["step_small_mlp_clight_over_bare_lightning"] = per_round(c["step_ms"], bare)
         for m in args.methods:
             c, h = small[f"clight_{m}"], small[f"hand_{m}"]
             methods[m] = {k: med(c[k]) / med(h[k]) for k in c if med(h[k]) > 0}
