@@ -24,37 +24,46 @@ def running_mean(values: list[float], window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-def _final_accuracy(ax, records: list[RunRecord]) -> None:
+def run_colours(records: list[RunRecord]) -> dict[str, tuple]:
+    """One distinct colour per run, the same in every panel (tab10, or tab20 beyond ten runs)."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(records) <= 10 else "tab20"]
+    return {r.name: palette(i % palette.N) for i, r in enumerate(records)}
+
+
+def _final_accuracy(ax, records: list[RunRecord], colours: dict) -> None:
     shown = [r for r in records if r.final_accuracy is not None]
     width = 0.8 / len(shown)
     for i, r in enumerate(shown):
         x = np.arange(1, r.num_tasks + 1) + (i - (len(shown) - 1) / 2) * width
-        ax.bar(x, 100 * np.nan_to_num(np.asarray(r.final_accuracy)), width, label=r.name)
+        ax.bar(x, 100 * np.nan_to_num(np.asarray(r.final_accuracy)), width, label=r.name, color=colours[r.name])
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy after the last task (%)")
     ax.set_ylim(0, 100)
     ax.set_title("final accuracy per task")
 
 
-def _new_task_accuracy(ax, records: list[RunRecord], smooth: int) -> None:
+def _new_task_accuracy(ax, records: list[RunRecord], colours: dict, smooth: int) -> None:
     for r in records:
         if r.new_task_accuracy:
             ys = running_mean(r.new_task_accuracy, smooth)
-            ax.plot(np.arange(1, len(ys) + 1), 100 * ys, label=r.name)
+            ax.plot(np.arange(1, len(ys) + 1), 100 * ys, label=r.name, color=colours[r.name])
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy on the task just trained (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"new-task accuracy ({smooth}-task running mean)" if smooth > 1 else "new-task accuracy")
 
 
-def _control(ax, records: list[RunRecord], name: str) -> None:
+def _control(ax, records: list[RunRecord], colours: dict, name: str) -> None:
     for r in records:
         c = next((c for c in r.controls if c.name == name), None)
         if c is None:
             continue
         offset = 0 if c.before is not None else 1
         ys = ([c.before] if c.before is not None else []) + list(c.per_task)
-        ax.plot(np.arange(offset, offset + len(ys)), ys, marker="o" if len(ys) <= 20 else None, label=r.name)
+        ax.plot(np.arange(offset, offset + len(ys)), ys, marker="o" if len(ys) <= 20 else None, label=r.name,
+                color=colours[r.name])
     ax.set_xlabel("after task (0: before the first)")
     ax.set_title(name.replace("_", " "))
 
@@ -68,23 +77,29 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
         panels.append(_final_accuracy)
     if any(r.schedule == "sequential_current" for r in records):
         window = smooth or (5 if num_tasks >= 20 else 1)
-        panels.append(lambda ax, rs: _new_task_accuracy(ax, rs, window))
+        panels.append(lambda ax, rs, cs: _new_task_accuracy(ax, rs, cs, window))
     names = list(dict.fromkeys(c.name for r in records for c in r.controls))
-    panels += [lambda ax, rs, n=n: _control(ax, rs, n) for n in names]
+    panels += [lambda ax, rs, cs, n=n: _control(ax, rs, cs, n) for n in names]
     columns = min(PANELS_PER_ROW, len(panels))
     rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    legend_rows = math.ceil(len(records) / 4)
+    legend_height = 0.25 * legend_rows + 0.2  # inches, below the panels, so no panel is covered
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows + legend_height), squeeze=False)
     from matplotlib.ticker import MaxNLocator
 
+    colours = run_colours(records)
     for ax, draw in zip(axes.flat, panels):
-        draw(ax, records)
+        draw(ax, records, colours)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colour, label=name) for name, colour in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
