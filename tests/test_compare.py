@@ -2,6 +2,7 @@
 sequences refused, controls and trainable parameters as the runs recorded them."""
 
 import csv
+import shutil
 import json
 from pathlib import Path
 
@@ -243,3 +244,13 @@ def test_two_configs_writing_to_one_folder_are_refused(tmp_path):
     b = write_config(tmp_path, "replay", run_dir=tmp_path / "runs" / "finetune")
     with pytest.raises(ConfigError, match="both write to"):
         compare_configs([a, b], tmp_path / "out")
+
+
+def test_runs_mode_refuses_two_folders_that_would_share_a_name(finished, tmp_path, capsys):
+    folder, _ = finished
+    copy = tmp_path / "elsewhere" / "finetune"
+    shutil.copytree(folder / "runs" / "finetune", copy)
+    out = tmp_path / "out"
+    assert main(["compare", "--runs", str(folder / "runs" / "finetune"), str(copy), "--out", str(out)]) == 2
+    assert "two runs would share a name in the table" in capsys.readouterr().err and not out.exists()
+    assert main(["compare", "--runs", str(folder / "runs" / "finetune"), str(copy), "--out", str(out), "--names", "a", "b"]) == 0

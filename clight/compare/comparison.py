@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from clight.compare.figure import plot_comparison
-from clight.compare.plan import execute, plan_runs
+from clight.compare.plan import execute, plan_runs, require_distinct_names
 from clight.compare.record import RunRecord, check_same_sequence, read_run
 from clight.compare.table import build_rows, notes, to_csv, to_markdown
 from clight.distributed import is_rank_zero
@@ -80,6 +80,7 @@ def compare_runs(run_dirs: Sequence[PathLike], out: PathLike, names: Optional[Se
     if names is not None and len(names) != len(run_dirs):
         raise ValueError(f"--names gives {len(names)} names for {len(run_dirs)} run folders")
     records = [read_run(d, names[i] if names else None) for i, d in enumerate(run_dirs)]
+    require_distinct_names([r.name for r in records], "pass --names with one name per run folder")
     return write_comparison(records, out, command or equivalent_command(run_dirs, out, True, names=names, window=window), window)
 
 

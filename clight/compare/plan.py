@@ -127,9 +127,13 @@ def _check_distinct(plans: list[PlannedRun]) -> None:
             raise ConfigError(f"{seen[folder]} and {plan.config} both write to {plan.run_dir}: give them their own "
                               "run_dir, or use --run_root FOLDER (one subfolder per config)")
         seen[folder] = str(plan.config)
-    names = [p.name for p in plans]
+    require_distinct_names([p.name for p in plans], "rename a config or pass --names")
+
+
+def require_distinct_names(names: Sequence[str], remedy: str) -> None:
+    """Every run needs its own name: the table's rows, the CSV's keys and the figure's colours go by it."""
     if len(set(names)) != len(names):
-        raise ConfigError(f"two runs would share a name in the table ({names}): rename a config or pass --names")
+        raise ConfigError(f"two runs would share a name in the table ({list(names)}): {remedy}")
 
 
 def execute(plans: list[PlannedRun]) -> None:
