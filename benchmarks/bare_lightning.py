@@ -60,7 +60,7 @@ def run(tasks: list[dict], hidden: list[int], batch_size: int = 64, lr: float = 
     for task in tasks:
         seen[task["classes"]] = True
         order = torch.randperm(len(task["y"]), generator=g)
-        steps = min(len(order) // batch_size, max_steps or len(order))
+        steps = hand.steps_per_task(len(order), batch_size, max_steps)
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[StepStarts(starts)])
         began = hand.clock()
@@ -68,8 +68,6 @@ def run(tasks: list[dict], hidden: list[int], batch_size: int = 64, lr: float = 
         train_s += hand.clock() - began
         began = hand.clock()
         model.eval()
-        with torch.no_grad():
-            rows.append([(model(s["test_x"]).masked_fill(~seen, float("-inf")).argmax(1) == s["test_y"]).float().mean().item()
-                         for s in tasks])
+        rows.append(hand.accuracy_row(model, tasks, seen))
         eval_s += hand.clock() - began
     return {"rows": rows, "starts": starts, "train_s": train_s, "between_tasks_s": 0.0, "eval_s": eval_s}

@@ -84,6 +84,17 @@ def fisher(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seen: torch
     return {k: g.pow(2).mean(0) for k, g in grads.items()}
 
 
+def steps_per_task(num_samples: int, batch_size: int, max_steps: int = 0) -> int:
+    """Whole batches of one epoch, at most ``max_steps`` if given."""
+    return min(num_samples // batch_size, max_steps or num_samples)
+
+
+@torch.no_grad()
+def accuracy_row(model: torch.nn.Module, tasks: list[dict], seen: torch.Tensor) -> list[float]:
+    """Accuracy on every task's test split, the outputs of classes not seen yet masked."""
+    return [(model(s["test_x"]).masked_fill(~seen, float("-inf")).argmax(1) == s["test_y"]).float().mean().item() for s in tasks]
+
+
 def run(method: str, tasks: list[dict], hidden: list[int], batch_size: int = 64, lr: float = 0.01, max_steps: int = 0) -> dict:
     """Train on every task in turn (at most ``max_steps`` steps each, if given); return the
     accuracy rows and where the time went."""
@@ -99,7 +110,7 @@ def run(method: str, tasks: list[dict], hidden: list[int], batch_size: int = 64,
         order = torch.randperm(len(task["y"]), generator=g)
         began = clock()
         model.train()
-        for b in range(min(len(order) // batch_size, max_steps or len(order))):
+        for b in range(steps_per_task(len(order), batch_size, max_steps)):
             starts.append(clock())
             index = order[b * batch_size : (b + 1) * batch_size]
             x, y = task["x"][index], task["y"][index]
@@ -133,9 +144,7 @@ def run(method: str, tasks: list[dict], hidden: list[int], batch_size: int = 64,
             old = seen.nonzero().flatten()
         between_s += clock() - began
         began = clock()
-        with torch.no_grad():
-            rows.append([(model(s["test_x"]).masked_fill(~seen, float("-inf")).argmax(1) == s["test_y"]).float().mean().item()
-                         for s in tasks])
+        rows.append(accuracy_row(model, tasks, seen))
         eval_s += clock() - began
     return {"rows": rows, "starts": starts, "train_s": train_s, "between_tasks_s": between_s, "eval_s": eval_s}
 

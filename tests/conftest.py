@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -48,13 +51,9 @@ def quiet_trainer():
     return dict(QUIET_TRAINER)
 
 
-def run_on_two_ranks(script: "os.PathLike", out: "os.PathLike", *args: str, timeout: int = 300) -> tuple[dict, dict]:
+def run_on_two_ranks(script: os.PathLike, out: os.PathLike, *args: str, timeout: int = 300) -> tuple[dict, dict]:
     """Run a DDP script in its own process (never inside pytest's), then load the states its two
     ranks saved as ``out/rank0.pt`` and ``out/rank1.pt``."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, str(script), str(out), *args], env=env, capture_output=True, text=True,

@@ -2,8 +2,8 @@
 sequences refused, controls and trainable parameters as the runs recorded them."""
 
 import csv
-import shutil
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np

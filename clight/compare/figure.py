@@ -13,6 +13,7 @@ from clight.compare.record import RunRecord
 from clight.plots import _pyplot
 
 PANELS_PER_ROW = 4
+LEGEND_COLUMNS = 4
 
 
 def running_mean(values: list[float], window: int) -> np.ndarray:
@@ -82,9 +83,9 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
     panels += [lambda ax, rs, cs, n=n: _control(ax, rs, cs, n) for n in names]
     columns = min(PANELS_PER_ROW, len(panels))
     rows = math.ceil(len(panels) / columns)
-    legend_rows = math.ceil(len(records) / 4)
-    legend_height = 0.25 * legend_rows + 0.2  # inches, below the panels, so no panel is covered
+    legend_height = 0.25 * math.ceil(len(records) / LEGEND_COLUMNS) + 0.2  # inches, below the panels, so no panel is covered
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows + legend_height), squeeze=False)
+    from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
     colours = run_colours(records)
@@ -94,10 +95,8 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    from matplotlib.patches import Patch
-
     handles = [Patch(color=colour, label=name) for name, colour in colours.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(LEGEND_COLUMNS, len(handles)), fontsize=8, frameon=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
