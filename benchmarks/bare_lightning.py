@@ -8,11 +8,10 @@ no model summary) and batches served from tensors already in memory, without a D
 
 from __future__ import annotations
 
+import handwritten_cl as hand
 import lightning as L
 import torch
 from torch.nn import functional as F
-
-import handwritten_cl as hand
 
 
 class MaskedMLP(L.LightningModule):
@@ -61,8 +60,16 @@ def run(tasks: list[dict], hidden: list[int], batch_size: int = 64, lr: float = 
         seen[task["classes"]] = True
         order = torch.randperm(len(task["y"]), generator=g)
         steps = hand.steps_per_task(len(order), batch_size, max_steps)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[StepStarts(starts)])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[StepStarts(starts)],
+        )
         began = hand.clock()
         trainer.fit(MaskedMLP(model, seen, lr), train_dataloaders=InMemoryBatches(task["x"], task["y"], order, batch_size, steps))
         train_s += hand.clock() - began

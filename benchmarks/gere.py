@@ -49,10 +49,19 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/gere.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = TextTaskSequence(tasks=["rt_sentiment"], tokenizer="char" if args.model == "tiny" else args.model,
-                            max_length=args.max_length, max_train_per_task=64, max_test_per_task=4,
-                            general_samples=args.general_samples, general_max_length=args.max_length, heldout_general=0,
-                            general_mode="per_batch", general_per_batch=args.batch_size // 2, batch_size=args.batch_size // 2)
+    data = TextTaskSequence(
+        tasks=["rt_sentiment"],
+        tokenizer="char" if args.model == "tiny" else args.model,
+        max_length=args.max_length,
+        max_train_per_task=64,
+        max_test_per_task=4,
+        general_samples=args.general_samples,
+        general_max_length=args.max_length,
+        heldout_general=0,
+        general_mode="per_batch",
+        general_per_batch=args.batch_size // 2,
+        batch_size=args.batch_size // 2,
+    )
     model = ContinualCausalLM(args.model)
     gere = GeneralReplay("tm")
     gere.run_dir = Path(tempfile.mkdtemp())
@@ -66,7 +75,9 @@ def main() -> None:
     plain = [{**b, "is_general": torch.zeros_like(b["is_general"])} for b in batches]
     times = {"gere": [], "plain": []}
     for i, (b_gere, b_plain) in enumerate(zip(batches, plain)):
-        order = [("gere", b_gere, True), ("plain", b_plain, False)] if i % 2 else [("plain", b_plain, False), ("gere", b_gere, True)]
+        order = (
+            [("gere", b_gere, True), ("plain", b_plain, False)] if i % 2 else [("plain", b_plain, False), ("gere", b_gere, True)]
+        )
         for name, batch, terms in order:
             t = step_time(model, optimizer, batch, terms)
             if i > 0:  # the first pair warms up
@@ -97,14 +108,33 @@ def main() -> None:
         "general_tokens": int(gere.states.offsets[-1]),
         "hidden_size": gere.states.dims,
         "threshold_setup_s": setup_s,
-        "setup": {"model": args.model, "device": args.device, "batch_size": args.batch_size,
-                  "general_per_batch": args.batch_size // 2, "max_length": args.max_length,
-                  "tokens_per_step": [int(b["attention_mask"].sum()) for b in batches[1:]],
-                  "torch_threads": torch.get_num_threads(), "full_fine_tuning": True},
+        "setup": {
+            "model": args.model,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "general_per_batch": args.batch_size // 2,
+            "max_length": args.max_length,
+            "tokens_per_step": [int(b["attention_mask"].sum()) for b in batches[1:]],
+            "torch_threads": torch.get_num_threads(),
+            "full_fine_tuning": True,
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("time_ratio_gere_over_plain", "tm_term_over_plain_step", "memory_ratio_packed_over_float32", "median_step_s")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "time_ratio_gere_over_plain",
+                    "tm_term_over_plain_step",
+                    "memory_ratio_packed_over_float32",
+                    "median_step_s",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

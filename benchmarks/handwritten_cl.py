@@ -104,7 +104,7 @@ def run(method: str, tasks: list[dict], hidden: list[int], batch_size: int = 64,
     anchor, fisher_diag, teacher, old = None, None, None, torch.zeros(0, dtype=torch.long)
     starts, train_s, between_s, eval_s, rows = [], 0.0, 0.0, 0.0, []
     g = torch.Generator().manual_seed(1)
-    for t, task in enumerate(tasks):
+    for task in tasks:
         seen[task["classes"]] = True
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         order = torch.randperm(len(task["y"]), generator=g)

@@ -63,11 +63,18 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/moe_adapters{'' if args.model == 'smollm2' else '_' + args.model}.json")
     torch.manual_seed(0)
-    data = TextTaskSequence(tasks=["rt_sentiment", "tweet_sentiment", "rt_subjectivity"],
-                            tokenizer="char" if args.model == "tiny" else args.model, max_length=args.max_length,
-                            max_train_per_task=args.batch_size * (args.steps + 1), max_test_per_task=args.batch_size,
-                            general_samples=4, heldout_general=0, general_mode="none", batch_size=args.batch_size,
-                            eval_batch_size=args.batch_size)
+    data = TextTaskSequence(
+        tasks=["rt_sentiment", "tweet_sentiment", "rt_subjectivity"],
+        tokenizer="char" if args.model == "tiny" else args.model,
+        max_length=args.max_length,
+        max_train_per_task=args.batch_size * (args.steps + 1),
+        max_test_per_task=args.batch_size,
+        general_samples=4,
+        heldout_general=0,
+        general_mode="none",
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+    )
     moe_model = ContinualCausalLM(args.model)
     lora_model = ContinualCausalLM(args.model, lora=LORA)
     method = MoEAdapters(num_experts=8, top_k=2, bottleneck=64, freeze_top=2, ddas_samples=32, ae_steps=100)
@@ -83,27 +90,32 @@ def main() -> None:
             model.train()
         method.on_task_start(moe_model, task)
         method.on_fit_start(None, moe_model)
-        optimizers = {name: torch.optim.AdamW(m.trainable_parameters(), lr=1e-4)
-                      for name, m in (("moe", moe_model), ("lora", lora_model))}
+        optimizers = {
+            name: torch.optim.AdamW(m.trainable_parameters(), lr=1e-4) for name, m in (("moe", moe_model), ("lora", lora_model))
+        }
         params["moe"].append(trainable(moe_model))
         params["lora"].append(trainable(lora_model))
         times: dict = {"moe": [], "lora": []}
         for i, batch in enumerate(data.train_dataloader()):
-            def moe_step(batch=batch, i=i):
+
+            def moe_step(batch=batch, i=i, optimizers=optimizers):
                 method.on_train_batch_start(None, moe_model, batch, i)
                 train_step(moe_model, optimizers["moe"], batch)
                 method.on_train_batch_end(None, moe_model, None, batch, i)
 
-            pair = [("moe", moe_step), ("lora", lambda b=batch: train_step(lora_model, optimizers["lora"], b))]
-            for name, step in (pair if i % 2 else pair[::-1]):
+            pair = [("moe", moe_step), ("lora", lambda b=batch, o=optimizers["lora"]: train_step(lora_model, o, b))]
+            for name, step in pair if i % 2 else pair[::-1]:
                 t = timed(step)
                 if i > 0:  # the first pair warms up
                     times[name].append(t)
         for name in times:
             steps[name].append(times[name])
         method.on_task_end(moe_model, task)
-        print(f"task {task.index}: trainable moe {params['moe'][-1]:,} lora {params['lora'][-1]:,}; "
-              f"step moe {statistics.median(times['moe']):.3f} s lora {statistics.median(times['lora']):.3f} s", flush=True)
+        print(
+            f"task {task.index}: trainable moe {params['moe'][-1]:,} lora {params['lora'][-1]:,}; "
+            f"step moe {statistics.median(times['moe']):.3f} s lora {statistics.median(times['lora']):.3f} s",
+            flush=True,
+        )
     # evaluation: DDAS per sample, the task id given, LoRA
     moe_model.eval()
     lora_model.eval()
@@ -120,9 +132,12 @@ def main() -> None:
                     with routing.forced(torch.full((rows,), t)):
                         moe_model.evaluation_counts(batch)
 
-                arms = [("ddas", lambda b=batch: moe_model.evaluation_counts(b)), ("task_id_given", given),
-                        ("lora", lambda b=batch: lora_model.evaluation_counts(b))]
-                for name, fn in arms[r % 3:] + arms[: r % 3]:
+                arms = [
+                    ("ddas", lambda b=batch: moe_model.evaluation_counts(b)),
+                    ("task_id_given", given),
+                    ("lora", lambda b=batch: lora_model.evaluation_counts(b)),
+                ]
+                for name, fn in arms[r % 3 :] + arms[: r % 3]:
                     t_s = timed(fn)
                     if r > 0:
                         evals[name].append(t_s)
@@ -131,7 +146,9 @@ def main() -> None:
                     from clight.models.causal_lm import prompt_tokens, route_by
 
                     with route_by(prompt_tokens(batch["labels"], mask)):
-                        routes = routing.route(routing.frozen_features(moe_model.net, (), {"input_ids": ids, "attention_mask": mask}))
+                        routes = routing.route(
+                            routing.frozen_features(moe_model.net, (), {"input_ids": ids, "attention_mask": mask})
+                        )
                     routed_to_own_task.append(float((routes == t).float().mean()))
     med = {k: statistics.median(v) for k, v in evals.items()}
     step_med = {k: [statistics.median(v) for v in steps[k]] for k in steps}
@@ -147,10 +164,18 @@ def main() -> None:
         "eval_batch_s": evals,
         "ddas_routed_to_own_task_per_task": routed_to_own_task,
         "frozen_experts_after_each_task": [sum(len(v) for v in h["frozen_experts"].values()) for h in method.history],
-        "setup": {"model": args.model, "device": "cpu", "batch_size": args.batch_size, "max_length": args.max_length,
-                  "timed_steps_per_task": args.steps, "eval_rounds": args.eval_rounds, "torch_threads": torch.get_num_threads(),
-                  "moe": {"num_experts": 8, "top_k": 2, "bottleneck": 64, "freeze_top": 2, "blocks": len(method.layers)},
-                  "lora": LORA, "parameters": sum(p.numel() for p in lora_model.net.base_model.model.parameters())},
+        "setup": {
+            "model": args.model,
+            "device": "cpu",
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "timed_steps_per_task": args.steps,
+            "eval_rounds": args.eval_rounds,
+            "torch_threads": torch.get_num_threads(),
+            "moe": {"num_experts": 8, "top_k": 2, "bottleneck": 64, "freeze_top": 2, "blocks": len(method.layers)},
+            "lora": LORA,
+            "parameters": sum(p.numel() for p in lora_model.net.base_model.model.parameters()),
+        },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

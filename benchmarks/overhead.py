@@ -120,8 +120,14 @@ def clight_run(method: str, hidden: list[int], batch_size: int, steps_per_task=N
     loop.make_trainer, loop.evaluate_tasks = make_trainer, Timed(real_eval, totals, "eval_s", 1, "initial_row_s")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = SequenceRunner(model, data, methods=[clock, *methods], run_dir=f"{tmp}/run", max_steps_per_task=steps_per_task,
-                                    trainer=dict(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0))
+            runner = SequenceRunner(
+                model,
+                data,
+                methods=[clock, *methods],
+                run_dir=f"{tmp}/run",
+                max_steps_per_task=steps_per_task,
+                trainer=dict(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0),
+            )
             rows = runner.run().accuracy_matrix.tolist()
     finally:
         loop.make_trainer, loop.evaluate_tasks = real_make, real_eval
@@ -137,7 +143,7 @@ def part_small(args, tasks) -> dict:
     hand.run("finetune", tasks, [256, 256])
     for r in range(args.rounds):
         for m in args.methods:
-            arms = [("hand", lambda: hand.run(m, tasks, [256, 256])), ("clight", lambda: clight_run(m, [256, 256], 64))]
+            arms = [("hand", lambda m=m: hand.run(m, tasks, [256, 256])), ("clight", lambda m=m: clight_run(m, [256, 256], 64))]
             if m == "finetune":  # Lightning's own loop, with every optional feature off
                 arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256])))
             for arm, fn in arms if r % 2 == 0 else arms[::-1]:
@@ -145,8 +151,11 @@ def part_small(args, tasks) -> dict:
                 for k in keys[1:]:
                     rounds[f"{arm}_{m}"][k].append(out.get(k, 0.0))  # the hand-written loop has no initial row
                 rounds[f"{arm}_{m}"]["step_ms"].append(median_step_ms(out["starts"]))
-                print(f"round {r} {arm:6s} {m:8s} step {rounds[f'{arm}_{m}']['step_ms'][-1]:.3f} ms, train {out['train_s']:.2f} s, "
-                      f"between tasks {out['between_tasks_s']:.2f} s, eval {out['eval_s']:.2f} s", flush=True)
+                print(
+                    f"round {r} {arm:6s} {m:8s} step {rounds[f'{arm}_{m}']['step_ms'][-1]:.3f} ms, train {out['train_s']:.2f} s, "
+                    f"between tasks {out['between_tasks_s']:.2f} s, eval {out['eval_s']:.2f} s",
+                    flush=True,
+                )
     return rounds
 
 
@@ -165,12 +174,20 @@ def part_large(args, tasks) -> dict:
 
 def part_process(args) -> dict:
     python = sys.executable
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     commands = {
         "import_torch": [python, "-c", "import torch"],
         "import_lightning": [python, "-c", "import lightning"],
         # what Lightning's import of torchmetrics pulls in besides torch (torchmetrics imports them when installed)
-        "import_torch_and_torchmetrics_extras": [python, "-c", "import torch, torchvision, scipy.signal, matplotlib.pyplot, transformers"],
+        "import_torch_and_torchmetrics_extras": [
+            python,
+            "-c",
+            "import torch, torchvision, scipy.signal, matplotlib.pyplot, transformers",
+        ],
         "clight_help": [python, "-m", "clight", "--help"],
         "import_clight_runner": [python, "-c", "import clight; clight.SequenceRunner"],
         "hand_process": [python, str(HERE / "handwritten_cl.py"), "--threads", str(args.threads)],
@@ -244,16 +261,22 @@ def summarize(args, small, large, process) -> dict:
         spread["step_large_mlp"] = per_round(large["clight"], large["hand"])
     if process:
         headline["process_fit"] = med(process["clight_process"]) / med(process["hand_process"])
-        run = ([c - s for c, s in zip(process["clight_process"], process["import_clight_runner"])],
-               [h - s for h, s in zip(process["hand_process"], process["import_torch"])])
+        run = (
+            [c - s for c, s in zip(process["clight_process"], process["import_clight_runner"])],
+            [h - s for h, s in zip(process["hand_process"], process["import_torch"])],
+        )
         headline["process_without_start_up"] = med(run[0]) / med(run[1])
         headline["start_up"] = med(process["import_clight_runner"]) / med(process["import_torch"])
         medians["process_s"] = {k: med(v) for k, v in process.items()}
         spread["process_fit"] = per_round(process["clight_process"], process["hand_process"])
     return {
         "ratios_clight_over_handwritten": headline,
-        "targets": {"step_small_mlp": "<= 1.5 (aim 1.3)", "step_large_mlp": "<= 1.05", "process_fit": "<= 1.5",
-                    "between_tasks_s of ewc and lwf": "<= 1"},
+        "targets": {
+            "step_small_mlp": "<= 1.5 (aim 1.3)",
+            "step_large_mlp": "<= 1.05",
+            "process_fit": "<= 1.5",
+            "between_tasks_s of ewc and lwf": "<= 1",
+        },
         "ratios_per_method": methods,
         "per_round_ratios": spread,
         "medians": medians,
@@ -262,14 +285,18 @@ def summarize(args, small, large, process) -> dict:
         "setup": {
             "command": " ".join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
             "protocol": "split Fashion-MNIST, 5 class-incremental tasks, MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, "
-                        "batch 64, 1 epoch per task, 10% of each task held out (unused), every task scored after every task",
+            "batch 64, 1 epoch per task, 10% of each task held out (unused), every task scored after every task",
             "large": f"MLP 784-1000-1000-10, batch 128, {args.large_steps} steps per task",
             "replay": "class-balanced memory of 1000, 64 replayed samples added to each batch",
-            "ewc": "online EWC, lambda 100, Fisher of 200 samples", "lwf": "T=2, alpha 1, previous model frozen",
+            "ewc": "online EWC, lambda 100, Fisher of 200 samples",
+            "lwf": "T=2, alpha 1, previous model frozen",
             "clight_settings": "SequenceRunner defaults (epoch checkpoints, tqdm bar every 10 steps, CSV logger), limit_val_batches=0",
             "handwritten": "benchmarks/handwritten_cl.py: torch and numpy only, tensors in memory, no DataLoader",
             "clock": "CPU time (process_time; children's user+sys for processes)" if args.clock == "cpu" else "wall time",
-            "rounds": args.rounds, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores" + (f"; {args.note}" if args.note else ""),
         },
     }
@@ -282,9 +309,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--large-steps", type=int, default=40)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: CPU time of the process (children's for the process part), for a machine shared "
-                             "with other jobs, where wall time mostly measures waiting for a core; use with --threads 1")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: CPU time of the process (children's for the process part), for a machine shared "
+        "with other jobs, where wall time mostly measures waiting for a core; use with --threads 1",
+    )
     parser.add_argument("--note", default="", help="a word on the machine (e.g. shared with other jobs)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -298,7 +329,9 @@ def main() -> None:
     result = summarize(args, small, large, process)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratios_clight_over_handwritten", "ratios_per_method", "per_round_ratios")}, indent=2))
+    print(
+        json.dumps({k: result[k] for k in ("ratios_clight_over_handwritten", "ratios_per_method", "per_round_ratios")}, indent=2)
+    )
 
 
 if __name__ == "__main__":

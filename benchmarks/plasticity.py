@@ -57,8 +57,18 @@ class FixedBatches(torch.utils.data.Dataset):
 
 def fit(model, steps: int, batch: int, callbacks: list, accelerator: str) -> None:
     loader = torch.utils.data.DataLoader(FixedBatches(steps, batch), batch_size=batch, shuffle=False)
-    L.Trainer(accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0).fit(model, loader)
+    L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    ).fit(model, loader)
 
 
 def main() -> None:
@@ -70,7 +80,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/plasticity.json"))
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    info = SequenceInfo(setting="domain_incremental", num_tasks=1, num_classes=10, task_classes=[list(range(10))], input_shape=(1, 28, 28))
+    info = SequenceInfo(
+        setting="domain_incremental", num_tasks=1, num_classes=10, task_classes=[list(range(10))], input_shape=(1, 28, 28)
+    )
 
     def model():
         torch.manual_seed(0)
@@ -117,12 +129,17 @@ def main() -> None:
         "steps_timed": {k: len(v) for k, v in times.items()},
         "units_replaced_while_timed": sum(cbp.replaced.values()) - replaced_before,
         "setup": {
-            "network": "MLP 784-2000-2000-2000-10, ReLU", "batch": args.batch, "optimizer": "SGD lr 0.01",
+            "network": "MLP 784-2000-2000-2000-10, ReLU",
+            "batch": args.batch,
+            "optimizer": "SGD lr 0.01",
             "cbp": {"replacement_rate": 1e-4, "maturity_threshold": 100, "decay": 0.99, "utility": "contribution"},
-            "accelerator": args.accelerator, "device": torch.cuda.get_device_name() if args.accelerator == "gpu" else platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "accelerator": args.accelerator,
+            "device": torch.cuda.get_device_name() if args.accelerator == "gpu" else platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
         },
-        "command": "OMP_NUM_THREADS=1 python benchmarks/plasticity.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/plasticity.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

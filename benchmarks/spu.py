@@ -55,9 +55,19 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def fit(model, data, callbacks, steps: int, args) -> L.Trainer:
-    trainer = L.Trainer(accelerator=args.device, devices=1, max_steps=steps, precision=args.precision, callbacks=callbacks,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_steps=steps,
+        precision=args.precision,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=data)
     return trainer
 
@@ -91,9 +101,17 @@ def main() -> None:
     parser.add_argument("--task-epochs", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/spu.json")
     args = parser.parse_args()
-    data = TextTaskSequence(tasks=["rt_sentiment"], tokenizer="char" if args.model == "tiny" else args.model,
-                            max_length=args.max_length, max_train_per_task=8 * args.batch_size + 1, max_test_per_task=2,
-                            general_mode="none", heldout_general=0, general_samples=1, batch_size=args.batch_size)
+    data = TextTaskSequence(
+        tasks=["rt_sentiment"],
+        tokenizer="char" if args.model == "tiny" else args.model,
+        max_length=args.max_length,
+        max_train_per_task=8 * args.batch_size + 1,
+        max_test_per_task=2,
+        general_mode="none",
+        heldout_general=0,
+        general_samples=1,
+        batch_size=args.batch_size,
+    )
     models = {}
     for arm in ("full", "spu"):
         torch.manual_seed(0)
@@ -106,15 +124,17 @@ def main() -> None:
     spu.on_task_start(models["spu"], data.tasks[0])
     times, state_bytes = {"full": [], "spu": []}, {}
     for r in range(args.rounds):
-        for arm in (("full", "spu") if r % 2 == 0 else ("spu", "full")):
+        for arm in ("full", "spu") if r % 2 == 0 else ("spu", "full"):
             timer = StepTimer()
             models[arm].train()  # as the runner does before every fit
             trainer = fit(models[arm], data, [timer] + ([spu] if arm == "spu" else []), args.steps + 1, args)
             times[arm].extend(timer.times[1:])
             state_bytes[arm] = optimizer_state_bytes(trainer.optimizers[0])
     full_s, spu_s = statistics.median(times["full"]), statistics.median(times["spu"])
-    per_round = [statistics.median(s) / statistics.median(f) for f, s in
-                 zip(*(([times[a][i:i + args.steps] for i in range(0, len(times[a]), args.steps)]) for a in ("full", "spu")))]
+    per_round = [
+        statistics.median(s) / statistics.median(f)
+        for f, s in zip(*(([times[a][i : i + args.steps] for i in range(0, len(times[a]), args.steps)]) for a in ("full", "spu")))
+    ]
     work_s = spu_work_alone(models["spu"], spu, next(iter(data.train_dataloader())))
     record = spu.records[0]
     imp_batch_s = spu.importance_seconds[0] / record["importance_batches"]
@@ -130,22 +150,47 @@ def main() -> None:
         "per_round_ratio": per_round,
         "step_s": times,
         "memory_bytes": {
-            "optimizer_state_full": state_bytes["full"], "optimizer_state_spu": state_bytes["spu"],
+            "optimizer_state_full": state_bytes["full"],
+            "optimizer_state_spu": state_bytes["spu"],
             "task_start_copy": tensor_bytes(p for p in masked.values()),
-            "masks_bool": spu.mask_bytes()["bool"], "masks_packed_checkpoint": spu.mask_bytes()["packed"],
+            "masks_bool": spu.mask_bytes()["bool"],
+            "masks_packed_checkpoint": spu.mask_bytes()["packed"],
             "parameters": tensor_bytes(models["full"].parameters()),
         },
-        "importance": {"batches": record["importance_batches"], "seconds": spu.importance_seconds[0],
-                       "task_steps": args.task_steps, "task_epochs": args.task_epochs, "task_importance_batches": task_batches},
-        "trainable": {k: record[k] for k in ("candidate_entries", "selected_entries", "full_update_entries", "parameters", "trainable_share")},
-        "setup": {"model": args.model, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
-                  "max_length": args.max_length, "optimizer": "AdamW(lr=1e-5, weight_decay=0.1)", "variant": spu.variant.name,
-                  "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "steps_per_round": args.steps},
+        "importance": {
+            "batches": record["importance_batches"],
+            "seconds": spu.importance_seconds[0],
+            "task_steps": args.task_steps,
+            "task_epochs": args.task_epochs,
+            "task_importance_batches": task_batches,
+        },
+        "trainable": {
+            k: record[k]
+            for k in ("candidate_entries", "selected_entries", "full_update_entries", "parameters", "trainable_share")
+        },
+        "setup": {
+            "model": args.model,
+            "device": args.device,
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "optimizer": "AdamW(lr=1e-5, weight_decay=0.1)",
+            "variant": spu.variant.name,
+            "torch_threads": torch.get_num_threads(),
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    keys = ("time_ratio_spu_over_full", "optimizer_state_ratio_spu_over_full", "spu_work_alone_over_full_step",
-            "importance_share_of_task", "median_step_s", "memory_bytes")
+    keys = (
+        "time_ratio_spu_over_full",
+        "optimizer_state_ratio_spu_over_full",
+        "spu_work_alone_over_full_step",
+        "importance_share_of_task",
+        "median_step_s",
+        "memory_bytes",
+    )
     print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 

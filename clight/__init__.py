@@ -8,16 +8,30 @@ from clight._lazy import lazy_attributes
 
 _LAZY = {
     **dict.fromkeys(
-        ["DatasetList", "DatasetSource", "Digits", "FashionMNIST", "PermutedInputs", "Replay", "SplitClasses", "Task",
-         "TaskSequence", "Torchvision"], "clight.data"),
+        [
+            "DatasetList",
+            "DatasetSource",
+            "Digits",
+            "FashionMNIST",
+            "PermutedInputs",
+            "Replay",
+            "SplitClasses",
+            "Task",
+            "TaskSequence",
+            "Torchvision",
+        ],
+        "clight.data",
+    ),
     **dict.fromkeys(
         ["CausalLanguageModel", "ConfigError", "DistillableClassifier", "GeneralTextData", "LabelFreeOutputs", "RunContext"],
-        "clight.contract"),
+        "clight.contract",
+    ),
     "evaluate_tasks": "clight.evaluation",
     "ContinualCallback": "clight.methods",
     **dict.fromkeys(
-        ["average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer",
-         "summarize"], "clight.metrics"),
+        ["average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer", "summarize"],
+        "clight.metrics",
+    ),
     **dict.fromkeys(["MLP", "ContinualClassifier", "ContinualModule", "SmallCNN", "TimmBackbone"], "clight.models"),
     **dict.fromkeys(["RunInterrupted", "RunnerSettings", "RunResult", "SequenceRunner"], "clight.runner"),
     # method families and language models
@@ -35,8 +49,21 @@ _LAZY = {
     "ContinualCLIP": "clight.models.clip",
     "SPU": "clight.methods.selective_update",
     **dict.fromkeys(
-        ["TextTaskSequence", "TextTaskSpec", "JsonlText", "CsvText", "HFText", "RottenTomatoes", "Tweets", "WikiExcerpt",
-         "JsonlGeneral", "TextFolder", "HFGeneral"], "clight.data.text"),
+        [
+            "TextTaskSequence",
+            "TextTaskSpec",
+            "JsonlText",
+            "CsvText",
+            "HFText",
+            "RottenTomatoes",
+            "Tweets",
+            "WikiExcerpt",
+            "JsonlGeneral",
+            "TextFolder",
+            "HFGeneral",
+        ],
+        "clight.data.text",
+    ),
     "compare_configs": "clight.compare",
     "compare_runs": "clight.compare",
 }

@@ -31,7 +31,15 @@ Errors are one line; --debug shows the traceback.
 """
 
 #: errors in what the user gave (config, data, run folder): one line, exit status 2
-BUILTIN_USER_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
+BUILTIN_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    TypeError,
+    KeyError,
+    FloatingPointError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def build_fit_parser() -> ArgumentParser:
@@ -44,7 +52,8 @@ def build_fit_parser() -> ArgumentParser:
     from clight.runner import RESERVED_TRAINER_KEYS, RunnerSettings
 
     parser = ArgumentParser(
-        prog="clight fit", description="Train a model on a sequence of tasks (add --debug to see the traceback of an error).",
+        prog="clight fit",
+        description="Train a model on a sequence of tasks (add --debug to see the traceback of an error).",
         allow_abbrev=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
@@ -52,7 +61,9 @@ def build_fit_parser() -> ArgumentParser:
     parser.add_argument("--run_dir", type=str, default="runs/run", help="folder for the run's outputs")
     parser.add_argument("--resume", type=Optional[str], default=None, help="resume the run in this folder")
     parser.add_argument(
-        "--allow_config_change", action=ActionYesNo, default=False,
+        "--allow_config_change",
+        action=ActionYesNo,
+        default=False,
         help="resume even though this config differs from the run's (the change is recorded in config_changes.json)",
     )
     parser.add_subclass_arguments(ContinualModule, "model", required=True, help="the model (class_path, init_args)")
@@ -164,8 +175,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UnreadableFileError as exc:
         if debug:
             raise
-        print(f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
-              "else damaged it).", file=sys.stderr)
+        print(
+            f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
+            "else damaged it).",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:
         interrupted = _loaded("clight.runner.interrupt", "RunInterrupted")

@@ -107,7 +107,9 @@ def read_jsonl(path: PathLike) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UnreadableFileError(path, f"line {number} is not valid JSON ({exc}); every line must be one JSON object") from exc
+            raise UnreadableFileError(
+                path, f"line {number} is not valid JSON ({exc}); every line must be one JSON object"
+            ) from exc
         if not isinstance(row, dict):
             raise UnreadableFileError(path, f"line {number} holds a {type(row).__name__}, not a JSON object")
         rows.append(row)

@@ -26,7 +26,15 @@ def plot_matrix(matrix: np.ndarray, path: Path, row_labels: Optional[list[str]] 
     for k in range(rows):
         for j in range(cols):
             if not math.isnan(matrix[k, j]):
-                ax.text(j, k, f"{100 * matrix[k, j]:.0f}", ha="center", va="center", color="white" if matrix[k, j] < 0.6 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    k,
+                    f"{100 * matrix[k, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[k, j] < 0.6 else "black",
+                    fontsize=8,
+                )
     ax.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
     ax.set_yticks(range(rows), row_labels or [str(k + 1) for k in range(rows)])
     ax.set_xlabel("evaluated on task")

@@ -13,7 +13,11 @@ def quiet_lightning_banners() -> None:
     import logging
     import warnings
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     # The runner puts the model in train mode before every fit; modules still in eval mode then
     # are frozen norms kept there on purpose (see ContinualClassifier.train).

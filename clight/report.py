@@ -12,7 +12,14 @@ from clight.io import read_json, write_text_atomic
 from clight.runner.schedule import schedule_from_manifest
 
 MATRIX_FILES = {"correct": "accuracy_matrix.csv", "correct_task_aware": "accuracy_matrix_task_aware.csv"}
-SUMMARY_KEYS = ("average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer", "wall_time_seconds")
+SUMMARY_KEYS = (
+    "average_accuracy",
+    "average_incremental_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "forward_transfer",
+    "wall_time_seconds",
+)
 
 
 def _matrix_csv(matrix: np.ndarray, row_label: str = "after_task") -> str:

@@ -13,7 +13,9 @@ torch.set_num_threads(1)
 from clight import MLP, ContinualClassifier, Replay, SplitClasses, TaskSequence  # noqa: E402
 
 
-def small_sequence(num_tasks: int = 3, replay: bool = False, setting: str = "class_incremental", batch_size: int = 32) -> TaskSequence:
+def small_sequence(
+    num_tasks: int = 3, replay: bool = False, setting: str = "class_incremental", batch_size: int = 32
+) -> TaskSequence:
     return TaskSequence(
         SplitClasses("digits", num_tasks=num_tasks, setting=setting),
         batch_size=batch_size,
@@ -34,8 +36,10 @@ def fashion_mnist_installed() -> bool:
     def has(folder, stem):
         return any((folder / sub / name).exists() for sub in ("", "raw") for name in (stem, f"{stem}.gz"))
 
-    return any(all(has(folder, stem) for stem in FashionMNIST.stems.values())
-               for folder in (DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST"))
+    return any(
+        all(has(folder, stem) for stem in FashionMNIST.stems.values())
+        for folder in (DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST")
+    )
 
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -56,7 +60,8 @@ def run_on_two_ranks(script: os.PathLike, out: os.PathLike, *args: str, timeout:
     ranks saved as ``out/rank0.pt`` and ``out/rank1.pt``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(script), str(out), *args], env=env, capture_output=True, text=True,
-                         timeout=timeout, cwd=out)
+    run = subprocess.run(
+        [sys.executable, str(script), str(out), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=out
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return tuple(torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -26,7 +26,9 @@ from clight.models.clip import ContinualCLIP
 
 Example = Callable[[], tuple]
 
-TRAINER = dict(accelerator="cpu", devices=1, max_epochs=2, enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+TRAINER = dict(
+    accelerator="cpu", devices=1, max_epochs=2, enable_progress_bar=False, enable_model_summary=False, deterministic=True
+)
 # Models whose one epoch has fewer batches than this are killed in the second epoch instead.
 KILL_AT = dict(task=1, epoch=1, batch=1)
 
@@ -47,9 +49,18 @@ def classifier() -> ContinualClassifier:
 def text() -> "object":
     from clight.data.text import TextTaskSequence
 
-    return TextTaskSequence(tasks=["rt_sentiment", "rt_subjectivity"], tokenizer="char", max_length=64, max_train_per_task=16,
-                            max_test_per_task=4, general_samples=8, general_max_length=32, heldout_general=2, batch_size=8,
-                            eval_batch_size=8)
+    return TextTaskSequence(
+        tasks=["rt_sentiment", "rt_subjectivity"],
+        tokenizer="char",
+        max_length=64,
+        max_train_per_task=16,
+        max_test_per_task=4,
+        general_samples=8,
+        general_max_length=32,
+        heldout_general=2,
+        batch_size=8,
+        eval_batch_size=8,
+    )
 
 
 def tiny_lm(**kwargs) -> ContinualCausalLM:
@@ -67,24 +78,48 @@ def clr() -> CLRClassifier:
 
 
 METHOD_EXAMPLES: dict[type, Example] = {
-    EWC: lambda: (classifier(), permuted_digits(), [EWC(lambda_=100.0, fisher_samples=40), EWC(lambda_=10.0, fisher_samples=20, mode="separate")]),
+    EWC: lambda: (
+        classifier(),
+        permuted_digits(),
+        [EWC(lambda_=100.0, fisher_samples=40), EWC(lambda_=10.0, fisher_samples=20, mode="separate")],
+    ),
     LwF: lambda: (classifier(), digits(), [LwF(alpha=1.0), LwF(alpha=0.5, temperature=1.0)]),
-    ContinualBackprop: lambda: (classifier(), permuted_digits(), [
-        ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, layers=["backbone.layers.0"]),
-        ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, layers=["backbone.layers.2"]),
-    ]),
+    ContinualBackprop: lambda: (
+        classifier(),
+        permuted_digits(),
+        [
+            ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, layers=["backbone.layers.0"]),
+            ContinualBackprop(replacement_rate=0.05, maturity_threshold=2, layers=["backbone.layers.2"]),
+        ],
+    ),
     ReDo: lambda: (classifier(), permuted_digits(), [ReDo(threshold=0.3, frequency=3), ReDo(threshold=0.1, frequency=5)]),
     ShrinkPerturb: lambda: (classifier(), permuted_digits(), [ShrinkPerturb(), ShrinkPerturb(mode="step", noise_std=1e-3)]),
-    PlasticityMonitor: lambda: (classifier(), permuted_digits(), [PlasticityMonitor(probe_size=64), PlasticityMonitor(probe_size=32, probe="first")]),
+    PlasticityMonitor: lambda: (
+        classifier(),
+        permuted_digits(),
+        [PlasticityMonitor(probe_size=64), PlasticityMonitor(probe_size=32, probe="first")],
+    ),
     GeneralReplay: lambda: (tiny_lm(), text(), [GeneralReplay("tm"), GeneralReplay("feature_l2", weight=1.0)]),
     GeneralPerplexity: lambda: (tiny_lm(), text(), [GeneralPerplexity(batch_size=2), GeneralPerplexity(batch_size=4)]),
-    SPU: lambda: (tiny_clip(), digits(), [SPU(targets=[r"vision_model\..*mlp\.fc1$"]),
-                                          SPU(fraction=0.2, targets=[r"text_model\..*mlp\.fc1$"], full=[], variant="released_code")]),
+    SPU: lambda: (
+        tiny_clip(),
+        digits(),
+        [
+            SPU(targets=[r"vision_model\..*mlp\.fc1$"]),
+            SPU(fraction=0.2, targets=[r"text_model\..*mlp\.fc1$"], full=[], variant="released_code"),
+        ],
+    ),
     # two instances on disjoint blocks of the tiny Llama, each with its own experts, routers and DDAS
-    MoEAdapters: lambda: (tiny_lm(), text(), [
-        MoEAdapters(num_experts=4, bottleneck=8, blocks=[r"layers\.0$"], ae_steps=20),
-        MoEAdapters(num_experts=3, top_k=1, bottleneck=8, blocks=[r"layers\.1$"], balance_weight=0.01, ae_steps=20, ddas_samples=8),
-    ]),
+    MoEAdapters: lambda: (
+        tiny_lm(),
+        text(),
+        [
+            MoEAdapters(num_experts=4, bottleneck=8, blocks=[r"layers\.0$"], ae_steps=20),
+            MoEAdapters(
+                num_experts=3, top_k=1, bottleneck=8, blocks=[r"layers\.1$"], balance_weight=0.01, ae_steps=20, ddas_samples=8
+            ),
+        ],
+    ),
 }
 
 MODEL_EXAMPLES: dict[type, Example] = {

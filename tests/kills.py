@@ -22,8 +22,17 @@ class StopAt(ContinualCallback):
     (SIGKILL ends it there and then; SIGTERM/SIGINT ask the runner to stop). With ``marker``
     (a file path), only the first time: the file is created then, and its presence disarms it."""
 
-    def __init__(self, task: int, epoch: int = -1, batch: int = -1, val_epoch: int = -1, after_training: bool = False,
-                 signum: Optional[int] = None, marker: Optional[str] = None, after_batch: bool = False) -> None:
+    def __init__(
+        self,
+        task: int,
+        epoch: int = -1,
+        batch: int = -1,
+        val_epoch: int = -1,
+        after_training: bool = False,
+        signum: Optional[int] = None,
+        marker: Optional[str] = None,
+        after_batch: bool = False,
+    ) -> None:
         self.task, self.epoch, self.batch, self.val_epoch = task, epoch, batch, val_epoch
         self.after_training, self.signum, self.marker, self.after_batch = after_training, signum, marker, after_batch
 
@@ -37,15 +46,30 @@ class StopAt(ContinualCallback):
         os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if not self.after_batch and module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        if (
+            not self.after_batch
+            and module.current_task == self.task
+            and trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+        ):
             self._stop()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if self.after_batch and module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        if (
+            self.after_batch
+            and module.current_task == self.task
+            and trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+        ):
             self._stop()
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
-        if not trainer.sanity_checking and module.current_task == self.task and trainer.current_epoch == self.val_epoch and batch_idx == 0:
+        if (
+            not trainer.sanity_checking
+            and module.current_task == self.task
+            and trainer.current_epoch == self.val_epoch
+            and batch_idx == 0
+        ):
             self._stop()
 
     def on_train_end(self, trainer, module):

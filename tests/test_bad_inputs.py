@@ -30,7 +30,9 @@ def _cli(*args: str) -> int:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,12 @@ def _truncate(path: Path) -> None:
 def _idx_folder(folder: Path) -> Path:
     """Four small Fashion-MNIST-shaped IDX files, the training images cut short."""
     folder.mkdir()
-    for stem, shape in {"train-images-idx3-ubyte": (20, 28, 28), "train-labels-idx1-ubyte": (20,),
-                        "t10k-images-idx3-ubyte": (10, 28, 28), "t10k-labels-idx1-ubyte": (10,)}.items():
+    for stem, shape in {
+        "train-images-idx3-ubyte": (20, 28, 28),
+        "train-labels-idx1-ubyte": (20,),
+        "t10k-images-idx3-ubyte": (10, 28, 28),
+        "t10k-labels-idx1-ubyte": (10,),
+    }.items():
         body = bytes(math.prod(shape))
         with gzip.open(folder / f"{stem}.gz", "wb") as f:
             f.write(struct.pack(">HBB", 0, 8, len(shape)) + struct.pack(">" + "I" * len(shape), *shape) + body)
@@ -77,34 +83,73 @@ def _fit(config: Path = QUICKSTART, *extra: str, epochs: bool = True) -> list[st
 
 # (row, the `clight` arguments given a temporary folder, text the error line must hold)
 NEW_RUN: list[tuple[str, Callable[[Path], list[str]], str]] = [
-    ("max_epochs 0", lambda t: _fit(QUICKSTART, "--trainer.max_epochs=0"), "trainer.max_epochs=0: every task would end untrained"),
+    (
+        "max_epochs 0",
+        lambda t: _fit(QUICKSTART, "--trainer.max_epochs=0"),
+        "trainer.max_epochs=0: every task would end untrained",
+    ),
     ("max_steps 0", lambda t: _fit(QUICKSTART, "--trainer.max_steps=0"), "trainer.max_steps=0: every task would end untrained"),
-    ("config cut before its trainer section", lambda t: _fit(_config_cut_before_trainer(t), epochs=False),
-     "trainer.max_epochs is not set, so Lightning would train 1000 epochs per task"),
-    ("learning rate NaN in the YAML file", lambda t: _fit(_config_with_nan_lr(t)),
-     "model.init_args.optimizer.init_args.lr is NaN"),
-    ("negative learning rate", lambda t: _fit(QUICKSTART, "--model.init_args.optimizer.init_args.lr=-0.1"),
-     "model.init_args.optimizer is refused by the optimizer: Invalid learning rate: -0.1"),
-    ("truncated data file", lambda t: _fit(QUICKSTART, "--data.scenario.init_args.source.class_path=clight.FashionMNIST",
-                                           f"--data.scenario.init_args.source.init_args.root={_idx_folder(t / 'idx')}",
-                                           "--data.scenario.init_args.source.init_args.download=false"),
-     "train-images-idx3-ubyte.gz cannot be read"),
+    (
+        "config cut before its trainer section",
+        lambda t: _fit(_config_cut_before_trainer(t), epochs=False),
+        "trainer.max_epochs is not set, so Lightning would train 1000 epochs per task",
+    ),
+    (
+        "learning rate NaN in the YAML file",
+        lambda t: _fit(_config_with_nan_lr(t)),
+        "model.init_args.optimizer.init_args.lr is NaN",
+    ),
+    (
+        "negative learning rate",
+        lambda t: _fit(QUICKSTART, "--model.init_args.optimizer.init_args.lr=-0.1"),
+        "model.init_args.optimizer is refused by the optimizer: Invalid learning rate: -0.1",
+    ),
+    (
+        "truncated data file",
+        lambda t: _fit(
+            QUICKSTART,
+            "--data.scenario.init_args.source.class_path=clight.FashionMNIST",
+            f"--data.scenario.init_args.source.init_args.root={_idx_folder(t / 'idx')}",
+            "--data.scenario.init_args.source.init_args.download=false",
+        ),
+        "train-images-idx3-ubyte.gz cannot be read",
+    ),
     ("run_dir inside a file", lambda t: _fit(QUICKSTART, f"--run_dir={t / 'file' / 'run'}"), "is a file. Choose another run_dir"),
-    ("run_dir that cannot be written", lambda t: _fit(QUICKSTART, "--run_dir=/proc/clight-run"),
-     "cannot write the run folder /proc/clight-run"),
+    (
+        "run_dir that cannot be written",
+        lambda t: _fit(QUICKSTART, "--run_dir=/proc/clight-run"),
+        "cannot write the run folder /proc/clight-run",
+    ),
 ]
 
 RESUME: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("--resume a mistyped folder", lambda run: [f"--resume={run}-typo"], "there is no run to resume in"),
-    ("--resume with another learning rate", lambda run: ["--model.init_args.optimizer.init_args.lr=0.01"],
-     "model.init_args.optimizer.init_args.lr: 0.001 -> 0.01"),
-    ("--resume with another model width", lambda run: ["--model.init_args.backbone.init_args.hidden_sizes=[128]"],
-     "model.init_args.backbone.init_args.hidden_sizes: [256, 256] -> [128]"),
+    (
+        "--resume with another learning rate",
+        lambda run: ["--model.init_args.optimizer.init_args.lr=0.01"],
+        "model.init_args.optimizer.init_args.lr: 0.001 -> 0.01",
+    ),
+    (
+        "--resume with another model width",
+        lambda run: ["--model.init_args.backbone.init_args.hidden_sizes=[128]"],
+        "model.init_args.backbone.init_args.hidden_sizes: [256, 256] -> [128]",
+    ),
     ("--resume with more epochs", lambda run: ["--trainer.max_epochs=3"], "trainer.max_epochs: 1 -> 3"),
-    ("--resume, manifest.json truncated", lambda run: _truncate(run / "manifest.json") or [], "manifest.json cannot be read: not valid JSON"),
-    ("--resume, last_task.pt truncated", lambda run: _truncate(run / "checkpoints" / "last_task.pt") or [],
-     "last_task.pt cannot be read: truncated or corrupt"),
-    ("--resume, config.yaml gone", lambda run: (run / "config.yaml").unlink() or [], "has no config.yaml to compare this config with"),
+    (
+        "--resume, manifest.json truncated",
+        lambda run: _truncate(run / "manifest.json") or [],
+        "manifest.json cannot be read: not valid JSON",
+    ),
+    (
+        "--resume, last_task.pt truncated",
+        lambda run: _truncate(run / "checkpoints" / "last_task.pt") or [],
+        "last_task.pt cannot be read: truncated or corrupt",
+    ),
+    (
+        "--resume, config.yaml gone",
+        lambda run: (run / "config.yaml").unlink() or [],
+        "has no config.yaml to compare this config with",
+    ),
 ]
 
 ROWS = [row[0] for row in NEW_RUN + RESUME] + ["report, manifest.json truncated"]
@@ -162,7 +207,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_the_readme_table_has_a_row_per_test():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Bad inputs"):]
+    table = readme[readme.index("### Bad inputs") :]
     table = table[: table.index("\n\n", table.index("| input"))]
     listed = [cell for cell in re.findall(r"^\| ([^|]+?) \|", table, flags=re.M) if cell != "input"]
     assert listed == ROWS

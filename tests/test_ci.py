@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_ci_runs_the_readme_test_commands_word_for_word():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("**Run the tests**"):]
+    section = readme[readme.index("**Run the tests**") :]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     commands = [line for line in block.splitlines() if line.strip()]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()

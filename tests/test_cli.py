@@ -14,7 +14,9 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 def clight(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "clight", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "clight", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_quickstart_end_to_end_and_report(tmp_path):
@@ -50,9 +52,18 @@ def test_help_and_print_config():
         (["--trainer.max_epoch=3"], "max_epoch"),  # unknown key on the command line
         (["--config=TMP/unknown.yaml"], "batchsize"),  # unknown key in a YAML file
         (["--data.batch_size=many"], "batch_size"),  # wrong type
-        (["--data.replay.memory=ring"], "Parser key \"memory\":\n              Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring"),  # bad value: the field and the choices
-        (["--data.scenario.init_args.source.class_path=clight.Torchvision", "--data.scenario.init_args.source.init_args.root=/nonexistent",
-          "--data.scenario.init_args.source.init_args.download=false"], "Torchvision"),  # missing data
+        (
+            ["--data.replay.memory=ring"],
+            "Parser key \"memory\":\n              Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring",
+        ),  # bad value: the field and the choices
+        (
+            [
+                "--data.scenario.init_args.source.class_path=clight.Torchvision",
+                "--data.scenario.init_args.source.init_args.root=/nonexistent",
+                "--data.scenario.init_args.source.init_args.download=false",
+            ],
+            "Torchvision",
+        ),  # missing data
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, capsys, args, field):
@@ -75,11 +86,17 @@ def test_bad_configs_name_the_field(tmp_path, capsys, args, field):
 
 def test_resume_flag_finishes_a_run(tmp_path):
     run = tmp_path / "r"
-    first = clight("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2")
+    first = clight(
+        "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2"
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    again = clight("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2")
+    again = clight(
+        "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2"
+    )
     assert again.returncode != 0 and "--resume" in again.stderr
-    resumed = clight("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--resume={run}", "--data.scenario.init_args.num_tasks=2")
+    resumed = clight(
+        "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--resume={run}", "--data.scenario.init_args.num_tasks=2"
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
@@ -98,19 +115,30 @@ def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path
     from clight.cli import runner_from_config
 
     run, marker = tmp_path / "run", tmp_path / "stopped"
-    args = ["--trainer.max_epochs=2", "--data.scenario.init_args.num_tasks=2", "--trainer.enable_progress_bar=false",
-            _stop_method(marker, task=1, epoch=1, batch=2, signum=15)]
+    args = [
+        "--trainer.max_epochs=2",
+        "--data.scenario.init_args.num_tasks=2",
+        "--trainer.enable_progress_bar=false",
+        _stop_method(marker, task=1, epoch=1, batch=2, signum=15),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", **_with_tests_on_path())
-    stopped = subprocess.run([sys.executable, "-m", "clight", "fit", "--config", str(QUICKSTART), *args, f"--run_dir={run}"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "clight", "fit", "--config", str(QUICKSTART), *args, f"--run_dir={run}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]
     hint = f"Continue with: clight fit --config {run / 'config.yaml'} --resume {run}"
     assert "interrupted by SIGTERM in fit 2/2" in stopped.stderr and hint in stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints" / "task_1" / "epoch_0.ckpt").exists()
-    resumed = subprocess.run([sys.executable, "-m", *hint.split(": ", 1)[1].split()], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", *hint.split(": ", 1)[1].split()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the same as a run never stopped (the marker exists now: StopAt stays disarmed)
     reference = runner_from_config(QUICKSTART, *args, f"--run_dir={tmp_path / 'reference'}").run()
@@ -119,8 +147,9 @@ def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path
 
 
 def test_an_accepted_config_change_is_recorded(tmp_path, capsys):
-    from clight.cli import main, runner_from_config
     from kills import SimulatedKill, StopAt
+
+    from clight.cli import main, runner_from_config
 
     run = tmp_path / "run"
     small = ["--data.scenario.init_args.num_tasks=2", "--trainer.enable_progress_bar=false"]

@@ -27,8 +27,11 @@ def _model(tasks=1, **kwargs) -> ContinualCLIP:
 def _batch(targets, tasks=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = len(targets)
-    return {"input": torch.rand(n, 1, 8, 8, generator=g), "target": torch.tensor(targets),
-            "task_id": torch.tensor(tasks if tasks is not None else [0] * n)}
+    return {
+        "input": torch.rand(n, 1, 8, 8, generator=g),
+        "target": torch.tensor(targets),
+        "task_id": torch.tensor(tasks if tasks is not None else [0] * n),
+    }
 
 
 def test_prompts_are_wrapped_in_bos_eos_and_padding_does_not_change_the_text_embeddings():
@@ -64,8 +67,11 @@ def test_logits_are_clips_logits_per_image_over_the_seen_classes():
     with torch.no_grad():
         logits = model.output_logits(batch)
         seen = torch.tensor([0, 1])
-        reference = model.clip(input_ids=model.prompt_ids[seen], attention_mask=model.prompt_mask[seen],
-                               pixel_values=model.preprocess(batch["input"])).logits_per_image
+        reference = model.clip(
+            input_ids=model.prompt_ids[seen],
+            attention_mask=model.prompt_mask[seen],
+            pixel_values=model.preprocess(batch["input"]),
+        ).logits_per_image
     assert logits.shape == (3, 2)
     torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
 

@@ -10,8 +10,15 @@ from torch import nn
 
 from clight.data.task import SequenceInfo, Task
 from clight.methods.reprogramming import (
-    ChannelAffine, CLRClassifier, ReprogrammedConv, TaskNorm, conv_targets, inject, load_task_adapter,
-    save_task_adapter, set_task,
+    ChannelAffine,
+    CLRClassifier,
+    ReprogrammedConv,
+    TaskNorm,
+    conv_targets,
+    inject,
+    load_task_adapter,
+    save_task_adapter,
+    set_task,
 )
 from clight.methods.reprogramming import add_task as add_task_state
 from clight.models.backbones import SmallCNN, TimmBackbone
@@ -23,8 +30,13 @@ def _task(index: int, classes: list[int]) -> Task:
 
 def _clr_model(backbone, num_tasks=3, classes_per_task=2, **kwargs) -> CLRClassifier:
     model = CLRClassifier(backbone, **kwargs)
-    info = SequenceInfo("task_incremental", num_tasks, num_tasks * classes_per_task,
-                        [list(range(t * classes_per_task, (t + 1) * classes_per_task)) for t in range(num_tasks)], (1, 16, 16))
+    info = SequenceInfo(
+        "task_incremental",
+        num_tasks,
+        num_tasks * classes_per_task,
+        [list(range(t * classes_per_task, (t + 1) * classes_per_task)) for t in range(num_tasks)],
+        (1, 16, 16),
+    )
     model.setup_sequence(info)
     return model
 
@@ -126,10 +138,12 @@ def test_resnet50_budget_matches_methods_md(capsys):
     assert abs(ratio_full - 0.0014) < 0.00005  # "0.14%"
     assert (budget["kernels"] + budget["norm_parameters"]) / full_resnet50 < 0.006  # "under 0.6% per task"
     with capsys.disabled():
-        print(f"\nResNet-50 CLR per task: kernels {budget['kernels']} ({100 * ratio_full:.3f}% of ResNet-50's "
-              f"{full_resnet50}; {100 * budget['kernels_ratio']:.3f}% of the {budget['backbone']} backbone without fc), "
-              f"BN affine {budget['norm_parameters']}, BN statistics {budget['norm_statistics']}, head {budget['head']}, "
-              f"trainable {budget['trainable']} ({100 * budget['trainable_ratio']:.3f}% of the backbone)")
+        print(
+            f"\nResNet-50 CLR per task: kernels {budget['kernels']} ({100 * ratio_full:.3f}% of ResNet-50's "
+            f"{full_resnet50}; {100 * budget['kernels_ratio']:.3f}% of the {budget['backbone']} backbone without fc), "
+            f"BN affine {budget['norm_parameters']}, BN statistics {budget['norm_statistics']}, head {budget['head']}, "
+            f"trainable {budget['trainable']} ({100 * budget['trainable_ratio']:.3f}% of the backbone)"
+        )
 
 
 def test_resnet18_kernel_budget():

@@ -27,8 +27,9 @@ def _model() -> CLRClassifier:
 
 
 def test_runner_three_tasks_bwt_exactly_zero(tmp_path):
-    result = SequenceRunner(_model(), _sequence(), trainer=TRAINER, run_dir=str(tmp_path / "run"), seed=0,
-                            early_stopping_patience=5, select_best=True).run()
+    result = SequenceRunner(
+        _model(), _sequence(), trainer=TRAINER, run_dir=str(tmp_path / "run"), seed=0, early_stopping_patience=5, select_best=True
+    ).run()
     a = result.accuracy_matrix
     for j in range(3):
         for t in range(j + 1, 3):
@@ -62,8 +63,12 @@ def test_runner_resume_rebuilds_per_task_state(tmp_path):
 
 
 def test_subsample_caps_every_split_per_class():
-    data = TaskSequence(Subsample(SplitClasses("digits", 2, "task_incremental"), train_per_class=10, val_per_class=3, test_per_class=5), seed=0)
-    again = TaskSequence(Subsample(SplitClasses("digits", 2, "task_incremental"), train_per_class=10, val_per_class=3, test_per_class=5), seed=0)
+    data = TaskSequence(
+        Subsample(SplitClasses("digits", 2, "task_incremental"), train_per_class=10, val_per_class=3, test_per_class=5), seed=0
+    )
+    again = TaskSequence(
+        Subsample(SplitClasses("digits", 2, "task_incremental"), train_per_class=10, val_per_class=3, test_per_class=5), seed=0
+    )
     for task, other in zip(data.tasks, again.tasks):
         assert task.train.targets.bincount()[task.classes].tolist() == [10] * len(task.classes)
         assert len(task.val) == 3 * task.num_classes and len(task.test) == 5 * task.num_classes

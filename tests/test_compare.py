@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runner import KillAt, SimulatedKill
 
 from clight.cli import main, runner_from_config
 from clight.compare import SequenceMismatch, compare_configs, compare_runs, config_differences, read_run, sequence_differences
 from clight.compare.record import trainable_per_task
 from clight.contract import ConfigError
-from test_runner import KillAt, SimulatedKill
 
 CONFIG = """seed_everything: {seed}
 run_dir: {run_dir}
@@ -31,11 +31,14 @@ data:
 trainer: {{accelerator: cpu, devices: 1, max_epochs: 1, enable_progress_bar: false, deterministic: true}}
 {extra}"""
 
+
 def write_config(folder: Path, name: str, seed: int = 0, num_tasks: int = 2, extra: str = "", run_dir=None) -> Path:
     path = folder / f"{name}.yaml"
     text = CONFIG.format(seed=seed, run_dir=run_dir or folder / "runs" / name, num_tasks=num_tasks, extra=extra)
     if name.startswith("replay"):
-        text = text.replace("  batch_size: 64\n", "  batch_size: 64\n  replay: {memory: reservoir, capacity: 100, batch_size: 32}\n")
+        text = text.replace(
+            "  batch_size: 64\n", "  batch_size: 64\n  replay: {memory: reservoir, capacity: 100, batch_size: 32}\n"
+        )
     path.write_text(text)
     return path
 
@@ -44,8 +47,10 @@ def write_config(folder: Path, name: str, seed: int = 0, num_tasks: int = 2, ext
 def finished(tmp_path_factory):
     """Three finished runs of one 2-task sequence, made as `clight fit --config` makes them."""
     folder = tmp_path_factory.mktemp("compare")
-    configs = {name: write_config(folder, name, extra="runner: {baseline: joint}\n" if name == "joint" else "")
-               for name in ("finetune", "replay", "joint")}
+    configs = {
+        name: write_config(folder, name, extra="runner: {baseline: joint}\n" if name == "joint" else "")
+        for name in ("finetune", "replay", "joint")
+    }
     for config in configs.values():
         runner_from_config(config).run()
     return folder, configs
@@ -125,7 +130,9 @@ def test_unfinished_run_is_resumed_not_restarted(tmp_path):
         runner.run()
     run = tmp_path / "runs" / "replay_killed"
     killed = json.loads((run / "manifest.json").read_text())
-    assert killed["status"] == "failed" and killed["finished_fits"] == 1  # an exception marks it failed (a SIGKILL leaves "running")
+    assert (
+        killed["status"] == "failed" and killed["finished_fits"] == 1
+    )  # an exception marks it failed (a SIGKILL leaves "running")
     result = compare_configs([config, other], tmp_path / "out")
     assert [r.status for r in result.records] == ["resumed", "started"]
     assert f"clight compare {config} {other} --out {tmp_path / 'out'}\n" in result.markdown  # the command line equivalent
@@ -161,14 +168,24 @@ def test_sequence_differences_name_the_fields():
     assert sequence_differences(a, a) == []
     assert sequence_differences(a, b) == ["task 1 val: 30 vs 33"]
     assert sequence_differences(a, dict(a, setting="task_incremental", tasks=a["tasks"][:1])) == [
-        "setting: 'class_incremental' vs 'task_incremental'", "number of tasks: 2 vs 1"]
+        "setting: 'class_incremental' vs 'task_incremental'",
+        "number of tasks: 2 vs 1",
+    ]
 
 
 def test_config_differences_ignore_where_a_run_is_written():
-    stored = {"run_dir": "a", "trainer": {"max_epochs": 2, "enable_progress_bar": True}, "methods": [{"init_args": {"alpha": 1.0}}],
-              "model": {"retired_option": 1}}
-    requested = {"run_dir": "b", "trainer": {"max_epochs": 2, "enable_progress_bar": False}, "methods": [{"init_args": {"alpha": 0.5}}],
-                 "model": {"new_option": 2}}
+    stored = {
+        "run_dir": "a",
+        "trainer": {"max_epochs": 2, "enable_progress_bar": True},
+        "methods": [{"init_args": {"alpha": 1.0}}],
+        "model": {"retired_option": 1},
+    }
+    requested = {
+        "run_dir": "b",
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False},
+        "methods": [{"init_args": {"alpha": 0.5}}],
+        "model": {"new_option": 2},
+    }
     assert config_differences(stored, requested) == ["methods[0].init_args.alpha: 1.0 in the run folder, 0.5 asked for"]
 
 
@@ -179,20 +196,30 @@ def test_trainable_per_task_takes_what_the_run_recorded():
     assert trainable_per_task(declared) == (5, "SPU.describe()['trainable_per_task']")
     clr = dict(runner_count, model={"class": "CLRClassifier", "budget_per_task": {"trainable": 7}})
     assert trainable_per_task(clr)[0] == 7
-    assert trainable_per_task({"model": {"trainable_parameters": 3}}) == (3, "trainable_parameters() at the end of the run (not per task)")
+    assert trainable_per_task({"model": {"trainable_parameters": 3}}) == (
+        3,
+        "trainable_parameters() at the end of the run (not per task)",
+    )
     assert trainable_per_task({}) == (None, "not recorded")
 
 
 def test_new_task_only_runs_and_plasticity_statistics(tmp_path):
+    from conftest import QUIET_TRAINER, small_model
+
     from clight import PermutedInputs, SequenceRunner, TaskSequence
     from clight.methods.plasticity import PlasticityMonitor
-    from conftest import QUIET_TRAINER, small_model
 
     runs = []
     for evaluate in ("current", "all"):
         data = TaskSequence(PermutedInputs("digits", num_tasks=3, train_samples_per_task=96), batch_size=32, seed=0)
-        runner = SequenceRunner(small_model(), data, [PlasticityMonitor(probe_size=32, plot=False)],
-                                trainer=dict(QUIET_TRAINER, max_epochs=1), run_dir=str(tmp_path / evaluate), evaluate=evaluate)
+        runner = SequenceRunner(
+            small_model(),
+            data,
+            [PlasticityMonitor(probe_size=32, plot=False)],
+            trainer=dict(QUIET_TRAINER, max_epochs=1),
+            run_dir=str(tmp_path / evaluate),
+            evaluate=evaluate,
+        )
         runs.append(runner.run().run_dir)
     result = compare_runs(runs, tmp_path / "out", window=2)
     row = result.rows[0]
@@ -210,12 +237,22 @@ def test_new_task_only_runs_and_plasticity_statistics(tmp_path):
 
 
 def test_general_perplexity_is_the_control_of_a_language_model_run(tmp_path):
-    from clight import SequenceRunner
     from contract_examples import TRAINER, text, tiny_lm
+
+    from clight import SequenceRunner
     from clight.methods.general_replay import GeneralPerplexity
 
-    run = SequenceRunner(tiny_lm(), text(), [GeneralPerplexity(batch_size=2)], trainer=dict(TRAINER, max_epochs=1),
-                         run_dir=str(tmp_path / "lm")).run().run_dir
+    run = (
+        SequenceRunner(
+            tiny_lm(),
+            text(),
+            [GeneralPerplexity(batch_size=2)],
+            trainer=dict(TRAINER, max_epochs=1),
+            run_dir=str(tmp_path / "lm"),
+        )
+        .run()
+        .run_dir
+    )
     result = compare_runs([run], tmp_path / "out")
     logged = json.loads((run / "general_perplexity.json").read_text())
     row = result.rows[0]
@@ -233,7 +270,10 @@ def test_runs_mode_refuses_an_unfinished_run_and_mixed_arguments(tmp_path, capsy
         runner.run()
     with pytest.raises(ValueError, match=r"not finished \(1 of 2 fits done\).*--resume"):
         read_run(tmp_path / "runs" / "killed")
-    assert main(["compare", "--runs", str(tmp_path / "runs" / "killed"), "--out", str(tmp_path / "o"), "--trainer.max_epochs=1"]) == 2
+    assert (
+        main(["compare", "--runs", str(tmp_path / "runs" / "killed"), "--out", str(tmp_path / "o"), "--trainer.max_epochs=1"])
+        == 2
+    )
     assert "do not apply" in capsys.readouterr().err
     assert main(["compare", str(config), "--out", str(tmp_path / "o"), "--trainer.max_epochs", "1"]) == 2
     assert "--key=value" in capsys.readouterr().err

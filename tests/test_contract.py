@@ -16,13 +16,13 @@ import pkgutil
 import numpy as np
 import pytest
 import torch
+from contract_examples import KILL_AT, METHOD_EXAMPLES, MODEL_EXAMPLES, TRAINER, classifier, digits, text, tiny_lm
 
 import clight
 from clight import ConfigError, ContinualCallback, ContinualModule, SequenceRunner
 from clight.io import load_checkpoint
 from clight.methods.base import assign_state_keys
 from clight.methods.plasticity.hooked import UnitCallback
-from contract_examples import KILL_AT, METHOD_EXAMPLES, MODEL_EXAMPLES, TRAINER, classifier, digits, text, tiny_lm
 
 BASES = {ContinualCallback, ContinualModule, UnitCallback}
 
@@ -77,7 +77,9 @@ def _run(example, run_dir, extra=(), resume=False):
 def test_every_class_has_a_contract_example():
     missing_methods = _clight_classes(ContinualCallback) - set(METHOD_EXAMPLES)
     missing_models = _clight_classes(ContinualModule) - set(MODEL_EXAMPLES)
-    assert not missing_methods and not missing_models, f"add examples to tests/contract_examples.py for {missing_methods | missing_models}"
+    assert not missing_methods and not missing_models, (
+        f"add examples to tests/contract_examples.py for {missing_methods | missing_models}"
+    )
 
 
 @pytest.mark.parametrize("cls", list(METHOD_EXAMPLES) + list(MODEL_EXAMPLES), ids=lambda c: c.__name__)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import needs_fashion_mnist
 
 from clight.data import (
     ClassBalancedMemory,
@@ -14,10 +15,9 @@ from clight.data import (
     TaskSequence,
     UnboundedMemory,
     evaluation_batches,
+    sources,
 )
-from clight.data import sources
 from clight.data.views import ArrayDataset
-from conftest import needs_fashion_mnist
 
 
 def _signature(seq: TaskSequence):
@@ -64,8 +64,18 @@ def test_permuted_inputs_apply_one_fixed_permutation_per_task():
 
 
 def test_dataset_list_offsets_classes():
-    a = DatasetSource(ArrayDataset(torch.rand(40, 1, 4, 4), torch.arange(40) % 2), ArrayDataset(torch.rand(10, 1, 4, 4), torch.arange(10) % 2), 2, name="a")
-    b = DatasetSource(ArrayDataset(torch.rand(30, 1, 4, 4), torch.arange(30) % 3), ArrayDataset(torch.rand(9, 1, 4, 4), torch.arange(9) % 3), 3, name="b")
+    a = DatasetSource(
+        ArrayDataset(torch.rand(40, 1, 4, 4), torch.arange(40) % 2),
+        ArrayDataset(torch.rand(10, 1, 4, 4), torch.arange(10) % 2),
+        2,
+        name="a",
+    )
+    b = DatasetSource(
+        ArrayDataset(torch.rand(30, 1, 4, 4), torch.arange(30) % 3),
+        ArrayDataset(torch.rand(9, 1, 4, 4), torch.arange(9) % 3),
+        3,
+        name="b",
+    )
     seq = TaskSequence(DatasetList([a, b]), batch_size=4)
     assert [t.classes for t in seq.tasks] == [[0, 1], [2, 3, 4]]
     assert set(seq.tasks[1].test.__getitems__(list(range(9)))["target"].tolist()) == {2, 3, 4}
@@ -74,7 +84,10 @@ def test_dataset_list_offsets_classes():
 
 def test_sharded_batches_together_equal_the_single_process_batches():
     single = list(ShardedBatchSampler(100, 8, seed=1, task=2, n_memory=30, replay_batch_size=4))
-    ranks = [list(ShardedBatchSampler(100, 8, seed=1, task=2, n_memory=30, replay_batch_size=4, rank=r, world_size=2)) for r in range(2)]
+    ranks = [
+        list(ShardedBatchSampler(100, 8, seed=1, task=2, n_memory=30, replay_batch_size=4, rank=r, world_size=2))
+        for r in range(2)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 12
     for b, (r0, r1) in enumerate(zip(*ranks)):
         assert sorted(r0 + r1) == sorted(single[b])
@@ -84,9 +97,12 @@ def test_sharded_batches_together_equal_the_single_process_batches():
 
 def test_sampler_epochs_differ_and_repeat():
     s = ShardedBatchSampler(50, 10, seed=0)
-    s.set_epoch(0); e0 = list(s)
-    s.set_epoch(1); e1 = list(s)
-    s.set_epoch(0); again = list(s)
+    s.set_epoch(0)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    s.set_epoch(0)
+    again = list(s)
     assert e0 != e1 and e0 == again
     assert sorted(sum(e0, [])) == list(range(50))
 
@@ -175,8 +191,17 @@ def test_wrong_shaped_idx_files_are_rejected(tmp_path, monkeypatch):
     import struct
 
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "none")
-    for stem, shape in {"train-images-idx3-ubyte": (4, 5, 5), "train-labels-idx1-ubyte": (4,), "t10k-images-idx3-ubyte": (2, 5, 5), "t10k-labels-idx1-ubyte": (2,)}.items():
+    for stem, shape in {
+        "train-images-idx3-ubyte": (4, 5, 5),
+        "train-labels-idx1-ubyte": (4,),
+        "t10k-images-idx3-ubyte": (2, 5, 5),
+        "t10k-labels-idx1-ubyte": (2,),
+    }.items():
         with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
-            f.write(struct.pack(">HBB", 0, 8, len(shape)) + struct.pack(">" + "I" * len(shape), *shape) + bytes(int(torch.tensor(shape).prod())))
+            f.write(
+                struct.pack(">HBB", 0, 8, len(shape))
+                + struct.pack(">" + "I" * len(shape), *shape)
+                + bytes(int(torch.tensor(shape).prod()))
+            )
     with pytest.raises(ValueError, match=r"expected \[N, 28, 28\]"):
         FashionMNIST(root=str(tmp_path), download=False).data()

@@ -19,7 +19,9 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_sequence.py"
 def _launch(out: Path, devices: int, *extra: str, fails: bool = False) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), *extra], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices), *extra], env=env, capture_output=True, text=True, timeout=300
+    )
     if fails:
         assert proc.returncode != 0 and "SimulatedKill" in proc.stderr, proc.stderr[-3000:]
     else:

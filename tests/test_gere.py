@@ -6,14 +6,25 @@ import json
 import pytest
 import torch
 
-from clight.data.text.general_sources import strip_wiki_markup
+from clight.contract import RunContext
 from clight.data.text import IGNORE, GeneralSet, TextCollator, TextTaskSequence
+from clight.data.text.general_sources import strip_wiki_markup
 from clight.methods import ContinualCallback
 from clight.methods.general_replay import (
-    NEG, NEU, POS, GeneralPerplexity, GeneralReplay, PackedStates, Thresholds, classify, pack, tm_loss, tm_loss_from_masks, unpack,
+    NEG,
+    NEU,
+    POS,
+    GeneralPerplexity,
+    GeneralReplay,
+    PackedStates,
+    Thresholds,
+    classify,
+    pack,
+    tm_loss,
+    tm_loss_from_masks,
+    unpack,
 )
 from clight.models.causal_lm import ContinualCausalLM
-from clight.contract import RunContext
 from clight.runner import SequenceRunner
 
 
@@ -64,7 +75,9 @@ def test_tm_loss_matches_direct_implementation_with_masking():
     # padding positions full of garbage change nothing
     h_garbage = h.clone()
     h_garbage[~mask] = 1e6
-    assert tm_loss_from_masks(h_garbage, *state_masks(codes, torch.float64), neg, pos, mask=mask).item() == pytest.approx(expected, rel=1e-5)
+    assert tm_loss_from_masks(h_garbage, *state_masks(codes, torch.float64), neg, pos, mask=mask).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_tm_loss_is_zero_when_every_constraint_holds_and_averages_over_violations_only():
@@ -100,7 +113,11 @@ def test_packed_states_give_the_float_state_loss_exactly_in_at_most_a_sixteenth_
     h = h0 + 0.5 * torch.randn(h0.shape, generator=g)
     index = torch.tensor([2, 0, 3])
     rows = store.rows(index, lengths[index])
-    neg_m, pos_m, neu_m = (float_states[rows] == NEG).float(), (float_states[rows] == POS).float(), (float_states[rows] == NEU).float()
+    neg_m, pos_m, neu_m = (
+        (float_states[rows] == NEG).float(),
+        (float_states[rows] == POS).float(),
+        (float_states[rows] == NEU).float(),
+    )
     from_float = tm_loss_from_masks(h[rows], neg_m, pos_m, neu_m, t.neg, t.pos)
     from_packed = tm_loss(h[rows], store.gather(index, lengths[index]), t.neg, t.pos)
     assert torch.equal(from_float, from_packed)
@@ -124,8 +141,16 @@ def test_wiki_markup_is_stripped():
 @pytest.fixture(scope="module")
 def data():
     return TextTaskSequence(
-        tasks=["rt_sentiment", "rt_subjectivity"], tokenizer="char", max_length=80, max_train_per_task=24,
-        max_test_per_task=8, general_samples=12, general_max_length=40, heldout_general=4, batch_size=8, eval_batch_size=8,
+        tasks=["rt_sentiment", "rt_subjectivity"],
+        tokenizer="char",
+        max_length=80,
+        max_train_per_task=24,
+        max_test_per_task=8,
+        general_samples=12,
+        general_max_length=40,
+        heldout_general=4,
+        batch_size=8,
+        eval_batch_size=8,
     )
 
 
@@ -140,7 +165,9 @@ def test_last_hidden_state_is_the_final_norm_output(data):
     inner = model.net.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     assert torch.equal(hidden, inner)
     layers = model.net.model.layers
-    assert not torch.allclose(hidden, model.net(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[len(layers) - 1])
+    assert not torch.allclose(
+        hidden, model.net(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[len(layers) - 1]
+    )
 
 
 def test_streamed_thresholds_equal_the_direct_definition(data, tmp_path):
@@ -148,7 +175,12 @@ def test_streamed_thresholds_equal_the_direct_definition(data, tmp_path):
     cb = GeneralReplay("tm")
     prepare(cb, model, data, tmp_path)
     with torch.no_grad():
-        all_h = torch.cat([model(b["input_ids"], b["attention_mask"])[1][b["attention_mask"].bool()] for b in data.general_loader(data.general_set, 5)])
+        all_h = torch.cat(
+            [
+                model(b["input_ids"], b["attention_mask"])[1][b["attention_mask"].bool()]
+                for b in data.general_loader(data.general_set, 5)
+            ]
+        )
     direct = Thresholds.from_hidden(all_h)
     assert torch.allclose(cb.thresholds.mu, direct.mu, atol=1e-5) and torch.allclose(cb.thresholds.sd, direct.sd, atol=1e-5)
     states = cb.states.gather(torch.arange(len(data.general_set)), cb.states.lengths)
@@ -179,7 +211,9 @@ def test_general_ce_equal_averages_task_and_general_cross_entropy(data):
 
     def ce(rows):
         logits, _ = model(batch["input_ids"][rows], batch["attention_mask"][rows])
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][rows][:, 1:].flatten(), ignore_index=IGNORE)
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][rows][:, 1:].flatten(), ignore_index=IGNORE
+        )
 
     assert loss.item() == pytest.approx(0.5 * (ce(g) + ce(~g)).item(), rel=1e-4)
     model.general_ce = "none"
@@ -208,6 +242,7 @@ def test_general_mixing_modes(data):
     per_batch.general_mode, per_batch.general_per_batch = "per_batch", 2
     for batch in per_batch.train_dataloader():
         assert int(batch["is_general"].sum()) == 2 and len(batch["is_general"]) == 10
+
     # two ranks' shards of every batch together are exactly the single-process batch
     def samples(loader):
         return [[tuple(r[m.bool()].tolist()) for r, m in zip(b["input_ids"], b["attention_mask"])] for b in loader]
@@ -274,8 +309,16 @@ def test_resume_reuses_the_cached_thresholds_and_states(data, tmp_path):
     assert again.loaded_from_cache
     assert torch.equal(again.thresholds.mu, first.thresholds.mu) and torch.equal(again.thresholds.sd, first.thresholds.sd)
     assert torch.equal(again.states.packed, first.states.packed)
-    other = TextTaskSequence(tasks=["rt_sentiment"], tokenizer="char", max_length=80, max_train_per_task=8, max_test_per_task=4,
-                             general_samples=5, general_max_length=40, heldout_general=2)
+    other = TextTaskSequence(
+        tasks=["rt_sentiment"],
+        tokenizer="char",
+        max_length=80,
+        max_train_per_task=8,
+        max_test_per_task=4,
+        general_samples=5,
+        general_max_length=40,
+        heldout_general=2,
+    )
     with pytest.raises(ValueError, match="another general set"):
         stale = GeneralReplay("tm")
         prepare(stale, model, other, tmp_path)
@@ -291,8 +334,9 @@ def test_two_task_sequence_runs_end_to_end(data, tmp_path, lora):
     frozen = {n: p.detach().clone() for n, p in model.net.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.net.named_parameters() if p.requires_grad}
     methods = [GeneralReplay("tm"), GeneralPerplexity()]
-    result = SequenceRunner(model, data, methods=methods, trainer=TRAINER, run_dir=str(tmp_path / "run"), seed=0,
-                            max_steps_per_task=3).run()
+    result = SequenceRunner(
+        model, data, methods=methods, trainer=TRAINER, run_dir=str(tmp_path / "run"), seed=0, max_steps_per_task=3
+    ).run()
     assert result.accuracy_matrix.shape == (2, 2)
     assert ((result.accuracy_matrix >= 0) & (result.accuracy_matrix <= 1)).all()
     params = dict(model.net.named_parameters())
@@ -306,10 +350,12 @@ def test_two_task_sequence_runs_end_to_end(data, tmp_path, lora):
 
 
 def test_collator_masks_prompt_and_padding():
-    batch = TextCollator(pad_id=0)([
-        {"prompt": [5, 6], "answer": [7, 2], "choices": None, "target": 0, "task_id": 0, "general_index": -1},
-        {"prompt": [], "answer": [9], "choices": None, "target": -1, "task_id": -1, "general_index": 3},
-    ])
+    batch = TextCollator(pad_id=0)(
+        [
+            {"prompt": [5, 6], "answer": [7, 2], "choices": None, "target": 0, "task_id": 0, "general_index": -1},
+            {"prompt": [], "answer": [9], "choices": None, "target": -1, "task_id": -1, "general_index": 3},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 2], [9, 0, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, IGNORE, 7, 2], [9, IGNORE, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
@@ -334,12 +380,14 @@ def test_runner_resume_reuses_cached_thresholds(data, tmp_path):
     run_dir = str(tmp_path / "run")
     first = GeneralReplay("tm")
     with pytest.raises(KeyboardInterrupt):
-        SequenceRunner(tiny(), data, methods=[first, _KillAtTaskStart(1)], trainer=TRAINER, run_dir=run_dir,
-                       max_steps_per_task=2).run()
+        SequenceRunner(
+            tiny(), data, methods=[first, _KillAtTaskStart(1)], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2
+        ).run()
     assert not first.loaded_from_cache
     again = GeneralReplay("tm")
-    result = SequenceRunner(tiny(seed=1), data, methods=[again], trainer=TRAINER, run_dir=run_dir,
-                            max_steps_per_task=2, resume=True).run()
+    result = SequenceRunner(
+        tiny(seed=1), data, methods=[again], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2, resume=True
+    ).run()
     assert again.loaded_from_cache and again.describe()["loaded_from_cache"]
     assert torch.equal(again.thresholds.mu, first.thresholds.mu) and torch.equal(again.states.packed, first.states.packed)
     assert result.accuracy_matrix.shape == (2, 2)
@@ -348,11 +396,19 @@ def test_runner_resume_reuses_cached_thresholds(data, tmp_path):
 def test_a_run_killed_before_any_training_computes_its_thresholds_on_resume(data, tmp_path):
     run_dir = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        SequenceRunner(tiny(), data, methods=[_KillAtTaskStart(0), GeneralReplay("tm")], trainer=TRAINER, run_dir=run_dir,
-                       max_steps_per_task=2).run()
+        SequenceRunner(
+            tiny(),
+            data,
+            methods=[_KillAtTaskStart(0), GeneralReplay("tm")],
+            trainer=TRAINER,
+            run_dir=run_dir,
+            max_steps_per_task=2,
+        ).run()
     assert not (tmp_path / "run" / "gere" / "tm_base.safetensors").exists()
     again = GeneralReplay("tm")
-    result = SequenceRunner(tiny(), data, methods=[again], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2, resume=True).run()
+    result = SequenceRunner(
+        tiny(), data, methods=[again], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2, resume=True
+    ).run()
     fresh = GeneralReplay("tm")
     fresh.setup_sequence(tiny(), data, RunContext(tmp_path / "fresh"))
     fresh.ensure_reference(tiny().eval())
@@ -363,12 +419,19 @@ def test_a_run_killed_before_any_training_computes_its_thresholds_on_resume(data
 def test_a_trained_run_without_its_thresholds_file_is_refused_on_resume(data, tmp_path):
     run_dir = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        SequenceRunner(tiny(), data, methods=[GeneralReplay("tm"), _KillAtTaskStart(1)], trainer=TRAINER, run_dir=run_dir,
-                       max_steps_per_task=2).run()
+        SequenceRunner(
+            tiny(),
+            data,
+            methods=[GeneralReplay("tm"), _KillAtTaskStart(1)],
+            trainer=TRAINER,
+            run_dir=run_dir,
+            max_steps_per_task=2,
+        ).run()
     (tmp_path / "run" / "gere" / "tm_base.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="tm_base.safetensors is missing"):
-        SequenceRunner(tiny(), data, methods=[GeneralReplay("tm")], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2,
-                       resume=True).run()
+        SequenceRunner(
+            tiny(), data, methods=[GeneralReplay("tm")], trainer=TRAINER, run_dir=run_dir, max_steps_per_task=2, resume=True
+        ).run()
 
 
 def test_tm_is_exactly_zero_at_the_start_under_bf16_mixed(data, tmp_path):
@@ -400,8 +463,14 @@ def test_runner_takes_the_reference_under_the_trainers_precision(data, tmp_path)
 
     model = tiny(optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     trainer = dict(TRAINER, precision="bf16-mixed", log_every_n_steps=1)  # loss terms reach Lightning on logged steps
-    SequenceRunner(model, data, methods=[GeneralReplay("tm"), RecordTM()], trainer=trainer, run_dir=str(tmp_path / "run"),
-                   max_steps_per_task=3).run()
+    SequenceRunner(
+        model,
+        data,
+        methods=[GeneralReplay("tm"), RecordTM()],
+        trainer=trainer,
+        run_dir=str(tmp_path / "run"),
+        max_steps_per_task=3,
+    ).run()
     assert seen == [0.0] * 6
 
 

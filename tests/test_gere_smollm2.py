@@ -12,11 +12,23 @@ from clight.models.causal_lm import ContinualCausalLM
 
 
 def test_smollm2_gere_lora_two_steps(tmp_path):
-    data = TextTaskSequence(tasks=["rt_sentiment"], tokenizer="smollm2", max_length=48, max_train_per_task=4,
-                            max_test_per_task=2, general_samples=4, general_max_length=24, heldout_general=0,
-                            general_mode="per_batch", general_per_batch=2, batch_size=2, eval_batch_size=2)
-    model = ContinualCausalLM("smollm2", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]},
-                              optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
+    data = TextTaskSequence(
+        tasks=["rt_sentiment"],
+        tokenizer="smollm2",
+        max_length=48,
+        max_train_per_task=4,
+        max_test_per_task=2,
+        general_samples=4,
+        general_max_length=24,
+        heldout_general=0,
+        general_mode="per_batch",
+        general_per_batch=2,
+        batch_size=2,
+        eval_batch_size=2,
+    )
+    model = ContinualCausalLM(
+        "smollm2", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4)
+    )
     assert model.hidden_size == 576 and model.net.config.num_hidden_layers == 30
     cb = GeneralReplay("tm")
     model.setup_sequence(data.info)
@@ -29,8 +41,17 @@ def test_smollm2_gere_lora_two_steps(tmp_path):
         assert model.loss_terms["gere_tm"](model, batch, out).item() < 1e-3  # base model: (near) zero
     data.set_task(0)
     model.on_task_start(data.tasks[0])
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[cb])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[cb],
+    )
     trainer.fit(model, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     counts = model.evaluation_counts(next(iter(data.evaluation_loader(0))))
@@ -75,18 +96,42 @@ def test_gere_tm_lora_config_runs_on_cpu(tmp_path):
     from clight.runner import SequenceRunner
 
     parser = _parser()
-    cfg = parser.parse_args([
-        "--config", str(Path(__file__).resolve().parents[1] / "configs" / "gere_tm_lora.yaml"),
-        "--data.init_args.tasks", "[rt_sentiment]", "--data.init_args.max_length", "40", "--data.init_args.max_train_per_task", "4",
-        "--data.init_args.max_test_per_task", "2", "--data.init_args.general_samples", "4",
-        "--data.init_args.general_max_length", "24", "--data.init_args.heldout_general", "2",
-        "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "2",
-    ])
+    cfg = parser.parse_args(
+        [
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs" / "gere_tm_lora.yaml"),
+            "--data.init_args.tasks",
+            "[rt_sentiment]",
+            "--data.init_args.max_length",
+            "40",
+            "--data.init_args.max_train_per_task",
+            "4",
+            "--data.init_args.max_test_per_task",
+            "2",
+            "--data.init_args.general_samples",
+            "4",
+            "--data.init_args.general_max_length",
+            "24",
+            "--data.init_args.heldout_general",
+            "2",
+            "--data.init_args.batch_size",
+            "4",
+            "--data.init_args.eval_batch_size",
+            "2",
+        ]
+    )
     init = parser.instantiate_classes(cfg)
-    trainer = {**cfg.trainer, "accelerator": "cpu", "precision": "32-true", "enable_progress_bar": False,
-               "enable_model_summary": False, "limit_val_batches": 0}
-    result = SequenceRunner(init.model, init.data, methods=init.methods, trainer=trainer, run_dir=str(tmp_path / "run"),
-                            max_steps_per_task=1).run()
+    trainer = {
+        **cfg.trainer,
+        "accelerator": "cpu",
+        "precision": "32-true",
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+    }
+    result = SequenceRunner(
+        init.model, init.data, methods=init.methods, trainer=trainer, run_dir=str(tmp_path / "run"), max_steps_per_task=1
+    ).run()
     assert result.accuracy_matrix.shape == (1, 1)
     assert (tmp_path / "run" / "gere" / "tm_base.safetensors").is_file()
     assert (tmp_path / "run" / "general_perplexity.json").is_file()

@@ -42,7 +42,9 @@ def test_frozen_backbone_keeps_its_batchnorm_statistics():
     model.on_task_start(_task(0, [0, 1]))
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.train()
-    loss, _ = model.task_loss({"input": torch.rand(8, 1, 8, 8), "target": torch.randint(0, 2, (8,)), "task_id": torch.zeros(8, dtype=torch.long)})
+    loss, _ = model.task_loss(
+        {"input": torch.rand(8, 1, 8, 8), "target": torch.randint(0, 2, (8,)), "task_id": torch.zeros(8, dtype=torch.long)}
+    )
     loss.backward()
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -6,19 +6,22 @@ import math
 
 import pytest
 import torch
+from contract_examples import digits, text, tiny_lm
 from torch.nn import functional as F
 
-from clight import ConfigError, ContinualClassifier, MLP, TimmBackbone
+from clight import MLP, ConfigError, ContinualClassifier, TimmBackbone
 from clight.contract import RunContext
 from clight.methods.moe_adapters import DDAS, MoEAdapters, MoEBlock, MoELayer, RouteState, network_routing, top_k_gates
 from clight.methods.moe_adapters.experts import cv_squared
-from contract_examples import digits, text, tiny_lm
 
 
 def tiny_vit(**kwargs) -> ContinualClassifier:
     torch.manual_seed(0)
-    return ContinualClassifier(TimmBackbone("vit_tiny_patch16_224", image_size=16, img_size=16, patch_size=4, depth=2,
-                                            embed_dim=32, num_heads=2, **kwargs))
+    return ContinualClassifier(
+        TimmBackbone(
+            "vit_tiny_patch16_224", image_size=16, img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2, **kwargs
+        )
+    )
 
 
 def set_up(model, data, method):
@@ -54,8 +57,17 @@ def test_moe_block_adds_the_gated_experts_and_leaves_unrouted_samples_alone(rout
     torch.manual_seed(0)
     block = Block(8, num_heads=2, mlp_ratio=2.0).eval()
     state = RouteState()
-    layer = MoELayer(8, num_tasks=2, state=state, num_experts=3, top_k=2, bottleneck=4, dropout=0.0,
-                     router_input=router_input, generator=torch.Generator().manual_seed(1)).eval()
+    layer = MoELayer(
+        8,
+        num_tasks=2,
+        state=state,
+        num_experts=3,
+        top_k=2,
+        bottleneck=4,
+        dropout=0.0,
+        router_input=router_input,
+        generator=torch.Generator().manual_seed(1),
+    ).eval()
     randomise_experts(layer)
     wrapped = MoEBlock(copy.deepcopy(block), layer, "norm2").eval()
     x = torch.randn(2, 5, 8)

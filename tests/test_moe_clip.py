@@ -4,11 +4,11 @@ image unlike every task scored by zero-shot CLIP bit for bit."""
 import copy
 
 import torch
+from contract_examples import TRAINER, digits, tiny_clip
+from test_moe_adapters import randomise_experts, set_up
 
 from clight import SequenceRunner
 from clight.methods.moe_adapters import MoEAdapters, network_routing
-from contract_examples import TRAINER, digits, tiny_clip
-from test_moe_adapters import randomise_experts, set_up
 
 
 def fitted_clip():
@@ -29,7 +29,9 @@ def test_both_towers_are_wrapped_and_the_output_starts_as_zero_shot_clip():
     reference = copy.deepcopy(model)
     method = set_up(model, data, MoEAdapters(num_experts=3, bottleneck=8))
     assert sorted(method.layers) == [f"clip.{tower}_model.encoder.layers.{i}" for tower in ("text", "vision") for i in (0, 1)]
-    assert not any(p.requires_grad for p in model.clip.parameters() if p not in {q for m in method.layers.values() for q in m.parameters()})
+    assert not any(
+        p.requires_grad for p in model.clip.parameters() if p not in {q for m in method.layers.values() for q in m.parameters()}
+    )
     reference.setup_sequence(data.info)
     for m in (model, reference):
         m.on_task_start(data.tasks[0])
@@ -63,11 +65,15 @@ def test_an_image_unlike_every_task_gets_zero_shot_clip_bit_for_bit():
     model, reference, method, data = fitted_clip()
     method.on_task_end(model, data.tasks[0])
     batch = next(iter(data.evaluation_loader(0)))
-    unlike = {"input": torch.cat([batch["input"][:6], torch.ones(3, *batch["input"].shape[1:])]),
-              "target": torch.cat([batch["target"][:6], batch["target"][:3]])}
+    unlike = {
+        "input": torch.cat([batch["input"][:6], torch.ones(3, *batch["input"].shape[1:])]),
+        "target": torch.cat([batch["target"][:6], batch["target"][:3]]),
+    }
     routing = network_routing(model.clip.vision_model)
     with torch.no_grad():
-        routes = routing.route(routing.frozen_features(model.clip.vision_model, (), {"pixel_values": model.preprocess(unlike["input"])}))
+        routes = routing.route(
+            routing.frozen_features(model.clip.vision_model, (), {"pixel_values": model.preprocess(unlike["input"])})
+        )
         logits, zero_shot = model.output_logits(unlike), reference.output_logits(unlike)
     assert (routes[6:] == -1).all() and (routes[:6] == 0).sum() >= 3
     for i, r in enumerate(routes.tolist()):
@@ -78,9 +84,13 @@ def test_a_clip_run_trains_only_experts_and_routers(tmp_path):
     model, data = tiny_clip(), digits()
     before = {k: v.clone() for k, v in model.clip.state_dict().items()}
     method = MoEAdapters(num_experts=4, bottleneck=8, ae_steps=30)
-    result = SequenceRunner(model, data, methods=[method], trainer={**TRAINER, "max_epochs": 1}, run_dir=str(tmp_path / "run")).run()
+    result = SequenceRunner(
+        model, data, methods=[method], trainer={**TRAINER, "max_epochs": 1}, run_dir=str(tmp_path / "run")
+    ).run()
     assert result.accuracy_matrix.shape == (2, 2)
-    after = {k.replace(".block.", "."): v for k, v in model.clip.state_dict().items() if ".moe." not in k and "moe_routing" not in k}
+    after = {
+        k.replace(".block.", "."): v for k, v in model.clip.state_dict().items() if ".moe." not in k and "moe_routing" not in k
+    }
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     history = method.describe()["history"]
     assert len(history) == 2 and all(any("text_model" in b for b in h["frozen_experts"]) for h in history)

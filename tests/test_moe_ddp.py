@@ -7,11 +7,10 @@ import textwrap
 from pathlib import Path
 
 import torch
-
 from conftest import run_on_two_ranks
 
 SCRIPT = textwrap.dedent(
-    '''
+    """
     import os, sys
     import torch
     torch.set_num_threads(1)
@@ -30,7 +29,7 @@ SCRIPT = textwrap.dedent(
     SequenceRunner(model, data, methods=[method], trainer=trainer, run_dir=os.path.join(out, "run"), seed=0).run()
     rank = torch.distributed.get_rank()
     torch.save({"model": model.state_dict(), "method": method.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
-    '''
+    """
 )
 
 

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from contract_examples import TRAINER, digits, tiny_lm
+from test_moe_adapters import randomise_experts, set_up, tiny_vit
 
 from clight import SequenceRunner
 from clight.contract import RunContext
@@ -15,14 +17,22 @@ from clight.methods import ContinualCallback
 from clight.methods.general_replay import GeneralPerplexity
 from clight.methods.moe_adapters import MoEAdapters, moe_blocks, network_routing
 from clight.models.causal_lm import prompt_tokens, route_by, token_nll
-from contract_examples import TRAINER, digits, tiny_lm
-from test_moe_adapters import randomise_experts, set_up, tiny_vit
 
 
 def long_text(tasks=("rt_sentiment", "rt_subjectivity")) -> TextTaskSequence:
     """Prompts long enough (characters) to differ from sample to sample."""
-    return TextTaskSequence(tasks=list(tasks), tokenizer="char", max_length=160, max_train_per_task=40, max_test_per_task=6,
-                            general_samples=8, general_max_length=96, heldout_general=6, batch_size=8, eval_batch_size=8)
+    return TextTaskSequence(
+        tasks=list(tasks),
+        tokenizer="char",
+        max_length=160,
+        max_train_per_task=40,
+        max_test_per_task=6,
+        general_samples=8,
+        general_max_length=96,
+        heldout_general=6,
+        batch_size=8,
+        eval_batch_size=8,
+    )
 
 
 ONE_EPOCH = {**TRAINER, "max_epochs": 1}
@@ -41,8 +51,16 @@ class Snapshots(ContinualCallback):
 @pytest.mark.parametrize("family", ["causal_lm", "vit"])
 def test_activate_freeze_keeps_what_a_task_froze_bit_identical(tmp_path, family):
     if family == "causal_lm":
-        data = TextTaskSequence(tasks=["rt_sentiment", "rt_subjectivity", "tweet_sentiment"], tokenizer="char", max_length=64,
-                                max_train_per_task=16, max_test_per_task=4, general_samples=4, heldout_general=0, batch_size=8)
+        data = TextTaskSequence(
+            tasks=["rt_sentiment", "rt_subjectivity", "tweet_sentiment"],
+            tokenizer="char",
+            max_length=64,
+            max_train_per_task=16,
+            max_test_per_task=4,
+            general_samples=4,
+            heldout_general=0,
+            batch_size=8,
+        )
         model, network = tiny_lm(), "net."
     else:
         model, data, network = tiny_vit(), digits(num_tasks=3), "backbone."
@@ -53,17 +71,27 @@ def test_activate_freeze_keeps_what_a_task_froze_bit_identical(tmp_path, family)
     moved = 0
     for t, entry in enumerate(history):
         assert entry["frozen_experts"] and all(len(e) <= 2 for e in entry["frozen_experts"].values())
-        frozen_keys = [k for block, experts in entry["frozen_experts"].items() for e in experts
-                       for k in snaps.states[t] if k.startswith(f"{block}.moe.experts.{e}.")]
+        frozen_keys = [
+            k
+            for block, experts in entry["frozen_experts"].items()
+            for e in experts
+            for k in snaps.states[t]
+            if k.startswith(f"{block}.moe.experts.{e}.")
+        ]
         frozen_keys += [k for k in snaps.states[t] if k.endswith((f".routers.{t}", f".noise.{t}"))]
         assert frozen_keys
-        for later in snaps.states[t + 1:]:
+        for later in snaps.states[t + 1 :]:
             for k in frozen_keys:
                 assert torch.equal(later[k], snaps.states[t][k]), k
         if t + 1 < len(snaps.states):  # what was not frozen did train in the next task
             ever_frozen = {(b, e) for h in history[: t + 1] for b, es in h["frozen_experts"].items() for e in es}
-            free = [k for k in snaps.states[t] if ".moe.experts." in k and ".up." in k
-                    and (k.split(".moe.")[0], int(k.split(".experts.")[1].split(".")[0])) not in ever_frozen]
+            free = [
+                k
+                for k in snaps.states[t]
+                if ".moe.experts." in k
+                and ".up." in k
+                and (k.split(".moe.")[0], int(k.split(".experts.")[1].split(".")[0])) not in ever_frozen
+            ]
             moved += sum(not torch.equal(snaps.states[t + 1][k], snaps.states[t][k]) for k in free)
     assert moved > 0
     for later_router in (k for k in snaps.states[0] if k.endswith(".routers.2")):  # task 2's router waits for task 2
@@ -108,7 +136,9 @@ def test_general_perplexity_is_measured_through_ddas(tmp_path):
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in data.general_loader(data.heldout_set, 3):
-            nll, valid = token_nll(reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+            nll, valid = token_nll(
+                reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            )
             total, count = total + float((nll * valid).sum()), count + int(valid.sum())
     assert meter.history[0] == math.exp(total / count)  # every held-out text went to the pretrained model
     with network_routing(model.net).forced(torch.zeros(3, dtype=torch.long)):

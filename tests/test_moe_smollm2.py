@@ -15,9 +15,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_smollm2_moe_trains_and_sends_general_text_to_the_unmodified_model():
-    data = TextTaskSequence(tasks=["rt_sentiment"], tokenizer="smollm2", max_length=48, max_train_per_task=6,
-                            max_test_per_task=2, general_samples=2, general_max_length=32, heldout_general=2,
-                            general_mode="none", batch_size=2, eval_batch_size=2)
+    data = TextTaskSequence(
+        tasks=["rt_sentiment"],
+        tokenizer="smollm2",
+        max_length=48,
+        max_train_per_task=6,
+        max_test_per_task=2,
+        general_samples=2,
+        general_max_length=32,
+        heldout_general=2,
+        general_mode="none",
+        batch_size=2,
+        eval_batch_size=2,
+    )
     model = ContinualCausalLM("smollm2", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     method = MoEAdapters(num_experts=4, bottleneck=16, ae_steps=30, ae_code_dims=16)
     model.setup_sequence(data.info)
@@ -36,8 +46,17 @@ def test_smollm2_moe_trains_and_sends_general_text_to_the_unmodified_model():
     data.set_task(0)
     model.on_task_start(data.tasks[0])
     method.on_task_start(model, data.tasks[0])
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[method])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[method],
+    )
     trainer.fit(model, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     method.on_task_end(model, data.tasks[0])
@@ -45,8 +64,11 @@ def test_smollm2_moe_trains_and_sends_general_text_to_the_unmodified_model():
     held_out = data.general_loader(data.heldout_set, 2)
     general = next(iter(held_out))
     with torch.no_grad():
-        routes = routing.route(routing.frozen_features(model.net, (), {"input_ids": general["input_ids"],
-                                                                        "attention_mask": general["attention_mask"]}))
+        routes = routing.route(
+            routing.frozen_features(
+                model.net, (), {"input_ids": general["input_ids"], "attention_mask": general["attention_mask"]}
+            )
+        )
         assert (routes == -1).all()
         through_ddas = model.perplexity(held_out)
         with routing.forced(None):
@@ -59,8 +81,17 @@ def test_smollm2_moe_trains_and_sends_general_text_to_the_unmodified_model():
 def test_moe_configs_parse_and_share_the_gere_task_sequence():
     parse = lambda name: build_fit_parser().parse_args(["--config", str(CONFIGS / name)])  # noqa: E731
     smollm2, gere = parse("moe_adapters_smollm2.yaml"), parse("gere_finetune_full.yaml")
-    shared = ("tasks", "tokenizer", "max_length", "max_train_per_task", "max_test_per_task", "general", "heldout_general",
-              "batch_size", "eval_batch_size")
+    shared = (
+        "tasks",
+        "tokenizer",
+        "max_length",
+        "max_train_per_task",
+        "max_test_per_task",
+        "general",
+        "heldout_general",
+        "batch_size",
+        "eval_batch_size",
+    )
     assert all(smollm2.data.init_args[k] == gere.data.init_args[k] for k in shared)
     assert smollm2.model.init_args.lora is None and smollm2.data.init_args.general_mode == "none"
     assert [m.class_path.rsplit(".", 1)[1] for m in smollm2.methods] == ["MoEAdapters", "GeneralPerplexity"]
@@ -74,11 +105,21 @@ def test_moe_configs_parse_and_share_the_gere_task_sequence():
 def test_moe_smollm2_config_runs_on_cpu(tmp_path):
     """The real config, shrunk to a CPU smoke run: its first task only, one optimizer step, a handful of samples."""
     runner = runner_from_config(
-        CONFIGS / "moe_adapters_smollm2.yaml", "--data.init_args.tasks=[rt_sentiment]", "--data.init_args.max_length=40",
-        "--data.init_args.max_train_per_task=4", "--data.init_args.max_test_per_task=2", "--data.init_args.general_samples=2",
-        "--data.init_args.general_max_length=24", "--data.init_args.heldout_general=2", "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=2", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
-        "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--runner.max_steps_per_task=1",
+        CONFIGS / "moe_adapters_smollm2.yaml",
+        "--data.init_args.tasks=[rt_sentiment]",
+        "--data.init_args.max_length=40",
+        "--data.init_args.max_train_per_task=4",
+        "--data.init_args.max_test_per_task=2",
+        "--data.init_args.general_samples=2",
+        "--data.init_args.general_max_length=24",
+        "--data.init_args.heldout_general=2",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=0",
+        "--runner.max_steps_per_task=1",
         f"--run_dir={tmp_path / 'run'}",
     )
     result = runner.run()

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from conftest import needs_fashion_mnist
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -21,7 +20,8 @@ def _uses_fashion_mnist(path: Path) -> bool:
 
 
 @pytest.mark.parametrize(
-    "path", [pytest.param(p, marks=needs_fashion_mnist if _uses_fashion_mnist(p) else ()) for p in NOTEBOOKS],
+    "path",
+    [pytest.param(p, marks=needs_fashion_mnist if _uses_fashion_mnist(p) else ()) for p in NOTEBOOKS],
     ids=[p.stem for p in NOTEBOOKS],
 )
 def test_notebook_executes(path):

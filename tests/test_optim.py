@@ -9,8 +9,8 @@ from torch import nn
 from clight.methods.plasticity import find_chains
 from clight.methods.plasticity.optim_state import step_count_kind
 from clight.methods.plasticity.units import replace_units
-from clight.seeding import seeded_generator
 from clight.optim import AdamPerEntryStep
+from clight.seeding import seeded_generator
 
 LR = 1e-3
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from clight.data.task import SequenceInfo, Task
 from clight.contract import RunContext
+from clight.data.task import SequenceInfo, Task
 from clight.methods.plasticity import ChainError, ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb, find_chains, measure
 from clight.methods.plasticity.statistics import dead_fraction, dormant_fraction, effective_rank, stable_rank, weight_magnitude
 from clight.methods.plasticity.units import replace_units
@@ -20,7 +20,9 @@ from clight.models.classifier import ContinualClassifier
 from clight.optim import AdamPerEntryStep
 from clight.seeding import seeded_generator
 
-INFO = SequenceInfo(setting="domain_incremental", num_tasks=2, num_classes=4, task_classes=[[0, 1, 2, 3]] * 2, input_shape=(1, 6, 6))
+INFO = SequenceInfo(
+    setting="domain_incremental", num_tasks=2, num_classes=4, task_classes=[[0, 1, 2, 3]] * 2, input_shape=(1, 6, 6)
+)
 TASK0 = Task(0, "t0", None, None, None, [0, 1, 2, 3])
 TASK1 = Task(1, "t1", None, None, None, [0, 1, 2, 3])
 
@@ -36,7 +38,11 @@ def make_model(backbone: nn.Module, optimizer=None) -> ContinualClassifier:
 
 def make_batch(n: int = 8, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"input": torch.rand(n, 1, 6, 6, generator=g), "target": torch.randint(0, 4, (n,), generator=g), "task_id": torch.zeros(n, dtype=torch.long)}
+    return {
+        "input": torch.rand(n, 1, 6, 6, generator=g),
+        "target": torch.randint(0, 4, (n,), generator=g),
+        "task_id": torch.zeros(n, dtype=torch.long),
+    }
 
 
 class DictData(torch.utils.data.Dataset):
@@ -55,7 +61,16 @@ def loader(n: int = 64, batch_size: int = 16) -> torch.utils.data.DataLoader:
 
 
 def trainer(callbacks, **kw) -> L.Trainer:
-    args = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     args.update(kw)
     return L.Trainer(**args)
 
@@ -65,7 +80,10 @@ def trainer(callbacks, **kw) -> L.Trainer:
 def test_mlp_chains_found_with_norms(norm):
     model = make_model(MLP([5, 7], norm=norm))
     chains, skipped = find_chains(model, make_batch())
-    assert [(c.unit_name, c.consumer_name) for c in chains] == [("backbone.layers.0", f"backbone.layers.{3 if norm else 2}"), (f"backbone.layers.{3 if norm else 2}", "heads.all")]
+    assert [(c.unit_name, c.consumer_name) for c in chains] == [
+        ("backbone.layers.0", f"backbone.layers.{3 if norm else 2}"),
+        (f"backbone.layers.{3 if norm else 2}", "heads.all"),
+    ]
     assert all((c.norm is not None) == (norm is not None) for c in chains)
     assert all(c.exact == (norm != "layer") for c in chains)  # a LayerNorm mixes units: replacement is not exact
     assert "heads.all" in skipped  # the output layer is never a unit layer
@@ -172,7 +190,9 @@ def test_conv_flatten_linear_chain_is_found_and_verified():
     assert (chain.unit_name, chain.consumer_name, chain.block_size) == ("backbone.conv", "backbone.fc", 16)
     assert chain.path == ["backbone.act", "backbone.flatten"] and chain.describe()["columns_per_unit"] == 16
     assert [c.unit_name for c in chains] == ["backbone.conv", "backbone.fc"] and "backbone.conv" not in skipped
-    torch.testing.assert_close(chain.consumer_columns(torch.tensor([1, 3])), torch.cat([torch.arange(16, 32), torch.arange(48, 64)]))
+    torch.testing.assert_close(
+        chain.consumer_columns(torch.tensor([1, 3])), torch.cat([torch.arange(16, 32), torch.arange(48, 64)])
+    )
 
 
 def test_replacing_dead_channels_of_a_flattened_map_keeps_the_output():
@@ -317,7 +337,14 @@ def test_cbp_utility_and_replacement_counts_by_hand():
 def test_cbp_variants_and_bias_compensation():
     net = tiny_chain_model()
     x = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
-    cb = ContinualBackprop(replacement_rate=0.0, maturity_threshold=0, decay=0.9, utility="adaptable_contribution", bias_correction=True, forward=lambda m, b: m(b))
+    cb = ContinualBackprop(
+        replacement_rate=0.0,
+        maturity_threshold=0,
+        decay=0.9,
+        utility="adaptable_contribution",
+        bias_correction=True,
+        forward=lambda m, b: m(b),
+    )
     cb.discover(net, x)
     cb._attach()
     cbp_step(cb, net, x)
@@ -340,7 +367,9 @@ def test_cbp_variants_and_bias_compensation():
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_optimizer_state_of_replaced_entries_zero_others_untouched(opt):
     net = tiny_chain_model()
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01) if opt == "adam" else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    optimizer = (
+        torch.optim.Adam(net.parameters(), lr=0.01) if opt == "adam" else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    )
     for _ in range(3):
         optimizer.zero_grad()
         net(torch.randn(5, 2)).pow(2).sum().backward()
@@ -354,7 +383,9 @@ def test_optimizer_state_of_replaced_entries_zero_others_untouched(opt):
         for p, dim in ((net[0].weight, 0), (net[0].bias, 0), (net[2].weight, 1)):
             s, b = optimizer.state[p][k], before[id(p)][k]
             assert (s.select(dim, 1) == 0).all()
-            torch.testing.assert_close(s.index_select(dim, torch.tensor(rows)), b.index_select(dim, torch.tensor(rows)), rtol=0, atol=0)
+            torch.testing.assert_close(
+                s.index_select(dim, torch.tensor(rows)), b.index_select(dim, torch.tensor(rows)), rtol=0, atol=0
+            )
         torch.testing.assert_close(optimizer.state[net[2].bias][k], before[id(net[2].bias)][k], rtol=0, atol=0)
         assert (before[id(net[0].weight)][k][1] != 0).any()
 
@@ -370,8 +401,10 @@ def test_cbp_in_trainer_replaces_and_checkpoints(tmp_path):
     torch.save(state, tmp_path / "s.pt")
     cb2 = ContinualBackprop()
     cb2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert cb2.replaced == cb.replaced and torch.equal(cb2.unit_state["backbone.layers.0"]["age"], cb.unit_state["backbone.layers.0"]["age"])
-    assert [l["unit"] for l in cb.describe()["layers"]] == ["backbone.layers.0", "backbone.layers.2"]
+    assert cb2.replaced == cb.replaced and torch.equal(
+        cb2.unit_state["backbone.layers.0"]["age"], cb.unit_state["backbone.layers.0"]["age"]
+    )
+    assert [layer["unit"] for layer in cb.describe()["layers"]] == ["backbone.layers.0", "backbone.layers.2"]
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,10 @@ import textwrap
 from pathlib import Path
 
 import torch
-
 from conftest import run_on_two_ranks
 
 SCRIPT = textwrap.dedent(
-    '''
+    """
     import sys
     import lightning as L
     import torch
@@ -41,7 +40,7 @@ SCRIPT = textwrap.dedent(
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cbp, redo])
     trainer.fit(model, torch.utils.data.DataLoader(Data(), batch_size=16, shuffle=True))
     torch.save({"model": model.state_dict(), "cbp": cbp.state_dict(), "redo": redo.state_dict()}, f"{out}/rank{trainer.global_rank}.pt")
-    '''
+    """
 )
 
 

@@ -20,9 +20,16 @@ def _setup(setting="class_incremental"):
 
 def _written_out(model, anchors, fishers, lambda_):
     params = dict(model.named_parameters())
-    return float(0.5 * lambda_ * sum(
-        (f * (params[k] - a[k]).pow(2)).sum() for a, fi in zip(anchors, fishers) for k, f in fi.items() if params[k].requires_grad
-    ))
+    return float(
+        0.5
+        * lambda_
+        * sum(
+            (f * (params[k] - a[k]).pow(2)).sum()
+            for a, fi in zip(anchors, fishers)
+            for k, f in fi.items()
+            if params[k].requires_grad
+        )
+    )
 
 
 @pytest.mark.parametrize("mode", ["online", "separate"])
@@ -52,8 +59,9 @@ def test_ewc_penalty_follows_the_state_across_tasks(mode):
         model.backbone.layers[0].weight.add_(0.5)
     assert ewc.penalty(model, batch, {}).item() > frozen_only.item()
     state = ewc.state_dict()
-    ewc.load_state_dict({"anchors": [{k: torch.zeros_like(v) for k, v in a.items()} for a in state["anchors"]],
-                         "fishers": state["fishers"]})
+    ewc.load_state_dict(
+        {"anchors": [{k: torch.zeros_like(v) for k, v in a.items()} for a in state["anchors"]], "fishers": state["fishers"]}
+    )
     assert ewc.penalty(model, batch, {}).item() == pytest.approx(_written_out(model, ewc.anchors, ewc.fishers, 3.0), rel=1e-6)
 
 

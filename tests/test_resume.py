@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import QUIET_TRAINER, small_model, small_sequence
+from kills import GeneratorStates, SimulatedKill, StepCounter, StopAt
 
 from clight import SequenceRunner
 from clight.io import load_checkpoint
 from clight.runner import RunInterrupted
-from conftest import QUIET_TRAINER, small_model, small_sequence
-from kills import GeneratorStates, SimulatedKill, StepCounter, StopAt
 
 EPOCHS = 3
 TRAINER = dict(QUIET_TRAINER, max_epochs=EPOCHS)
@@ -23,8 +23,16 @@ SCRIPT = Path(__file__).parent / "scripts" / "killed_run.py"
 
 
 def _run(run_dir, methods=(), resume=False, **settings):
-    runner = SequenceRunner(small_model(), small_sequence(replay=True), methods=list(methods), trainer=TRAINER,
-                            run_dir=str(run_dir), seed=0, resume=resume, **settings)
+    runner = SequenceRunner(
+        small_model(),
+        small_sequence(replay=True),
+        methods=list(methods),
+        trainer=TRAINER,
+        run_dir=str(run_dir),
+        seed=0,
+        resume=resume,
+        **settings,
+    )
     return runner, runner.run()
 
 
@@ -161,8 +169,14 @@ def test_sigkill_while_writing_loses_nothing_written_before(tmp_path, reference,
     # A real SIGKILL (no Python clean-up) just before the n-th atomic rename. The renames: the
     # first manifest, the manifest with the initial accuracies, then task 0's epoch checkpoints
     # 0, 1, 2 and its boundary checkpoint: the 3rd is epoch 0's checkpoint, the 6th the boundary.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "run"), str(commit)], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "run"), str(commit)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     leftovers = [p.name for p in (tmp_path / "run").rglob(".*.tmp")]
     assert leftovers, "the kill was meant to leave a complete temporary file behind"
@@ -175,8 +189,15 @@ def test_an_epoch_checkpoint_holds_only_what_a_fit_changes(tmp_path):
 
     torch.manual_seed(0)
     model = ContinualClassifier(MLP([64]), train_backbone=False)  # a frozen backbone: only the head trains
-    runner = SequenceRunner(model, small_sequence(), methods=[StopAt(task=1, epoch=1, batch=0)], trainer=TRAINER,
-                            run_dir=str(tmp_path / "run"), early_stopping_patience=5, select_best=True)
+    runner = SequenceRunner(
+        model,
+        small_sequence(),
+        methods=[StopAt(task=1, epoch=1, batch=0)],
+        trainer=TRAINER,
+        run_dir=str(tmp_path / "run"),
+        early_stopping_patience=5,
+        select_best=True,
+    )
     with pytest.raises(SimulatedKill):
         runner.run()
     folder = tmp_path / "run" / "checkpoints" / "task_1"

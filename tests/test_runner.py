@@ -2,13 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import small_model, small_sequence
 
 from clight import SequenceRunner
 from clight.io import load_checkpoint
 from clight.methods import ContinualCallback
 from clight.metrics import average_accuracy, backward_transfer, forgetting
 from clight.runner import RunFolderError
-from conftest import small_model, small_sequence
 
 
 class SimulatedKill(RuntimeError):
@@ -32,8 +32,14 @@ class KillAt(ContinualCallback):
 
 def _run(tmp_path, name, trainer, methods=(), resume=False, **kwargs):
     runner = SequenceRunner(
-        small_model(), small_sequence(replay=True), methods=list(methods), trainer=trainer,
-        run_dir=str(tmp_path / name), seed=0, resume=resume, **kwargs,
+        small_model(),
+        small_sequence(replay=True),
+        methods=list(methods),
+        trainer=trainer,
+        run_dir=str(tmp_path / name),
+        seed=0,
+        resume=resume,
+        **kwargs,
     )
     return runner.run()
 
@@ -47,8 +53,16 @@ def test_run_fills_the_matrix_and_the_run_folder(tmp_path, quiet_trainer):
     assert result.metrics["backward_transfer"] == pytest.approx(backward_transfer(a))
     assert result.metrics["forgetting"] == pytest.approx(forgetting(a))
     run = result.run_dir
-    for name in ("manifest.json", "metrics.json", "accuracy_matrix.csv", "accuracy_matrix_task_aware.csv",
-                 "plots/accuracy_matrix.png", "plots/task_accuracy.png", "checkpoints/last_task.pt", "logs/metrics.csv"):
+    for name in (
+        "manifest.json",
+        "metrics.json",
+        "accuracy_matrix.csv",
+        "accuracy_matrix_task_aware.csv",
+        "plots/accuracy_matrix.png",
+        "plots/task_accuracy.png",
+        "checkpoints/last_task.pt",
+        "logs/metrics.csv",
+    ):
         assert (run / name).exists(), name
     rows = (run / "accuracy_matrix.csv").read_text().strip().splitlines()
     assert rows[0] == "after_task,task_0,task_1,task_2" and len(rows) == 4
@@ -114,7 +128,9 @@ def test_compute_budget_fixes_the_optimizer_steps_per_task(tmp_path, quiet_train
 
 def test_task_incremental_heads_and_unseen_tasks(tmp_path, quiet_trainer):
     model = small_model()
-    runner = SequenceRunner(model, small_sequence(setting="task_incremental"), trainer=quiet_trainer, run_dir=str(tmp_path / "til"))
+    runner = SequenceRunner(
+        model, small_sequence(setting="task_incremental"), trainer=quiet_trainer, run_dir=str(tmp_path / "til")
+    )
     result = runner.run()
     a = result.accuracy_matrix
     assert np.isnan(a[0, 1]) and np.isnan(a[1, 2])  # no head yet for unseen tasks
@@ -144,8 +160,14 @@ def test_ewc_and_lwf_reduce_forgetting_and_resume_exactly(tmp_path, quiet_traine
     from clight.methods.regularization import EWC, LwF
 
     def run(name, methods, resume=False):
-        return SequenceRunner(small_model(), TaskSequence(PermutedInputs("digits", 3), batch_size=32), methods=methods,
-                              trainer=dict(quiet_trainer, max_epochs=3), run_dir=str(tmp_path / name), resume=resume).run()
+        return SequenceRunner(
+            small_model(),
+            TaskSequence(PermutedInputs("digits", 3), batch_size=32),
+            methods=methods,
+            trainer=dict(quiet_trainer, max_epochs=3),
+            run_dir=str(tmp_path / name),
+            resume=resume,
+        ).run()
 
     finetune = run("ft", [])  # forgets about a quarter of what it learned on permuted digits
     for make in (lambda: EWC(lambda_=100.0, fisher_samples=100), lambda: LwF(alpha=2.0)):

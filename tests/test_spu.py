@@ -15,8 +15,14 @@ from clight.methods.base import ContinualCallback
 from clight.methods.selective_update import SPU, pack_bits, select, selected_count, unpack_bits
 from clight.models.clip import ContinualCLIP
 
-QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-             num_sanity_val_steps=0, limit_val_batches=0)
+QUIET = dict(
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    limit_val_batches=0,
+)
 
 
 def _clip(**optimizer):
@@ -55,7 +61,7 @@ def _hand_importance(model, data, names, task, fraction_of_batches=0.25):
             break
         rows = (batch["task_id"] == task) & ~batch.get("is_general", torch.zeros_like(batch["task_id"], dtype=torch.bool))
         logits = model.output_logits({k: v[rows] for k, v in batch.items()})
-        grads = torch.autograd.grad((logits ** 2).sum(1).mean(), [params[n] for n in names])
+        grads = torch.autograd.grad((logits**2).sum(1).mean(), [params[n] for n in names])
         for n, g in zip(names, grads):
             total[n] += g
     return {n: t.abs() for n, t in total.items()}
@@ -122,8 +128,15 @@ def test_entries_outside_the_mask_stay_bit_identical(precision, optimizer):
     data, spu = _digits(), SPU()
     _start(model, data, spu, 0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, precision=precision, gradient_clip_val=0.05, accumulate_grad_batches=2,
-                        callbacks=[spu], **QUIET)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        precision=precision,
+        gradient_clip_val=0.05,
+        accumulate_grad_batches=2,
+        callbacks=[spu],
+        **QUIET,
+    )
     trainer.fit(model, datamodule=data)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(spu.selection.masked) | set(spu.selection.full)
@@ -155,8 +168,8 @@ def test_the_released_code_variant_lets_adamw_decay_shrink_masked_out_entries():
 
 
 def test_candidates_by_model_family():
-    from transformers import BertConfig, BertModel
     from timm.models.vision_transformer import VisionTransformer
+    from transformers import BertConfig, BertModel
 
     from clight.models.causal_lm import ContinualCausalLM
 
@@ -181,7 +194,10 @@ def test_a_classifiers_new_head_trains_in_full_and_the_rest_of_the_backbone_is_f
     data, spu = _digits(), SPU()
     _start(model, data, spu, 0)
     grad = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert grad == {f"backbone.model.blocks.{i}.mlp.fc1.{w}" for i in range(2) for w in ("weight", "bias")} | {"heads.all.weight", "heads.all.bias"}
+    assert grad == {f"backbone.model.blocks.{i}.mlp.fc1.{w}" for i in range(2) for w in ("weight", "bias")} | {
+        "heads.all.weight",
+        "heads.all.bias",
+    }
     _fit(model, data, spu, steps=1)  # -inf logits of unseen classes are left out of the objective
     assert all(torch.isfinite(torch.tensor(r["trainable_share"])) for r in spu.records)
     assert spu.records[0]["trainable_head_entries"] == model.heads["all"].weight.numel() + 10
@@ -200,9 +216,9 @@ def test_two_instances_do_not_freeze_each_others_layers():
 
 
 def test_configuration_errors_name_the_problem_before_anything_runs(tmp_path):
-    from clight import ContinualClassifier, TimmBackbone
-
     from contract_examples import text, tiny_lm
+
+    from clight import ContinualClassifier, TimmBackbone
 
     trainer = dict(accelerator="cpu", max_epochs=1)
     cases = [
@@ -241,8 +257,15 @@ def test_a_killed_and_resumed_run_ends_with_the_same_masks_and_weights(tmp_path)
         torch.manual_seed(0)
         spu = SPU()
         log = MaskLog(spu)
-        runner = SequenceRunner(_clip(), _digits(replay=Replay(capacity=40, batch_size=16)), methods=[spu, log, *extra],
-                                trainer=trainer, run_dir=str(tmp_path / name), seed=0, resume=resume)
+        runner = SequenceRunner(
+            _clip(),
+            _digits(replay=Replay(capacity=40, batch_size=16)),
+            methods=[spu, log, *extra],
+            trainer=trainer,
+            run_dir=str(tmp_path / name),
+            seed=0,
+            resume=resume,
+        )
         runner.run()
         return runner, spu, log
 
@@ -250,7 +273,9 @@ def test_a_killed_and_resumed_run_ends_with_the_same_masks_and_weights(tmp_path)
     with pytest.raises(SimulatedKill):
         run("killed", extra=[KillAt(task=1, epoch=1, batch=2)])
     resumed, spu_again, log_again = run("killed", resume=True)
-    assert len(log.masks) == 2 and not all(torch.equal(log.masks[0][n], log.masks[1][n]) for n in log.masks[0])  # recomputed per task
+    assert len(log.masks) == 2 and not all(
+        torch.equal(log.masks[0][n], log.masks[1][n]) for n in log.masks[0]
+    )  # recomputed per task
     for name, mask in spu.masks.items():
         assert torch.equal(mask, spu_again.masks[name])
         assert torch.equal(log.masks[1][name], log_again.masks[-1][name])
@@ -267,8 +292,12 @@ def test_a_killed_and_resumed_run_ends_with_the_same_masks_and_weights(tmp_path)
 def test_task_rows_drop_replayed_and_general_samples():
     from clight.methods.selective_update import task_rows
 
-    batch = {"input_ids": torch.arange(8).view(4, 2), "task_id": torch.tensor([1, 0, 1, 1]),
-             "is_general": torch.tensor([False, False, True, False]), "note": "kept"}
+    batch = {
+        "input_ids": torch.arange(8).view(4, 2),
+        "task_id": torch.tensor([1, 0, 1, 1]),
+        "is_general": torch.tensor([False, False, True, False]),
+        "note": "kept",
+    }
     rows = task_rows(batch, {1})
     assert rows["input_ids"].tolist() == [[0, 1], [6, 7]] and rows["task_id"].tolist() == [1, 1] and rows["note"] == "kept"
     assert task_rows(batch, {0, 1})["task_id"].tolist() == [1, 0, 1]

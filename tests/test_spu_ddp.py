@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from conftest import run_on_two_ranks
 from test_spu import _digits
 

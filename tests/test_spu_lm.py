@@ -6,13 +6,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from contract_examples import text, tiny_lm
+from test_spu import QUIET, _assert_top_k, _hand_importance
 
 from clight.cli import build_fit_parser, runner_from_args
 from clight.contract import RunContext
 from clight.methods.general_replay import GeneralReplay
 from clight.methods.selective_update import SPU
-from contract_examples import text, tiny_lm
-from test_spu import QUIET, _assert_top_k, _hand_importance
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -61,14 +61,27 @@ def test_the_spu_configs_parse():
 
 def test_spu_smollm2_config_runs_on_cpu(tmp_path):
     """The real config through the CLI's parser, shrunk to a CPU smoke run: its first task, one step."""
-    runner = runner_from_args([
-        "--config", str(CONFIGS / "spu_smollm2.yaml"), f"--run_dir={tmp_path / 'run'}",
-        "--data.init_args.tasks=[rt_sentiment]", "--data.init_args.max_length=40", "--data.init_args.max_train_per_task=8",
-        "--data.init_args.max_test_per_task=2", "--data.init_args.heldout_general=2", "--data.init_args.general_samples=4",
-        "--data.init_args.general_max_length=24", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
-        "--trainer.limit_val_batches=0", "--runner.max_steps_per_task=1",
-    ])
+    runner = runner_from_args(
+        [
+            "--config",
+            str(CONFIGS / "spu_smollm2.yaml"),
+            f"--run_dir={tmp_path / 'run'}",
+            "--data.init_args.tasks=[rt_sentiment]",
+            "--data.init_args.max_length=40",
+            "--data.init_args.max_train_per_task=8",
+            "--data.init_args.max_test_per_task=2",
+            "--data.init_args.heldout_general=2",
+            "--data.init_args.general_samples=4",
+            "--data.init_args.general_max_length=24",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.eval_batch_size=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.precision=32-true",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=0",
+            "--runner.max_steps_per_task=1",
+        ]
+    )
     result = runner.run()
     assert result.accuracy_matrix.shape == (1, 1)
     spu = result.metrics["methods"][1]

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import small_model, small_sequence
 
 from clight import SequenceRunner
 from clight.methods import ContinualCallback
 from clight.models.finite import MAX_PENDING, FiniteLossCheck, NonFiniteLossError
-from conftest import small_model, small_sequence
 
 EVERY = 4  # trainer.log_every_n_steps in these tests
 
@@ -49,7 +49,9 @@ class PoisonAt(ContinualCallback):
 
 def _runner(tmp_path, methods, **trainer):
     trainer = dict(accelerator="cpu", devices=1, max_epochs=2, enable_progress_bar=False, log_every_n_steps=EVERY, **trainer)
-    return SequenceRunner(small_model(), small_sequence(num_tasks=2), methods=methods, trainer=trainer, run_dir=str(tmp_path / "run"))
+    return SequenceRunner(
+        small_model(), small_sequence(num_tasks=2), methods=methods, trainer=trainer, run_dir=str(tmp_path / "run")
+    )
 
 
 def test_logged_losses_are_the_steps_lightning_writes(tmp_path, monkeypatch):
@@ -70,10 +72,13 @@ def test_logged_losses_are_the_steps_lightning_writes(tmp_path, monkeypatch):
     for step, value in expected.items():
         assert logged[step] == pytest.approx(value, rel=1e-6)
     # self.log ran only on those steps and on the last step of every epoch, never on the others
-    handed = sum(len({s for s in range(len(l)) if (s + 1) % EVERY == 0} | last) for l, last in zip(record.losses, record.last_batches))
-    assert calls.count("train/loss") == handed < sum(len(l) for l in record.losses) / 2
+    handed = sum(
+        len({s for s in range(len(losses)) if (s + 1) % EVERY == 0} | last)
+        for losses, last in zip(record.losses, record.last_batches)
+    )
+    assert calls.count("train/loss") == handed < sum(len(losses) for losses in record.losses) / 2
     # callbacks reading the logged loss after a fit see the fit's last step
-    assert record.final_logged == pytest.approx([l[-1] for l in record.losses], rel=1e-6)
+    assert record.final_logged == pytest.approx([losses[-1] for losses in record.losses], rel=1e-6)
 
 
 def test_nan_on_the_cpu_stops_before_the_optimizer_steps(tmp_path):

@@ -38,5 +38,3 @@ def load_tokenizer(name_or_path: str):
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-

@@ -9,11 +9,33 @@ from clight.compare.comparison import OUTPUTS, Comparison, compare_configs, comp
 from clight.compare.controls import CONTROL_FILES, Control, read_controls, register_control_file
 from clight.compare.plan import PlannedRun, config_differences, plan_runs
 from clight.compare.record import (
-    RunNotFinished, RunRecord, SequenceMismatch, check_same_sequence, read_run, sequence_differences, task_sequence,
+    RunNotFinished,
+    RunRecord,
+    SequenceMismatch,
+    check_same_sequence,
+    read_run,
+    sequence_differences,
+    task_sequence,
 )
 
 __all__ = [
-    "CONTROL_FILES", "OUTPUTS", "Comparison", "Control", "PlannedRun", "RunNotFinished", "RunRecord", "SequenceMismatch",
-    "check_same_sequence", "compare_configs", "compare_runs", "config_differences", "plan_runs", "read_controls", "read_run",
-    "register_control_file", "sequence_differences", "task_sequence", "write_comparison",
+    "CONTROL_FILES",
+    "OUTPUTS",
+    "Comparison",
+    "Control",
+    "PlannedRun",
+    "RunNotFinished",
+    "RunRecord",
+    "SequenceMismatch",
+    "check_same_sequence",
+    "compare_configs",
+    "compare_runs",
+    "config_differences",
+    "plan_runs",
+    "read_controls",
+    "read_run",
+    "register_control_file",
+    "sequence_differences",
+    "task_sequence",
+    "write_comparison",
 ]

@@ -19,15 +19,19 @@ to every config.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clight compare", description=DESCRIPTION, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="clight compare", description=DESCRIPTION, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("configs", nargs="*", help="config files (as for clight fit --config)")
     parser.add_argument("--runs", nargs="+", default=None, metavar="RUN_DIR", help="finished run folders to tabulate instead")
     parser.add_argument("--out", required=True, help="folder for comparison.{md,csv,json,png}")
-    parser.add_argument("--run_root", default=None,
-                        help="run every config in RUN_ROOT/<config stem> instead of its own run_dir")
-    parser.add_argument("--names", nargs="+", default=None, help="the runs' names in the table (default: config stems or folder names)")
-    parser.add_argument("--window", type=int, default=None, help="tasks averaged for new-task accuracy, first and last (default: min(10, T/2))")
+    parser.add_argument("--run_root", default=None, help="run every config in RUN_ROOT/<config stem> instead of its own run_dir")
+    parser.add_argument(
+        "--names", nargs="+", default=None, help="the runs' names in the table (default: config stems or folder names)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="tasks averaged for new-task accuracy, first and last (default: min(10, T/2))"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a clight fit override for every config")
     return parser
 
@@ -37,8 +41,10 @@ def fit_overrides(unknown: Sequence[str], sets: Sequence[str]) -> list[str]:
     overrides = []
     for arg in unknown:
         if not (arg.startswith("--") and "=" in arg):
-            raise ValueError(f"clight compare: {arg!r} is not an option; write clight fit overrides as --key=value "
-                             "(e.g. --trainer.max_epochs=1), or --set key=value")
+            raise ValueError(
+                f"clight compare: {arg!r} is not an option; write clight fit overrides as --key=value "
+                "(e.g. --trainer.max_epochs=1), or --set key=value"
+            )
         overrides.append(arg)
     for item in sets:
         if "=" not in item:
@@ -56,8 +62,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "clight compare " + shlex.join(argv)
     if args.runs is not None:
         if args.configs or overrides or args.run_root:
-            raise ValueError("clight compare --runs tabulates finished run folders: configs, overrides and --run_root "
-                             "do not apply (pass configs without --runs to run them)")
+            raise ValueError(
+                "clight compare --runs tabulates finished run folders: configs, overrides and --run_root "
+                "do not apply (pass configs without --runs to run them)"
+            )
         result = compare_runs(args.runs, args.out, args.names, command, args.window)
     elif args.configs:
         result = compare_configs(args.configs, args.out, overrides, args.run_root, args.names, command, args.window)

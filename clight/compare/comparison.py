@@ -28,8 +28,15 @@ class Comparison:
     out: Path
 
 
-def equivalent_command(sources: Sequence[PathLike], out: PathLike, runs: bool = False, overrides: Sequence[str] = (),
-                       run_root: Optional[PathLike] = None, names: Optional[Sequence[str]] = None, window: Optional[int] = None) -> str:
+def equivalent_command(
+    sources: Sequence[PathLike],
+    out: PathLike,
+    runs: bool = False,
+    overrides: Sequence[str] = (),
+    run_root: Optional[PathLike] = None,
+    names: Optional[Sequence[str]] = None,
+    window: Optional[int] = None,
+) -> str:
     """The ``clight compare`` command line that does what a Python call did (for the notes)."""
     args = (["--runs"] if runs else []) + [str(s) for s in sources] + ["--out", str(out)]
     args += (["--run_root", str(run_root)] if run_root is not None else []) + list(overrides)
@@ -44,20 +51,25 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
     rows, layout = build_rows(records, window)
     table = to_markdown(rows, layout)
     lines = notes(records, rows, layout)
-    text = "\n".join(["# Comparison", "", "Produced by", "", "```bash", command, "```", "", table, "", *[f"- {n}" for n in lines], ""])
+    text = "\n".join(
+        ["# Comparison", "", "Produced by", "", "```bash", command, "```", "", table, "", *[f"- {n}" for n in lines], ""]
+    )
     out = Path(out)
     if is_rank_zero():  # compare_runs may be called on every rank of a distributed job
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "comparison.md", text)
         write_text_atomic(out / "comparison.csv", to_csv(rows))
-        write_json_atomic(out / "comparison.json", {
-            "command": command,
-            "task_sequence": records[0].sequence,
-            **layout,
-            "notes": lines,
-            "rows": rows,
-            "runs": [_run_json(r) for r in records],
-        })
+        write_json_atomic(
+            out / "comparison.json",
+            {
+                "command": command,
+                "task_sequence": records[0].sequence,
+                **layout,
+                "notes": lines,
+                "rows": rows,
+                "runs": [_run_json(r) for r in records],
+            },
+        )
         plot_comparison(records, out / "comparison.png")
     return Comparison(records, rows, layout, text, out)
 
@@ -65,17 +77,27 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
 def _run_json(r: RunRecord) -> dict:
     trainable, source = r.trainable()
     return {
-        "name": r.name, "run_dir": str(r.run_dir), "status": r.status, "schedule": r.schedule,
-        "final_accuracy": r.final_accuracy, "new_task_accuracy": r.new_task_accuracy,
+        "name": r.name,
+        "run_dir": str(r.run_dir),
+        "status": r.status,
+        "schedule": r.schedule,
+        "final_accuracy": r.final_accuracy,
+        "new_task_accuracy": r.new_task_accuracy,
         "accuracy_matrix": [[None if v != v else v for v in row] for row in r.matrix.tolist()],
         "metrics": {k: v for k, v in r.metrics.items() if k not in ("model", "data", "methods")},
         "controls": [c.as_dict() for c in r.controls],
-        "trainable_per_task": trainable, "trainable_source": source,
+        "trainable_per_task": trainable,
+        "trainable_source": source,
     }
 
 
-def compare_runs(run_dirs: Sequence[PathLike], out: PathLike, names: Optional[Sequence[str]] = None,
-                 command: Optional[str] = None, window: Optional[int] = None) -> Comparison:
+def compare_runs(
+    run_dirs: Sequence[PathLike],
+    out: PathLike,
+    names: Optional[Sequence[str]] = None,
+    command: Optional[str] = None,
+    window: Optional[int] = None,
+) -> Comparison:
     """Tabulate finished run folders (an unfinished one is refused, with the command that resumes it)."""
     if names is not None and len(names) != len(run_dirs):
         raise ValueError(f"--names gives {len(names)} names for {len(run_dirs)} run folders")
@@ -84,8 +106,15 @@ def compare_runs(run_dirs: Sequence[PathLike], out: PathLike, names: Optional[Se
     return write_comparison(records, out, command or equivalent_command(run_dirs, out, True, names=names, window=window), window)
 
 
-def compare_configs(configs: Sequence[PathLike], out: PathLike, overrides: Sequence[str] = (), run_root: Optional[PathLike] = None,
-                    names: Optional[Sequence[str]] = None, command: Optional[str] = None, window: Optional[int] = None) -> Comparison:
+def compare_configs(
+    configs: Sequence[PathLike],
+    out: PathLike,
+    overrides: Sequence[str] = (),
+    run_root: Optional[PathLike] = None,
+    names: Optional[Sequence[str]] = None,
+    command: Optional[str] = None,
+    window: Optional[int] = None,
+) -> Comparison:
     """Run every config (``overrides`` applied to each, as ``clight fit --config C OVERRIDES`` would),
     reading finished runs and resuming unfinished ones, then tabulate them. Every config is checked
     (parse, run folder, task sequence) before any run starts. With several processes, only rank 0

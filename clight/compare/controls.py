@@ -58,8 +58,14 @@ class Control:
         return self.after - self.start
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "per_task": list(self.per_task), "start": self.start, "start_label": self.before_label,
-                "after": self.after, "change": self.change}
+        return {
+            **asdict(self),
+            "per_task": list(self.per_task),
+            "start": self.start,
+            "start_label": self.before_label,
+            "after": self.after,
+            "change": self.change,
+        }
 
 
 ControlReader = Callable[[Path], list[Control]]
@@ -83,8 +89,16 @@ def _finite(values: Any) -> tuple[float, ...]:
 @register_control_file("general_perplexity.json")
 def _general_perplexity(path: Path) -> list[Control]:
     data = read_json(path)
-    return [Control("general_perplexity", "perplexity on held-out general text (GeneralPerplexity)",
-                    _finite(data.get("after_task", [])), data.get("before_first_task"), True, path.name)]
+    return [
+        Control(
+            "general_perplexity",
+            "perplexity on held-out general text (GeneralPerplexity)",
+            _finite(data.get("after_task", [])),
+            data.get("before_first_task"),
+            True,
+            path.name,
+        )
+    ]
 
 
 PLASTICITY_STATISTICS = {
@@ -111,8 +125,16 @@ def _declared(describes: list[dict]) -> list[Control]:
     for info in describes:
         for name, entry in (info.get("controls") or {}).items():
             source = f"{info.get('class', '?')}.describe()"
-            controls.append(Control(name, entry.get("what", name), _finite(entry.get("per_task", [])), entry.get("before"),
-                                    entry.get("lower_is_better"), source))
+            controls.append(
+                Control(
+                    name,
+                    entry.get("what", name),
+                    _finite(entry.get("per_task", [])),
+                    entry.get("before"),
+                    entry.get("lower_is_better"),
+                    source,
+                )
+            )
     return controls
 
 

@@ -63,8 +63,9 @@ def _control(ax, records: list[RunRecord], colours: dict, name: str) -> None:
             continue
         offset = 0 if c.before is not None else 1
         ys = ([c.before] if c.before is not None else []) + list(c.per_task)
-        ax.plot(np.arange(offset, offset + len(ys)), ys, marker="o" if len(ys) <= 20 else None, label=r.name,
-                color=colours[r.name])
+        ax.plot(
+            np.arange(offset, offset + len(ys)), ys, marker="o" if len(ys) <= 20 else None, label=r.name, color=colours[r.name]
+        )
     ax.set_xlabel("after task (0: before the first)")
     ax.set_title(name.replace("_", " "))
 
@@ -93,7 +94,7 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
         draw(ax, records, colours)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles = [Patch(color=colour, label=name) for name, colour in colours.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(LEGEND_COLUMNS, len(handles)), fontsize=8, frameon=False)

@@ -100,7 +100,9 @@ def plan_runs(
         run_dir = Path(cfg.run_dir)
         plan = PlannedRun(names[i] if names else config.stem, config, fit_args, run_dir, run_state(run_dir))
         _check_folder(plan, yaml.safe_load(parser.dump(cfg, skip_none=False)))
-        plan.sequence = task_sequence(read_json(run_dir / "metrics.json")["data"]) if plan.state == "finished" else _data_sequence(cfg)
+        plan.sequence = (
+            task_sequence(read_json(run_dir / "metrics.json")["data"]) if plan.state == "finished" else _data_sequence(cfg)
+        )
         plans.append(plan)
     _check_distinct(plans)
     return plans
@@ -124,8 +126,10 @@ def _check_distinct(plans: list[PlannedRun]) -> None:
     for plan in plans:
         folder = plan.run_dir.resolve()
         if folder in seen:
-            raise ConfigError(f"{seen[folder]} and {plan.config} both write to {plan.run_dir}: give them their own "
-                              "run_dir, or use --run_root FOLDER (one subfolder per config)")
+            raise ConfigError(
+                f"{seen[folder]} and {plan.config} both write to {plan.run_dir}: give them their own "
+                "run_dir, or use --run_root FOLDER (one subfolder per config)"
+            )
         seen[folder] = str(plan.config)
     require_distinct_names([p.name for p in plans], "rename a config or pass --names")
 

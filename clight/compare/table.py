@@ -73,11 +73,18 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
             c = controls.get(name)
             row.update({f"{name}_start": c and c.start, f"{name}_after": c and c.after, f"{name}_change": c and c.change})
         trainable, source = r.trainable()
-        row.update({"wall_time_seconds": r.metrics.get("wall_time_seconds"), "trainable_per_task": trainable,
-                    "trainable_source": source})
+        row.update(
+            {"wall_time_seconds": r.metrics.get("wall_time_seconds"), "trainable_per_task": trainable, "trainable_source": source}
+        )
         rows.append(row)
-    layout = {"num_tasks": num_tasks, "window": window, "with_matrix": with_matrix, "new_task_only": new_task_only,
-              "controls": control_names, "intransigence_reference": provenance or None}
+    layout = {
+        "num_tasks": num_tasks,
+        "window": window,
+        "with_matrix": with_matrix,
+        "new_task_only": new_task_only,
+        "controls": control_names,
+        "intransigence_reference": provenance or None,
+    }
     return rows, layout
 
 
@@ -112,17 +119,25 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     if layout["with_matrix"]:
         if layout["num_tasks"] <= MAX_TASK_COLUMNS:
             columns += [(f"task {j + 1}", lambda row, j=j: _percent(1)(row[f"task_{j + 1}"])) for j in range(layout["num_tasks"])]
-        columns += [(header, lambda row, key=key: _percent(2)(row[key])) for header, key in
-                    (("AA", "average_accuracy"), ("BWT", "backward_transfer"), ("forgetting", "forgetting"))]
+        columns += [
+            (header, lambda row, key=key: _percent(2)(row[key]))
+            for header, key in (("AA", "average_accuracy"), ("BWT", "backward_transfer"), ("forgetting", "forgetting"))
+        ]
     if layout["intransigence_reference"]:
         columns.append(("intransigence", lambda row: _percent(2)(row["intransigence"])))
     if layout["new_task_only"]:
         w = layout["window"]
-        columns += [(f"new-task acc., first {w}", lambda row: _percent(1)(row[f"new_task_accuracy_first_{w}"])),
-                    (f"new-task acc., last {w}", lambda row: _percent(1)(row[f"new_task_accuracy_last_{w}"]))]
-    columns += [(f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]]
-    columns += [("wall time", lambda row: "n/a" if _missing(row["wall_time_seconds"]) else f"{row['wall_time_seconds']:.0f} s"),
-                ("trainable / task", lambda row: _trainable(row["trainable_per_task"]))]
+        columns += [
+            (f"new-task acc., first {w}", lambda row: _percent(1)(row[f"new_task_accuracy_first_{w}"])),
+            (f"new-task acc., last {w}", lambda row: _percent(1)(row[f"new_task_accuracy_last_{w}"])),
+        ]
+    columns += [
+        (f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]
+    ]
+    columns += [
+        ("wall time", lambda row: "n/a" if _missing(row["wall_time_seconds"]) else f"{row['wall_time_seconds']:.0f} s"),
+        ("trainable / task", lambda row: _trainable(row["trainable_per_task"])),
+    ]
     return columns
 
 
@@ -138,23 +153,30 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
     out = []
     if layout["with_matrix"]:
         points = "BWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT and forgetting"
-        out.append("Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
-                   f"AA = mean of that row over the tasks seen; {points} in percentage points.")
+        out.append(
+            "Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
+            f"AA = mean of that row over the tasks seen; {points} in percentage points."
+        )
         convention = next((r.metrics["forgetting_convention"] for r in records if r.metrics.get("forgetting_convention")), None)
         if convention:
             out.append(f"Forgetting: {convention}.")
     if layout["new_task_only"]:
-        out.append(f"New-task accuracy: a[t][t], accuracy on task t right after training it, averaged over the first and the "
-                   f"last {layout['window']} tasks.")
+        out.append(
+            f"New-task accuracy: a[t][t], accuracy on task t right after training it, averaged over the first and the "
+            f"last {layout['window']} tasks."
+        )
     if layout["intransigence_reference"]:
         out.append(f"Intransigence: {layout['intransigence_reference']}.")
     seen: dict[str, str] = {}
     for c in (c for r in records for c in r.controls):
         direction = {True: "lower is better", False: "higher is better"}.get(c.lower_is_better, "no better direction")
-        seen.setdefault(c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} "
-                                f"(from {c.source}).")
+        seen.setdefault(
+            c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} (from {c.source})."
+        )
     out += list(seen.values())
-    out += [f"{row['method']}: {row['status']} ({row['run_dir']}); trainable / task from {row['trainable_source']}." for row in rows]
+    out += [
+        f"{row['method']}: {row['status']} ({row['run_dir']}); trainable / task from {row['trainable_source']}." for row in rows
+    ]
     return out
 
 

@@ -189,7 +189,17 @@ class TaskSequence(L.LightningDataModule):
         return {
             "scenario": type(self.scenario).__name__,
             "setting": self.scenario.setting,
-            "tasks": [{"index": t.index, "name": t.name, "classes": t.classes, "train": len(t.train), "val": len(t.val), "test": len(t.test)} for t in self.tasks],
+            "tasks": [
+                {
+                    "index": t.index,
+                    "name": t.name,
+                    "classes": t.classes,
+                    "train": len(t.train),
+                    "val": len(t.val),
+                    "test": len(t.test),
+                }
+                for t in self.tasks
+            ],
             "batch_size": self.batch_size,
             "seed": self.seed,
             "replay": self.replay.describe() if self.replay else None,

@@ -17,7 +17,6 @@ from clight.data.task import Task
 from clight.data.views import TaskView, dataset_targets, fetch_pairs
 from clight.seeding import seeded_generator
 
-
 SplitSetting = Literal["class_incremental", "task_incremental"]
 ClassOrder = Literal["sorted", "shuffled"]
 

@@ -24,8 +24,16 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DOWNLOAD_ROOT = Path(os.environ.get("CLIGHT_DATA", Path.home() / ".cache" / "clight" / "data"))
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -101,7 +109,9 @@ def read_idx(path: Path) -> np.ndarray:
             shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
             data = np.frombuffer(f.read(), dtype=np.uint8)
     except (OSError, EOFError, struct.error, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}): it is truncated, corrupt or unreadable. {IDX_FIX}") from exc
+        raise ValueError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}): it is truncated, corrupt or unreadable. {IDX_FIX}"
+        ) from exc
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes. {IDX_FIX}")
     return data.reshape(shape)

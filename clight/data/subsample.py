@@ -12,9 +12,9 @@ from typing import Optional
 import torch
 
 from clight.data.scenarios import Scenario
-from clight.seeding import seeded_generator
 from clight.data.task import Task
 from clight.data.views import TaskView
+from clight.seeding import seeded_generator
 
 
 def cap_per_class(view: TaskView, per_class: Optional[int], generator: torch.Generator) -> None:

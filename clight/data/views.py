@@ -56,9 +56,7 @@ def _split_sample(sample) -> tuple:
         return sample["input"], sample["target"]
     if isinstance(sample, (tuple, list)) and len(sample) >= 2:
         return sample[0], sample[1]
-    raise TypeError(
-        f"a data set sample must be (input, target) or a dict with 'input' and 'target', got {type(sample).__name__}"
-    )
+    raise TypeError(f"a data set sample must be (input, target) or a dict with 'input' and 'target', got {type(sample).__name__}")
 
 
 def fetch_pairs(base: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,10 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-FWT_CONVENTION = (
-    "GEM convention: FWT = mean_{j>=1} (a[j-1][j] - b_j), b_j = accuracy of the untrained "
-    "initial model on task j"
-)
+FWT_CONVENTION = "GEM convention: FWT = mean_{j>=1} (a[j-1][j] - b_j), b_j = accuracy of the untrained initial model on task j"
 FORGETTING_CONVENTION = (
     "FM_k = mean_{j<k} max_{j<=i<k} (a[i][j] - a[k][j]): the best accuracy task j had after it was "
     "trained (rows i < j, before task j was trained, are not used)"
@@ -128,9 +125,7 @@ def intransigence(acc, reference: IntransigenceReference, k: Optional[int] = Non
     return float(np.mean(per_task)), per_task
 
 
-def summarize(
-    acc, initial: Optional[Sequence[float]] = None, reference: Optional[IntransigenceReference] = None
-) -> dict:
+def summarize(acc, initial: Optional[Sequence[float]] = None, reference: Optional[IntransigenceReference] = None) -> dict:
     """All metrics after the last finished row, as a JSON-ready dict. Intransigence is included
     only when a ``reference`` is given."""
     a = _as_matrix(acc)

@@ -70,7 +70,12 @@ class SmallCNN(nn.Module):
     def _build(self, in_channels: int) -> None:
         blocks, width = [], in_channels
         for c in self.channels:
-            blocks += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            blocks += [
+                nn.Conv2d(width, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             width = c
         self.blocks = nn.Sequential(*blocks)
 

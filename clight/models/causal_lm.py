@@ -28,8 +28,14 @@ from clight.models.module import ContinualModule, default_optimizer
 
 GeneralCE = Literal["equal", "pooled", "none"]
 Evaluation = Literal["likelihood", "generate"]
-TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512)
+TINY_LLAMA = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, **overrides):
@@ -134,9 +140,13 @@ class ContinualCausalLM(ContinualModule):
         unknown = set(cfg) - {"r", "alpha", "dropout", "target_modules"}
         if unknown:
             raise ValueError(f"unknown lora keys {sorted(unknown)}: use r, alpha, dropout, target_modules")
-        config = LoraConfig(r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),
-                            lora_dropout=float(cfg.get("dropout", 0.0)),
-                            target_modules=list(cfg.get("target_modules", ["q_proj", "v_proj"])), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=int(cfg.get("r", 8)),
+            lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),
+            lora_dropout=float(cfg.get("dropout", 0.0)),
+            target_modules=list(cfg.get("target_modules", ["q_proj", "v_proj"])),
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(net, config)
 
     @property
@@ -236,8 +246,13 @@ class ContinualCausalLM(ContinualModule):
             answer = labels[labels != IGNORE]
             prompt_len = int((labels == IGNORE).logical_and(batch["attention_mask"][i].bool()).sum())
             prompt = batch["input_ids"][i, :prompt_len].unsqueeze(0)
-            out = self.net.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=len(answer),
-                                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            out = self.net.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=len(answer),
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
             matches.append(torch.equal(out[0, prompt_len:], answer))
         return torch.tensor(matches, device=batch["input_ids"].device)
 
@@ -258,6 +273,14 @@ class ContinualCausalLM(ContinualModule):
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update({"model": self.model_name, "lora": self.lora_config, "dtype": self.dtype_name,
-                    "general_ce": self.general_ce, "evaluation": self.evaluation, "hidden_size": self.hidden_size})
+        out.update(
+            {
+                "model": self.model_name,
+                "lora": self.lora_config,
+                "dtype": self.dtype_name,
+                "general_ce": self.general_ce,
+                "evaluation": self.evaluation,
+                "hidden_size": self.hidden_size,
+            }
+        )
         return out

@@ -110,9 +110,9 @@ class ContinualClassifier(ContinualModule):
         # every head on every sample, then each sample's own row: no data-dependent branching,
         # so the same code runs batched under torch.func (EWC's per-sample gradients)
         width = max(head.out_features for head in self.heads.values())
-        stacked = torch.stack([
-            F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in self.heads.values()
-        ])
+        stacked = torch.stack(
+            [F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in self.heads.values()]
+        )
         return stacked[self._head_position(task_id), torch.arange(len(features), device=features.device)]
 
     def _mask_unseen(self, raw_logits: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,16 @@ from clight.models.module import ContinualModule, default_optimizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                 patch_size=8, projection_dim=16, max_position_embeddings=64)
+TINY_CLIP = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+    max_position_embeddings=64,
+)
 
 
 def prompt_tokenizer():
@@ -54,7 +62,9 @@ def prompt_tokenizer():
     tk.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 def tiny_clip(tokenizer, seed: int = 0, **overrides):
@@ -66,8 +76,14 @@ def tiny_clip(tokenizer, seed: int = 0, **overrides):
     if unknown:
         raise ValueError(f"unknown tiny_config keys {sorted(unknown)}: use {sorted(TINY_CLIP)}")
     tower = {k: sizes[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
-    text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=sizes["max_position_embeddings"],
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text = dict(
+        tower,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=sizes["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     vision = dict(tower, image_size=sizes["image_size"], patch_size=sizes["patch_size"])
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=sizes["projection_dim"])
     with torch.random.fork_rng(devices=[]):
@@ -242,7 +258,15 @@ class ContinualCLIP(ContinualModule):
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update({"model": self.model_name, "template": self.template, "dtype": self.dtype_name,
-                    "image_size": list(self.image_size), "classes": len(self.class_names),
-                    "seen_classes": int(self.seen_mask.sum()), "projection_dim": int(self.clip.config.projection_dim)})
+        out.update(
+            {
+                "model": self.model_name,
+                "template": self.template,
+                "dtype": self.dtype_name,
+                "image_size": list(self.image_size),
+                "classes": len(self.class_names),
+                "seen_classes": int(self.seen_mask.sum()),
+                "projection_dim": int(self.clip.config.projection_dim),
+            }
+        )
         return out

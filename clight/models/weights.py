@@ -53,7 +53,9 @@ def remap_keys(state: dict[str, torch.Tensor], key_map: KeyMap) -> dict[str, tor
     return renamed
 
 
-def load_local_weights(model: nn.Module, path: Union[str, Path], key_map: KeyMap = None, drop_prefixes: Optional[list[str]] = None) -> None:
+def load_local_weights(
+    model: nn.Module, path: Union[str, Path], key_map: KeyMap = None, drop_prefixes: Optional[list[str]] = None
+) -> None:
     """Load ``path`` into ``model`` strictly (after ``key_map``); classifier keys the model lacks
     (``num_classes=0``) may be dropped by naming their prefixes in ``drop_prefixes``."""
     state = remap_keys(read_state_dict(path), key_map)

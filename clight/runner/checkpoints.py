@@ -64,7 +64,8 @@ class ResumePoint:
         shaped = sorted(k for k in set(expected) & set(self.shapes) if expected[k] != self.shapes[k])
         detail = "; ".join(
             f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", extra), ("other shape", shaped)) if keys
+            for label, keys in (("missing", missing), ("unexpected", extra), ("other shape", shaped))
+            if keys
         )
         raise RunFolderError(
             f"{self.path} was written for another model ({detail}). The model changed since the run started: "

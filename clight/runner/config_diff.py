@@ -14,9 +14,15 @@ import yaml
 #: settings that do not change what a run computes
 NO_EFFECT = frozenset(
     {
-        "run_dir", "resume", "allow_config_change",
-        "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.profiler",
-        "data.init_args.num_workers", "runner.checkpoint_every_epoch",
+        "run_dir",
+        "resume",
+        "allow_config_change",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",
+        "trainer.profiler",
+        "data.init_args.num_workers",
+        "runner.checkpoint_every_epoch",
     }
 )
 

@@ -130,4 +130,6 @@ def make_trainer(
         # Rich's live display redraws from a thread that competes for the GIL (about 5% of a
         # small model's step); a tqdm bar updated every 10th step costs nothing measurable.
         fresh.append(TQDMProgressBar(refresh_rate=10, leave=False))
-    return L.Trainer(**kwargs, callbacks=[*methods, *fresh], logger=logger, default_root_dir=str(run_dir), use_distributed_sampler=False)
+    return L.Trainer(
+        **kwargs, callbacks=[*methods, *fresh], logger=logger, default_root_dir=str(run_dir), use_distributed_sampler=False
+    )

@@ -66,12 +66,18 @@ class StopRequest:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.signum = signum
         if is_rank_zero():
-            print(f"\nclight: {signal.Signals(signum).name} received; stopping after this batch "
-                  "(Ctrl-C again to stop at once).", file=sys.stderr, flush=True)
+            print(
+                f"\nclight: {signal.Signals(signum).name} received; stopping after this batch (Ctrl-C again to stop at once).",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def agreed(self) -> Optional[int]:
         """The signal any rank received (the largest number, on every rank alike)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        if (
+            not (torch.distributed.is_available() and torch.distributed.is_initialized())
+            or torch.distributed.get_world_size() == 1
+        ):
             return self.signum
         flag = torch.tensor([self.signum or 0], dtype=torch.int64)
         if torch.distributed.get_backend() == "nccl":

@@ -14,11 +14,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.evaluation import evaluate_tasks
+from clight.io import read_json
 from clight.logger import SequenceCSVLogger
 from clight.methods.base import ContinualCallback, RunContext, assign_state_keys
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
-from clight.io import read_json
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
@@ -110,8 +110,12 @@ class SequenceRunner:
             self._restore(resume.boundary)
         self._resume_point = resume.point if resume else None
         self.logger.log_hyperparams(
-            {"model": self.model.describe(), "data": self.data.describe(), "methods": [m.describe() for m in self.methods],
-             "runner": {**vars(self.settings), "seed": self.seed}}
+            {
+                "model": self.model.describe(),
+                "data": self.data.describe(),
+                "methods": [m.describe() for m in self.methods],
+                "runner": {**vars(self.settings), "seed": self.seed},
+            }
         )
         display = SequenceProgress(self.data, enabled=self.trainer_kwargs.get("enable_progress_bar", True))
         fits = self.schedule.fits([t.name for t in self.data.tasks])
@@ -165,8 +169,17 @@ class SequenceRunner:
         point, self._resume_point = self._resume_point, None
         if point is not None:
             point.check_fits(self.model)
-        trainer = make_trainer(self.trainer_kwargs, self.settings, self.methods, self.logger, self.run_dir,
-                               self.folder.fit_checkpoint_dir(fit.index), self.seed, fit.index, self.stop)
+        trainer = make_trainer(
+            self.trainer_kwargs,
+            self.settings,
+            self.methods,
+            self.logger,
+            self.run_dir,
+            self.folder.fit_checkpoint_dir(fit.index),
+            self.seed,
+            fit.index,
+            self.stop,
+        )
         self.model.train()  # Lightning keeps a module's eval mode when a fit starts
         self._fit(trainer, point)
         for task in tasks:

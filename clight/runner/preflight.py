@@ -27,7 +27,9 @@ def check_training_length(trainer: dict, settings: RunnerSettings) -> None:
         if max_epochs == -1 and max_steps in (None, -1):
             raise ConfigError("trainer.max_epochs=-1 with no trainer.max_steps never ends. Set one of them to a positive value.")
     if max_steps is not None and (max_steps == 0 or max_steps < -1):
-        raise ConfigError(f"trainer.max_steps={max_steps}: every task would end untrained. Set it to 1 or more (or -1: no limit).")
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}: every task would end untrained. Set it to 1 or more (or -1: no limit)."
+        )
     if trainer.get("limit_train_batches") == 0:
         raise ConfigError("trainer.limit_train_batches=0: every task would end untrained. Remove it or set a positive value.")
 

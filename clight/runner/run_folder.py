@@ -200,12 +200,14 @@ class RunFolder:
     def _record_changes(self, config: Optional[str], resume: Resume) -> None:
         path = self.path / CONFIG_CHANGES
         history = read_json(path) if path.exists() else []
-        history.append({
-            "after_tasks": resume.progress.finished_tasks,
-            "from_epoch_checkpoint": resume.point.path.name if resume.point else None,
-            "changes": {k: {"before": a, "after": b} for k, (a, b) in resume.changes.items()},
-            "config": config,
-        })
+        history.append(
+            {
+                "after_tasks": resume.progress.finished_tasks,
+                "from_epoch_checkpoint": resume.point.path.name if resume.point else None,
+                "changes": {k: {"before": a, "after": b} for k, (a, b) in resume.changes.items()},
+                "config": config,
+            }
+        )
         write_json_atomic(path, history)
 
     def save_progress(self, progress: Progress, status: str = "running", **extra: Any) -> None:

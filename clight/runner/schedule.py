@@ -48,7 +48,9 @@ class Schedule:
     def title(self, fit: Fit, num_tasks: int) -> str:
         return f"Task {fit.index + 1}/{num_tasks} · {fit.name}"
 
-    def summary(self, matrices: dict[str, list[list[float]]], initial: Optional[list[float]]) -> dict:  # pragma: no cover - interface
+    def summary(
+        self, matrices: dict[str, list[list[float]]], initial: Optional[list[float]]
+    ) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
 
     def row_labels(self, rows: int) -> list[str]:

@@ -16,8 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clight import MLP, ContinualClassifier, Replay, SequenceRunner, SplitClasses, TaskSequence  # noqa: E402
 from kills import StepCounter, StopAt  # noqa: E402
+
+from clight import MLP, ContinualClassifier, Replay, SequenceRunner, SplitClasses, TaskSequence  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -36,11 +37,16 @@ if args.devices > 1:
     trainer["strategy"] = "ddp"
 counter = StepCounter()
 methods = [counter] + ([StopAt(*map(int, args.stop_at.split(",")))] if args.stop_at else [])
-result = SequenceRunner(model, data, methods=methods, trainer=trainer, run_dir=os.path.join(args.out, "run"), seed=0,
-                        resume=args.resume).run()
+result = SequenceRunner(
+    model, data, methods=methods, trainer=trainer, run_dir=os.path.join(args.out, "run"), seed=0, resume=args.resume
+).run()
 rank = int(os.environ.get("LOCAL_RANK", 0))
 torch.save(
-    {"matrix": torch.tensor(result.accuracy_matrix), "memory": data.memory.entries, "params": model.state_dict(),
-     "steps": counter.steps},
+    {
+        "matrix": torch.tensor(result.accuracy_matrix),
+        "memory": data.memory.entries,
+        "params": model.state_dict(),
+        "steps": counter.steps,
+    },
     os.path.join(args.out, f"rank{rank}.pt"),
 )

@@ -34,7 +34,9 @@ def rank_inverted(items):
 out, devices = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
 model = ContinualCLIP("tiny", class_names="digits", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.2))
-data = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16), collate_fn=rank_inverted)
+data = TaskSequence(
+    SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16), collate_fn=rank_inverted
+)
 spu = SPU(importance_batches=0.5)
 log = MaskLog(spu)
 trainer = dict(accelerator="cpu", devices=devices, max_epochs=1, limit_train_batches=3, enable_progress_bar=False)

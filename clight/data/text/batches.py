@@ -50,5 +50,3 @@ class TextCollator:
                 batch[f"choice_{key}"] = value.view(len(items), k, -1)
             batch["choice_valid"] = torch.tensor(valid).view(len(items), k)
         return batch
-
-

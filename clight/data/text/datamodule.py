@@ -13,7 +13,7 @@ from clight.data.samplers import evaluation_batches
 from clight.data.text.batches import TextCollator
 from clight.data.text.general import GeneralSet, general_splits
 from clight.data.text.general_sources import GENERAL_SOURCES, GeneralSource
-from clight.data.text.tasks import TextTaskSpec, TextTasks
+from clight.data.text.tasks import TextTasks, TextTaskSpec
 
 GeneralMode = Literal["append", "per_batch", "none"]
 
@@ -51,8 +51,15 @@ class TextTaskSequence(TaskSequence):
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         scenario = TextTasks(tasks, self.tokenizer, max_length, max_train_per_task, max_test_per_task)
-        super().__init__(scenario=scenario, batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
-                         seed=seed, num_workers=num_workers, collate_fn=TextCollator(self.tokenizer.pad_token_id, choices=True))
+        super().__init__(
+            scenario=scenario,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            num_workers=num_workers,
+            collate_fn=TextCollator(self.tokenizer.pad_token_id, choices=True),
+        )
         self.train_collate = TextCollator(self.tokenizer.pad_token_id, choices=False)
         self.general_source = GENERAL_SOURCES[general]() if isinstance(general, str) else general
         self.general_samples, self.general_max_length = general_samples, general_max_length
@@ -107,14 +114,16 @@ class TextTaskSequence(TaskSequence):
     def describe(self) -> dict:
         out = super().describe()
         general = self.general_set
-        out.update({
-            "tokenizer": self.tokenizer_name if isinstance(self.tokenizer_name, str) else type(self.tokenizer).__name__,
-            "general_source": getattr(self.general_source, "name", None),
-            "general_samples": len(general) if general is not None else 0,
-            "general_tokens": sum(len(r) for r in general.ids) if general is not None else 0,
-            "general_max_length": self.general_max_length,
-            "general_mode": self.general_mode,
-            "general_per_batch": self.general_per_batch if self.general_mode == "per_batch" else None,
-            "heldout_general": len(self.heldout_set) if self.heldout_set is not None else 0,
-        })
+        out.update(
+            {
+                "tokenizer": self.tokenizer_name if isinstance(self.tokenizer_name, str) else type(self.tokenizer).__name__,
+                "general_source": getattr(self.general_source, "name", None),
+                "general_samples": len(general) if general is not None else 0,
+                "general_tokens": sum(len(r) for r in general.ids) if general is not None else 0,
+                "general_max_length": self.general_max_length,
+                "general_mode": self.general_mode,
+                "general_per_batch": self.general_per_batch if self.general_mode == "per_batch" else None,
+                "heldout_general": len(self.heldout_set) if self.heldout_set is not None else 0,
+            }
+        )
         return out

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from clight.assets.tokenizers import encode
 from clight.data.text.general_sources import GeneralSource
 
+
 class GeneralSet(Dataset):
     """General samples tokenised once, truncated to a fixed length: the same ids every time."""
 
@@ -36,7 +37,9 @@ class GeneralSet(Dataset):
         return h.hexdigest()[:16]
 
 
-def general_splits(source: GeneralSource, n_replay: int, n_heldout: int, heldout_fraction: float = 0.1) -> tuple[list[str], list[str]]:
+def general_splits(
+    source: GeneralSource, n_replay: int, n_heldout: int, heldout_fraction: float = 0.1
+) -> tuple[list[str], list[str]]:
     """Replay passages from the first documents, held-out passages from the last ``heldout_fraction``
     of documents, so no held-out text shares a document with replayed text. Within each part the
     passages are taken round-robin across its documents (the first passage of every document, then

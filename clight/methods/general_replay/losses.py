@@ -30,10 +30,10 @@ def tm_loss_from_masks(
     (optional, e.g. the attention mask ``[...]``) zeroes whole tokens.
     """
     h = hidden.float()
-    l = neg_mask * F.relu(h - neg) + pos_mask * F.relu(pos - h) + neu_mask * (F.relu(h - pos) + F.relu(neg - h))
+    penalty = neg_mask * F.relu(h - neg) + pos_mask * F.relu(pos - h) + neu_mask * (F.relu(h - pos) + F.relu(neg - h))
     if mask is not None:
-        l = l * mask.unsqueeze(-1).to(l.dtype)
-    return l.sum() / ((l != 0).sum() + EPS)
+        penalty = penalty * mask.unsqueeze(-1).to(penalty.dtype)
+    return penalty.sum() / ((penalty != 0).sum() + EPS)
 
 
 def state_masks(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -65,7 +65,9 @@ def token_rows(offsets: torch.Tensor, indices: torch.Tensor, lengths: torch.Tens
             f"{int(stored[bad])} when its states were computed: the general set must be tokenised and "
             "truncated the same way every time (same tokenizer, same general_max_length)"
         )
-    local = torch.arange(int(lengths.sum()), device=offsets.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    local = torch.arange(int(lengths.sum()), device=offsets.device) - torch.repeat_interleave(
+        lengths.cumsum(0) - lengths, lengths
+    )
     return torch.repeat_interleave(offsets[indices], lengths) + local
 
 

@@ -56,12 +56,21 @@ class BaseReference:
             states = compute_states(hidden, batches, thresholds, device, feats)
         finally:
             module.train(was_training)
-        shared = broadcast_from_rank_zero({
-            "mu": thresholds.mu, "sd": thresholds.sd, "packed": states.packed, "offsets": states.offsets,
-            **({"features": torch.cat(feats)} if feats is not None else {}),
-        })
-        return cls(Thresholds(shared["mu"], shared["sd"]), PackedStates(shared["packed"], shared["offsets"], states.dims),
-                   shared.get("features"), fingerprint)
+        shared = broadcast_from_rank_zero(
+            {
+                "mu": thresholds.mu,
+                "sd": thresholds.sd,
+                "packed": states.packed,
+                "offsets": states.offsets,
+                **({"features": torch.cat(feats)} if feats is not None else {}),
+            }
+        )
+        return cls(
+            Thresholds(shared["mu"], shared["sd"]),
+            PackedStates(shared["packed"], shared["offsets"], states.dims),
+            shared.get("features"),
+            fingerprint,
+        )
 
     def save(self, path: Path, loss: str) -> None:
         tensors = {"mu": self.thresholds.mu, "sd": self.thresholds.sd, **self.states.state_dict()}
@@ -69,7 +78,11 @@ class BaseReference:
             tensors["features"] = self.features
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"fingerprint": self.fingerprint, "loss": loss})
+        save_file(
+            {k: v.contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"fingerprint": self.fingerprint, "loss": loss},
+        )
         tmp.replace(path)
 
     @classmethod
@@ -91,12 +104,20 @@ class BaseReference:
         if self.states.packed.device == device:
             return self
         features = self.features.to(device) if self.features is not None else None
-        return BaseReference(Thresholds(self.thresholds.mu.to(device), self.thresholds.sd.to(device)), self.states.to(device),
-                             features, self.fingerprint, self.loaded_from_cache)
+        return BaseReference(
+            Thresholds(self.thresholds.mu.to(device), self.thresholds.sd.to(device)),
+            self.states.to(device),
+            features,
+            self.fingerprint,
+            self.loaded_from_cache,
+        )
 
     def memory_bytes(self) -> dict:
         """Bytes of the replay state next to float32 hidden states of the same entries."""
         entries = int(self.states.offsets[-1]) * self.states.dims
-        return {"packed_states": self.states.state_bytes(), "float32_states": entries * 4,
-                "sample_offsets": self.states.offsets.numel() * 8,
-                "features_float16": self.features.numel() * 2 if self.features is not None else 0}
+        return {
+            "packed_states": self.states.state_bytes(),
+            "float32_states": entries * 4,
+            "sample_offsets": self.states.offsets.numel() * 8,
+            "features_float16": self.features.numel() * 2 if self.features is not None else 0,
+        }

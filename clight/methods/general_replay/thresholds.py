@@ -45,13 +45,17 @@ def masked_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def compute_thresholds(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]], device: torch.device, unbiased: bool = True) -> Thresholds:
+def compute_thresholds(
+    hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]], device: torch.device, unbiased: bool = True
+) -> Thresholds:
     """mu_d and sd_d over all real general tokens: the unbiased sd (``torch.std``, the paper's
     sample statistic) or, with ``unbiased=False``, the population sd (the released code's ``np.std``)."""
     total = sq = None
     n = 0
     for batch in batches():
-        h = masked_tokens(hidden_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device)), batch["attention_mask"].to(device)).double()
+        h = masked_tokens(
+            hidden_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device)), batch["attention_mask"].to(device)
+        ).double()
         total = h.sum(0) if total is None else total + h.sum(0)
         sq = (h * h).sum(0) if sq is None else sq + (h * h).sum(0)
         n += h.shape[0]
@@ -63,8 +67,13 @@ def compute_thresholds(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]
 
 
 @torch.no_grad()
-def compute_states(hidden_fn: HiddenFn, batches: Callable[[], Iterable[dict]], thresholds: Thresholds, device: torch.device,
-                   features: Optional[list] = None) -> PackedStates:
+def compute_states(
+    hidden_fn: HiddenFn,
+    batches: Callable[[], Iterable[dict]],
+    thresholds: Thresholds,
+    device: torch.device,
+    features: Optional[list] = None,
+) -> PackedStates:
     """Packed NEG/POS/NEU states of every real general token; ``features`` (a list) also collects
     the float16 hidden states when the feature-imitation cache wants them."""
     neg, pos = thresholds.neg.to(device), thresholds.pos.to(device)

@@ -52,7 +52,9 @@ class ReplayLoss:
         """Get ready for ``module``; return where base outputs come from (``None``: not needed)."""
         return None
 
-    def __call__(self, module: Any, batch: dict, outputs: dict, general: GeneralRows, reference: Optional[BaseReference]) -> torch.Tensor:  # pragma: no cover - interface
+    def __call__(
+        self, module: Any, batch: dict, outputs: dict, general: GeneralRows, reference: Optional[BaseReference]
+    ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -73,9 +75,11 @@ class ThresholdMargin(ReplayLoss):
         return tm_loss(general.hidden, reference.states.gather(general.index, general.lengths), t.neg, t.pos)
 
     def describe(self):
-        return {"thresholds": "mu_d +/- sd_d over all unpadded general tokens of the base model's last hidden states (after final norm)",
-                "states": "2-bit packed NEG/POS/NEU (clight); the released code stores float32 states",
-                "tm_average": "over violating entries only"}
+        return {
+            "thresholds": "mu_d +/- sd_d over all unpadded general tokens of the base model's last hidden states (after final norm)",
+            "states": "2-bit packed NEG/POS/NEU (clight); the released code stores float32 states",
+            "tm_average": "over violating entries only",
+        }
 
 
 class LabelFitting(ReplayLoss):

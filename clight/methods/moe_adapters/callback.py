@@ -53,28 +53,58 @@ class MoEAdapters(ContinualCallback):
     threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
     """
 
-    def __init__(self, num_experts: int = 22, top_k: int = 2, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1,
-                 blocks: Optional[Sequence[str]] = None, tap: Tap = "mlp", noisy_gating: bool = True, freeze_top: int = 2,
-                 balance_weight: float = 0.0, ae_code_dims: int = 100, ae_steps: int = 300, ae_batch_size: int = 64,
-                 ae_lr: float = 0.01, ae_weight_decay: float = 1e-4, feature_transform: FeatureTransform = "standardize",
-                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, calibration_fraction: float = 0.1,
-                 ddas_samples: Optional[int] = None,
-                 feature_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        num_experts: int = 22,
+        top_k: int = 2,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.1,
+        blocks: Optional[Sequence[str]] = None,
+        tap: Tap = "mlp",
+        noisy_gating: bool = True,
+        freeze_top: int = 2,
+        balance_weight: float = 0.0,
+        ae_code_dims: int = 100,
+        ae_steps: int = 300,
+        ae_batch_size: int = 64,
+        ae_lr: float = 0.01,
+        ae_weight_decay: float = 1e-4,
+        feature_transform: FeatureTransform = "standardize",
+        threshold: Threshold = "auto",
+        threshold_quantile: float = 0.99,
+        calibration_fraction: float = 0.1,
+        ddas_samples: Optional[int] = None,
+        feature_batch_size: int = 32,
+    ) -> None:
         check_choice("MoEAdapters.tap", tap, Tap)
         check_choice("MoEAdapters.feature_transform", feature_transform, FeatureTransform)
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"MoEAdapters.top_k must be between 1 and num_experts ({num_experts}), got {top_k}")
-        for name, value in (("bottleneck", bottleneck), ("ae_code_dims", ae_code_dims), ("ae_steps", ae_steps),
-                            ("ae_batch_size", ae_batch_size), ("feature_batch_size", feature_batch_size)):
+        for name, value in (
+            ("bottleneck", bottleneck),
+            ("ae_code_dims", ae_code_dims),
+            ("ae_steps", ae_steps),
+            ("ae_batch_size", ae_batch_size),
+            ("feature_batch_size", feature_batch_size),
+        ):
             if value < 1:
                 raise ValueError(f"MoEAdapters.{name} must be a positive integer, got {value}")
         if freeze_top < 0 or balance_weight < 0 or not 0 <= dropout < 1 or (ddas_samples is not None and ddas_samples < 1):
-            raise ValueError("MoEAdapters: freeze_top and balance_weight must be >= 0, dropout in [0, 1), ddas_samples >= 1 or null")
-        self.layer_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, scale=scale, dropout=dropout,
-                                 noisy_gating=noisy_gating)
+            raise ValueError(
+                "MoEAdapters: freeze_top and balance_weight must be >= 0, dropout in [0, 1), ddas_samples >= 1 or null"
+            )
+        self.layer_kwargs = dict(
+            num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, scale=scale, dropout=dropout, noisy_gating=noisy_gating
+        )
         self.blocks, self.tap, self.freeze_top, self.balance_weight = blocks, tap, freeze_top, balance_weight
-        self.ddas_kwargs = dict(code_dims=ae_code_dims, transform=feature_transform, threshold=threshold,
-                                threshold_quantile=threshold_quantile, calibration_fraction=calibration_fraction)
+        self.ddas_kwargs = dict(
+            code_dims=ae_code_dims,
+            transform=feature_transform,
+            threshold=threshold,
+            threshold_quantile=threshold_quantile,
+            calibration_fraction=calibration_fraction,
+        )
         DDAS(1, 1, **self.ddas_kwargs)  # checks the DDAS options now
         self.fit_kwargs = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
         self.ddas_samples, self.feature_batch_size = ddas_samples, feature_batch_size
@@ -103,9 +133,15 @@ class MoEAdapters(ContinualCallback):
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and trainer.world_size > 1 and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
-            raise ConfigError("MoEAdapters sends each sample to its top-k experts, so in a step some trainable experts get no "
-                              "gradient: under DDP set trainer.strategy to ddp_find_unused_parameters_true")
+        if (
+            isinstance(strategy, DDPStrategy)
+            and trainer.world_size > 1
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
+        ):
+            raise ConfigError(
+                "MoEAdapters sends each sample to its top-k experts, so in a step some trainable experts get no "
+                "gradient: under DDP set trainer.strategy to ddp_find_unused_parameters_true"
+            )
 
     # -- the sequence -----------------------------------------------------------------------------
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
@@ -117,10 +153,14 @@ class MoEAdapters(ContinualCallback):
         self.routing = install_routing(networks[0], self.target)
         self.key = str(len(self.routing.states))
         generator, num_tasks = context.generator(SALT, int(self.key)), datamodule.num_tasks
-        new = inject(networks[0], chosen[0], num_tasks, self.state, self.target.router_input, self.tap, generator, **self.layer_kwargs)
+        new = inject(
+            networks[0], chosen[0], num_tasks, self.state, self.target.router_input, self.tap, generator, **self.layer_kwargs
+        )
         if len(networks) > 1:  # the follower's routers read its first token (CLIP's text start token, as the released code)
             install_follower(networks[1], self.routing).add(self.key, self.follower_state)
-            new += inject(networks[1], chosen[1], num_tasks, self.follower_state, "first", self.tap, generator, **self.layer_kwargs)
+            new += inject(
+                networks[1], chosen[1], num_tasks, self.follower_state, "first", self.tap, generator, **self.layer_kwargs
+            )
         self.layers = {name: block.moe for name, block in moe_blocks(module).items() if any(block.moe is m for m in new)}
         device = next(networks[0].parameters()).device
         self.selector = DDAS(num_tasks, self.target.feature_dim(module), **self.ddas_kwargs).to(device)
@@ -199,8 +239,9 @@ class MoEAdapters(ContinualCallback):
         if self.ddas_samples is not None and self.ddas_samples < len(dataset):
             rows = torch.randperm(len(dataset), generator=self._context.generator(SALT, int(self.key), 2, task.index))
             dataset = torch.utils.data.Subset(dataset, rows[: self.ddas_samples].tolist())
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.feature_batch_size, shuffle=False,
-                                             collate_fn=self._datamodule.train_collate_fn())
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.feature_batch_size, shuffle=False, collate_fn=self._datamodule.train_collate_fn()
+        )
         network = self.target.network(module)
         was_training = module.training
         module.eval()
@@ -220,11 +261,13 @@ class MoEAdapters(ContinualCallback):
         features = self.task_features(module, task)
         generator = self._context.generator(SALT, int(self.key), 1, task.index)
         fitted = self.selector.fit(task.index, features, generator, **self.fit_kwargs)
-        shared = broadcast_from_rank_zero({
-            "selector": {k: v.cpu() for k, v in self.selector.state_dict().items()},
-            "frozen": {name: layer.frozen.cpu() for name, layer in self.layers.items()},
-            "fitted": fitted,
-        })
+        shared = broadcast_from_rank_zero(
+            {
+                "selector": {k: v.cpu() for k, v in self.selector.state_dict().items()},
+                "frozen": {name: layer.frozen.cpu() for name, layer in self.layers.items()},
+                "fitted": fitted,
+            }
+        )
         self.selector.load_state_dict(shared["selector"])
         for name, layer in self.layers.items():
             layer.frozen.copy_(shared["frozen"][name])
@@ -248,18 +291,23 @@ class MoEAdapters(ContinualCallback):
             "target": self.target.describe() if self.target is not None else None,
             "blocks": list(self.layers),
             **self.layer_kwargs,
-            "tap": "the residual stream entering each block's MLP, parallel to it (released code)" if self.tap == "mlp"
+            "tap": "the residual stream entering each block's MLP, parallel to it (released code)"
+            if self.tap == "mlp"
             else "each block's input, added to its output",
             "router": "each token on its own (causal LM)" if per_token else "one route per sample, on its class token (paper)",
-            "gating": "noisy top-k while training (released code)" if self.layer_kwargs["noisy_gating"] else "top-k without noise",
+            "gating": "noisy top-k while training (released code)"
+            if self.layer_kwargs["noisy_gating"]
+            else "top-k without noise",
             "activate_freeze": f"top {self.freeze_top} experts per block by router picks, after each task; the task's router too",
-            "balance_loss": f"weight {self.balance_weight}" if self.balance_weight > 0
+            "balance_loss": f"weight {self.balance_weight}"
+            if self.balance_weight > 0
             else "off (the released code computes it and never adds it to the loss)",
             "ddas": {
                 "routing": "per sample (paper); the released code picks one task per batch",
                 "features": "the frozen model's own (clight); the released code uses ImageNet AlexNet conv5 features",
                 **(self.selector.describe() if self.selector is not None else {}),
-                **self.fit_kwargs, "samples_per_task": self.ddas_samples,
+                **self.fit_kwargs,
+                "samples_per_task": self.ddas_samples,
             },
             "history": self.history,
         }

@@ -64,8 +64,16 @@ class DDAS(nn.Module):
     fraction is 0) or one number for every task (the paper's single hyper-parameter).
     """
 
-    def __init__(self, num_tasks: int, dim: int, code_dims: int = 100, transform: FeatureTransform = "standardize",
-                 threshold: Threshold = "auto", threshold_quantile: float = 0.99, calibration_fraction: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        dim: int,
+        code_dims: int = 100,
+        transform: FeatureTransform = "standardize",
+        threshold: Threshold = "auto",
+        threshold_quantile: float = 0.99,
+        calibration_fraction: float = 0.1,
+    ) -> None:
         super().__init__()
         check_choice("DDAS.transform", transform, FeatureTransform)
         if not (threshold == "auto" or (isinstance(threshold, (int, float)) and threshold > 0)):
@@ -114,8 +122,17 @@ class DDAS(nn.Module):
         accept = best_error <= self.thresholds[best]  # False for NaN
         return torch.where(accept, best, torch.full_like(best, -1))
 
-    def fit(self, task: int, features: torch.Tensor, generator: torch.Generator, steps: int = 300, batch_size: int = 64,
-            lr: float = 0.01, weight_decay: float = 1e-4, decay_every: int = 10) -> dict:
+    def fit(
+        self,
+        task: int,
+        features: torch.Tensor,
+        generator: torch.Generator,
+        steps: int = 300,
+        batch_size: int = 64,
+        lr: float = 0.01,
+        weight_decay: float = 1e-4,
+        decay_every: int = 10,
+    ) -> dict:
         """Fit task ``task``'s autoencoder on ``features`` ``[N, d]`` (Adam; the learning rate times
         0.1 every ``decay_every`` passes over the data, as the released code) and set its threshold."""
         if len(features) == 0:
@@ -152,18 +169,32 @@ class DDAS(nn.Module):
         with torch.no_grad():
             train_errors = ae.errors(z)
             errors = ae.errors(self.features_to_space(calibration)) if held else train_errors
-        value = float(torch.quantile(errors.double(), self.threshold_quantile)) if self.threshold == "auto" else float(self.threshold)
+        value = (
+            float(torch.quantile(errors.double(), self.threshold_quantile)) if self.threshold == "auto" else float(self.threshold)
+        )
         self.thresholds[task] = value
         self.fitted[task] = True
-        return {"threshold": value, "train_error_median": float(train_errors.median()),
-                "calibration_error_median": float(errors.median()), "samples": len(z), "calibration_samples": held}
+        return {
+            "threshold": value,
+            "train_error_median": float(train_errors.median()),
+            "calibration_error_median": float(errors.median()),
+            "samples": len(z),
+            "calibration_samples": held,
+        }
 
     def describe(self) -> dict:
         return {
-            "feature_transform": self.transform + (" (clight; first task's statistics)" if self.transform == "standardize"
-                                                   else " (released code)" if self.transform == "sigmoid" else ""),
+            "feature_transform": self.transform
+            + (
+                " (clight; first task's statistics)"
+                if self.transform == "standardize"
+                else " (released code)"
+                if self.transform == "sigmoid"
+                else ""
+            ),
             "threshold": f"per task: the {self.threshold_quantile} quantile of the reconstruction errors of "
             f"{self.calibration_fraction:.0%} of its samples held out from the fit (clight)"
-            if self.threshold == "auto" else f"{self.threshold} for every task (paper: one hyper-parameter)",
+            if self.threshold == "auto"
+            else f"{self.threshold} for every task (paper: one hyper-parameter)",
             "code_dims": self.autoencoders[0].encoder.out_features,
         }

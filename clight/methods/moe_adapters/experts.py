@@ -38,8 +38,14 @@ def init_linear_(linear: nn.Linear, generator: torch.Generator, zero_bias: bool 
 class BottleneckAdapter(nn.Module):
     """``scale * up(dropout(relu(down(x))))``; ``up`` starts at zero, so the output does too."""
 
-    def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1,
-                 generator: Optional[torch.Generator] = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.1,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
@@ -62,7 +68,9 @@ def cv_squared(x: torch.Tensor) -> torch.Tensor:
     return x.var() / (x.mean() ** 2 + 1e-10)
 
 
-def _prob_in_top_k(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor, top_values: torch.Tensor, k: int) -> torch.Tensor:
+def _prob_in_top_k(
+    clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor, top_values: torch.Tensor, k: int
+) -> torch.Tensor:
     """P(expert in the top k) under fresh noise: the smooth load estimate of Shazeer et al."""
     threshold_in = top_values[:, k : k + 1]
     threshold_out = top_values[:, k - 1 : k]
@@ -72,8 +80,9 @@ def _prob_in_top_k(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Te
     return torch.where(is_in, prob_in, prob_out)
 
 
-def top_k_gates(x: torch.Tensor, weight: torch.Tensor, noise_weight: Optional[torch.Tensor], k: int,
-                noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_gates(
+    x: torch.Tensor, weight: torch.Tensor, noise_weight: Optional[torch.Tensor], k: int, noisy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gate values ``[N, E]`` (k nonzero per row, summing to 1) and the balance loss of these rows."""
     clean = x @ weight.to(x.dtype)
     experts = clean.shape[1]

@@ -47,9 +47,20 @@ class MoELayer(nn.Module):
     all of its tokens (per-token routing: each token its own experts).
     """
 
-    def __init__(self, dim: int, num_tasks: int, state: RouteState, num_experts: int = 22, top_k: int = 2,
-                 bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1, router_input: RouterInput = "first",
-                 noisy_gating: bool = True, generator: Optional[torch.Generator] = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_tasks: int,
+        state: RouteState,
+        num_experts: int = 22,
+        top_k: int = 2,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.1,
+        router_input: RouterInput = "first",
+        noisy_gating: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
         super().__init__()
         self.state, self.top_k, self.router_input, self.noisy_gating = state, top_k, router_input, noisy_gating
         self.experts = nn.ModuleList(BottleneckAdapter(dim, bottleneck, scale, dropout, generator) for _ in range(num_experts))
@@ -91,8 +102,9 @@ class MoELayer(nn.Module):
         tasks = torch.unique(unit_rows[unit_rows >= 0]).tolist()
         for task in tasks:
             idx = (unit_rows == task).nonzero().flatten() if len(tasks) > 1 or (unit_rows < 0).any() else None
-            g, loss = top_k_gates(gate_input if idx is None else gate_input[idx], self.routers[str(task)], self.noise[str(task)],
-                                  self.top_k, noisy)
+            g, loss = top_k_gates(
+                gate_input if idx is None else gate_input[idx], self.routers[str(task)], self.noise[str(task)], self.top_k, noisy
+            )
             gates = g if idx is None else gates.index_copy_(0, idx, g)
             balance = balance + loss
         y = torch.zeros_like(units)  # filled in place: one buffer, not a copy per expert

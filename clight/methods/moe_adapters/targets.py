@@ -47,7 +47,9 @@ def select_blocks(blocks: list[tuple[str, str]], patterns: Optional[Sequence[str
         return blocks
     chosen = [(n, t) for n, t in blocks if any(re.search(p, n) for p in patterns)]
     if not chosen:
-        raise ConfigError(f"{owner}: no transformer block matches blocks={list(patterns)}; the blocks are {[n for n, _ in blocks]}")
+        raise ConfigError(
+            f"{owner}: no transformer block matches blocks={list(patterns)}; the blocks are {[n for n, _ in blocks]}"
+        )
     return chosen
 
 
@@ -193,21 +195,29 @@ def resolve_target(module: Any, owner: str = "MoEAdapters") -> Target:
     from clight.models.classifier import ContinualClassifier
     from clight.models.clip import ContinualCLIP
 
-    supported = ("a ContinualCausalLM (Hugging Face causal LM, no LoRA), a ContinualCLIP, or a ContinualClassifier with a "
-                 "timm ViT backbone")
+    supported = (
+        "a ContinualCausalLM (Hugging Face causal LM, no LoRA), a ContinualCLIP, or a ContinualClassifier with a "
+        "timm ViT backbone"
+    )
     if isinstance(module, ContinualCLIP):
         target: Target = CLIPTarget()
     elif isinstance(module, ContinualCausalLM):
         if module.lora_config:
-            raise ConfigError(f"{owner} adds its own adapters to the frozen model; {module.model_name} has LoRA: set model.lora to null")
+            raise ConfigError(
+                f"{owner} adds its own adapters to the frozen model; {module.model_name} has LoRA: set model.lora to null"
+            )
         if module.evaluation == "generate":
-            raise ConfigError(f"{owner} routes each sample once by its whole input, but generation calls the network token by "
-                              "token: set model.evaluation to likelihood")
+            raise ConfigError(
+                f"{owner} routes each sample once by its whole input, but generation calls the network token by "
+                "token: set model.evaluation to likelihood"
+            )
         target = CausalLMTarget()
     elif isinstance(module, ContinualClassifier):
         if not transformer_blocks(module.backbone):
-            raise ConfigError(f"{owner} needs transformer blocks, and the backbone {type(module.backbone).__name__} of "
-                              f"{type(module).__name__} has none; supported: {supported}")
+            raise ConfigError(
+                f"{owner} needs transformer blocks, and the backbone {type(module.backbone).__name__} of "
+                f"{type(module).__name__} has none; supported: {supported}"
+            )
         target = ViTTarget(_has_class_token(module.backbone))
     else:
         raise ConfigError(f"{owner} does not support the model {type(module).__name__}; supported: {supported}")

@@ -16,13 +16,22 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-
 UNIT_LAYERS = (nn.Linear, nn.Conv2d)
 PER_UNIT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 NORMS = PER_UNIT_NORMS + (nn.LayerNorm,)
 ACTIVATIONS = (
-    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish,
-    nn.Hardswish, nn.ReLU6, nn.Identity,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.ELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.ReLU6,
+    nn.Identity,
 )
 ELEMENTWISE = ACTIVATIONS + (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 SPATIAL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

@@ -133,7 +133,9 @@ class ContinualBackprop(UnitCallback):
         info.update(
             {
                 "paper": "Dohare et al., Loss of plasticity in deep continual learning, Nature 2024",
-                "variant": "paper" if (self.utility == "contribution" and not self.bias_correction and not self.bias_compensation) else "released_code_options",
+                "variant": "paper"
+                if (self.utility == "contribution" and not self.bias_correction and not self.bias_compensation)
+                else "released_code_options",
                 "utility": self.utility,
                 "replacement_rate": self.replacement_rate,
                 "maturity_threshold": self.maturity_threshold,

@@ -117,18 +117,30 @@ def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], 
             return None, None, path, f"its output feeds several modules: {[calls[j].name for j in users]}", 0
         produced, used = calls[i].output_version, calls[j].input_version
         if produced is not None and used is not None and produced != used:
-            return None, None, path, (
-                f"{calls[i].name}'s output is changed in place (e.g. a residual `x += shortcut`) before {calls[j].name} reads it"
-            ), 0
+            return (
+                None,
+                None,
+                path,
+                (
+                    f"{calls[i].name}'s output is changed in place (e.g. a residual `x += shortcut`) before {calls[j].name} reads it"
+                ),
+                0,
+            )
         m = calls[j].module
         if isinstance(m, UNIT_LAYERS):
             if isinstance(m, nn.Conv2d) and m.groups != 1:
                 return None, None, path, f"consumer {calls[j].name} is a grouped convolution", 0
             if conv and isinstance(m, nn.Linear) and not block:
-                return None, None, path, (
-                    f"a conv output reaches Linear {calls[j].name} without an nn.Flatten (a Linear over the last axis of "
-                    "a map does not read whole channels)"
-                ), 0
+                return (
+                    None,
+                    None,
+                    path,
+                    (
+                        f"a conv output reaches Linear {calls[j].name} without an nn.Flatten (a Linear over the last axis of "
+                        "a map does not read whole channels)"
+                    ),
+                    0,
+                )
             if not conv and isinstance(m, nn.Conv2d):
                 return None, None, path, f"a Linear output reaches Conv2d {calls[j].name}", 0
             return norm_at, j, path, "", max(block, 1)
@@ -145,7 +157,13 @@ def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], 
         elif isinstance(m, ELEMENTWISE) or (conv and not block and isinstance(m, SPATIAL)):
             pass
         else:
-            return None, None, path, f"it passes through {type(m).__name__} {calls[j].name}, which clight does not treat as per-unit", 0
+            return (
+                None,
+                None,
+                path,
+                f"it passes through {type(m).__name__} {calls[j].name}, which clight does not treat as per-unit",
+                0,
+            )
         path.append(calls[j].name)
         if calls[j].output is None:
             return None, None, path, f"{calls[j].name} returns no single tensor", 0
@@ -247,10 +265,18 @@ def find_chains(
                         skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
                         continue
                     norm = calls[norm_at] if norm_at is not None else None
-                    chains.append(Chain(
-                        c.name, c.module, cons.name, cons.module, norm.name if norm else None, norm.module if norm else None,
-                        path, block,
-                    ))
+                    chains.append(
+                        Chain(
+                            c.name,
+                            c.module,
+                            cons.name,
+                            cons.module,
+                            norm.name if norm else None,
+                            norm.module if norm else None,
+                            path,
+                            block,
+                        )
+                    )
             if verify:
                 kept = []
                 for ch in chains:
@@ -268,7 +294,9 @@ def find_chains(
     explicit = list(layers or []) + [s["unit"] for s in (declared or [])]
     bad = {name: skipped[name] for name in explicit if name in skipped}
     if bad:
-        raise ChainError(f"these layers cannot have their units replaced: {bad}. Declare the chain yourself (chains=[...]) or leave them out.")
+        raise ChainError(
+            f"these layers cannot have their units replaced: {bad}. Declare the chain yourself (chains=[...]) or leave them out."
+        )
     if not chains:
         raise ChainError(
             f"no replaceable unit layer found in {type(model).__name__}: {skipped or 'no Linear/Conv2d layer ran'}. "

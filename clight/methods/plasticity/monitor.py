@@ -51,7 +51,9 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     chains, _ = find_chains(module, batch, forward, verify=False)
     captured: dict[str, torch.Tensor] = {}
     handles = [
-        c.consumer.register_forward_pre_hook(lambda m, a, c=c: captured.__setitem__(c.unit_name, c.unit_activations(a[0].detach())))
+        c.consumer.register_forward_pre_hook(
+            lambda m, a, c=c: captured.__setitem__(c.unit_name, c.unit_activations(a[0].detach()))
+        )
         for c in chains
     ]
     flags = {n: m.training for n, m in module.named_modules()}
@@ -90,7 +92,14 @@ class PlasticityMonitor(ContinualCallback):
     task just trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
     ``run_dir/plasticity.json`` and plotted to ``run_dir/plots/plasticity.png``."""
 
-    def __init__(self, probe_size: int = 2000, probe: Probe = "current", tau: float = 0.025, plot: bool = True, forward: ForwardFn = default_forward) -> None:
+    def __init__(
+        self,
+        probe_size: int = 2000,
+        probe: Probe = "current",
+        tau: float = 0.025,
+        plot: bool = True,
+        forward: ForwardFn = default_forward,
+    ) -> None:
         super().__init__()
         check_choice("PlasticityMonitor.probe", probe, Probe)
         if probe_size < 1:
@@ -140,7 +149,9 @@ def _smooth(ys: list[float], window: int) -> list[float]:
     return [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
 
 
-def plot_history(runs: dict[str, list[dict]], path: Path, extra: Optional[dict[str, list[float]]] = None, smooth: int = 5) -> Path:
+def plot_history(
+    runs: dict[str, list[dict]], path: Path, extra: Optional[dict[str, list[float]]] = None, smooth: int = 5
+) -> Path:
     """One panel per statistic (plus ``extra`` series, e.g. new-task accuracy, shown as a running
     mean over ``smooth`` tasks), one line per run."""
     import matplotlib

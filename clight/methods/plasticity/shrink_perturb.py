@@ -153,7 +153,12 @@ class ShrinkPerturb(ContinualCallback):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update({"paper": "Ash & Adams, On warm-starting neural network training, NeurIPS 2020", "mode": self.mode,
-                     "seed": self.seed if self.seed_option is not None else f"{self.seed} (derived from the run's seed)"})
+        info.update(
+            {
+                "paper": "Ash & Adams, On warm-starting neural network training, NeurIPS 2020",
+                "mode": self.mode,
+                "seed": self.seed if self.seed_option is not None else f"{self.seed} (derived from the run's seed)",
+            }
+        )
         info.update(self.algorithm.describe())
         return info

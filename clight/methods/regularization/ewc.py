@@ -77,8 +77,14 @@ class EWC(ContinualCallback):
             self.fishers.append(fisher)
 
     def describe(self) -> dict:
-        return {"class": "EWC", "lambda": self.lambda_, "fisher_samples": self.fisher_samples, "mode": self.mode, "gamma": self.gamma,
-                "fisher": f"diagonal empirical Fisher, {self.fisher_path}"}
+        return {
+            "class": "EWC",
+            "lambda": self.lambda_,
+            "fisher_samples": self.fisher_samples,
+            "mode": self.mode,
+            "gamma": self.gamma,
+            "fisher": f"diagonal empirical Fisher, {self.fisher_path}",
+        }
 
     def state_dict(self) -> dict:
         return {"anchors": self.anchors, "fishers": self.fishers}

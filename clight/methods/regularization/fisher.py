@@ -29,7 +29,11 @@ class _TaskLoss(nn.Module):
 
 
 def _samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
-    batch = dataset.__getitems__(indices) if hasattr(dataset, "__getitems__") else torch.utils.data.default_collate([dataset[i] for i in indices])
+    batch = (
+        dataset.__getitems__(indices)
+        if hasattr(dataset, "__getitems__")
+        else torch.utils.data.default_collate([dataset[i] for i in indices])
+    )
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

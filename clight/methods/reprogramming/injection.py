@@ -106,8 +106,11 @@ def conv_targets(model: nn.Module, variant: str = "CLR") -> list[str]:
     """Qualified names of the convolutions ``variant`` reprograms, in module order."""
     variant = canonical_variant(variant)
     return [
-        name for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d) and not isinstance(module, TaskKeyedLayer) and not _is_wrapped(name, model)
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and not isinstance(module, TaskKeyedLayer)
+        and not _is_wrapped(name, model)
         and kernel_size_for(variant, module.kernel_size) is not None
     ]
 
@@ -116,16 +119,14 @@ def linear_targets(model: nn.Module, patterns: Sequence[str] = DEFAULT_LINEAR_TA
     """Qualified names of the ``nn.Linear`` layers matching any regex of ``patterns``."""
     compiled = [re.compile(p) for p in patterns]
     return [
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not _is_wrapped(name, model) and any(p.search("." + name) for p in compiled)
     ]
 
 
 def norm_targets(model: nn.Module, norm_types: tuple[type, ...] = BATCH_NORMS) -> list[str]:
-    return [
-        name for name, module in model.named_modules()
-        if isinstance(module, norm_types) and not _is_wrapped(name, model)
-    ]
+    return [name for name, module in model.named_modules() if isinstance(module, norm_types) and not _is_wrapped(name, model)]
 
 
 def inject(

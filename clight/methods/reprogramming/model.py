@@ -78,9 +78,7 @@ class CLRClassifier(ContinualClassifier):
         layer = nn.Linear if self.variant == "affine" else nn.Conv2d
         if not any(isinstance(m, layer) for m in self.backbone.modules()):
             return
-        self.injected = clr_inject.inject(
-            self.backbone, self.variant, self.kernel_size, self.per_task_norm, self.linear_targets
-        )
+        self.injected = clr_inject.inject(self.backbone, self.variant, self.kernel_size, self.per_task_norm, self.linear_targets)
 
     def setup_sequence(self, info: SequenceInfo) -> None:
         super().setup_sequence(info)
@@ -182,17 +180,21 @@ class CLRClassifier(ContinualClassifier):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update({
-            "method": "CLR (Ge et al., ICCV 2023)",
-            "variant": self.variant,
-            "variant_origin": clr_inject.VARIANT_ORIGINS[self.variant],
-            "kernel_size": self._kernel_sizes(),
-            "per_task_norm": self.per_task_norm,
-            "norm_penalty": self.norm_penalty,
-            "norm_penalty_form": "sum of unsquared L2 norms of trainable tensors",
-            "reprogrammed_layers": len([n for n in self.injected if not isinstance(self.backbone.get_submodule(n), TaskNorm)]),
-            "model_selection": "validation split (the released code selects on test)",
-        })
+        info.update(
+            {
+                "method": "CLR (Ge et al., ICCV 2023)",
+                "variant": self.variant,
+                "variant_origin": clr_inject.VARIANT_ORIGINS[self.variant],
+                "kernel_size": self._kernel_sizes(),
+                "per_task_norm": self.per_task_norm,
+                "norm_penalty": self.norm_penalty,
+                "norm_penalty_form": "sum of unsquared L2 norms of trainable tensors",
+                "reprogrammed_layers": len(
+                    [n for n in self.injected if not isinstance(self.backbone.get_submodule(n), TaskNorm)]
+                ),
+                "model_selection": "validation split (the released code selects on test)",
+            }
+        )
         if self.heads:
             info["budget_per_task"] = self.parameter_budget(next(iter(self.heads)))
         return info
@@ -212,7 +214,9 @@ def parameter_budget(backbone: nn.Module, key: str, head: Optional[nn.Module] = 
                 norm_params += tensor.numel()
             elif name.endswith(("running_mean", "running_var")):
                 norm_stats += tensor.numel()
-    all_task = {id(p) for layer in clr_inject.task_layers(backbone) for k in layer.task_keys() for p in layer.task_state(k).values()}
+    all_task = {
+        id(p) for layer in clr_inject.task_layers(backbone) for k in layer.task_keys() for p in layer.task_state(k).values()
+    }
     shared = sum(p.numel() for p in backbone.parameters() if id(p) not in all_task)
     head_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
     trainable = kernels + norm_params + head_params

@@ -7,7 +7,22 @@ from clight.methods.selective_update.masks import pack_bits, selected_count, top
 from clight.methods.selective_update.variants import VARIANTS, ExactMask, GradientMask, VariantName
 
 __all__ = [
-    "DEFAULT_FULL", "DEFAULT_HEADS", "FAMILIES", "SPU", "VARIANTS", "ExactMask", "Family", "GradientMask", "Selection",
-    "VariantName", "label_free_objective", "pack_bits", "select", "selected_count", "summed_gradients", "task_rows",
-    "top_k_mask", "unpack_bits",
+    "DEFAULT_FULL",
+    "DEFAULT_HEADS",
+    "FAMILIES",
+    "SPU",
+    "VARIANTS",
+    "ExactMask",
+    "Family",
+    "GradientMask",
+    "Selection",
+    "VariantName",
+    "label_free_objective",
+    "pack_bits",
+    "select",
+    "selected_count",
+    "summed_gradients",
+    "task_rows",
+    "top_k_mask",
+    "unpack_bits",
 ]

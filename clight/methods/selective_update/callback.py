@@ -119,11 +119,15 @@ class SPU(ContinualCallback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._release()
         if type(trainer.strategy).__name__ in SHARDED_STRATEGIES:
-            raise RuntimeError(f"SPU masks whole parameter tensors on every rank: use a single device or strategy 'ddp', "
-                               f"not {type(trainer.strategy).__name__} (it shards parameters)")
+            raise RuntimeError(
+                f"SPU masks whole parameter tensors on every rank: use a single device or strategy 'ddp', "
+                f"not {type(trainer.strategy).__name__} (it shards parameters)"
+            )
         if self.selection is None or self._frozen_for != pl_module.current_task:
-            raise RuntimeError("SPU freezes the model when a task starts: call spu.on_task_start(model, task) before "
-                               "trainer.fit (the SequenceRunner does)")
+            raise RuntimeError(
+                "SPU freezes the model when a task starts: call spu.on_task_start(model, task) before "
+                "trainer.fit (the SequenceRunner does)"
+            )
         weights = self.selection.masked
         if self.mask_task != pl_module.current_task or set(self.masks) != set(weights):
             self._compute_masks(trainer, pl_module, weights)
@@ -160,10 +164,12 @@ class SPU(ContinualCallback):
         count = max(1, math.ceil(self.importance_batches * len(loader)))
         tasks = getattr(trainer.datamodule, "training_tasks", (task,))
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        batches = tqdm(itertools.islice(loader, count), total=count, desc=f"SPU importance, task {task}", leave=False,
-                       disable=not show)
-        sums, rows = summed_gradients(module, batches, weights, tasks, trainer.strategy.batch_to_device,
-                                      trainer.precision_plugin.forward_context)
+        batches = tqdm(
+            itertools.islice(loader, count), total=count, desc=f"SPU importance, task {task}", leave=False, disable=not show
+        )
+        sums, rows = summed_gradients(
+            module, batches, weights, tasks, trainer.strategy.batch_to_device, trainer.precision_plugin.forward_context
+        )
         packed = {}
         for name, total in sums.items():
             total = trainer.strategy.reduce(total, reduce_op="sum")
@@ -171,8 +177,10 @@ class SPU(ContinualCallback):
         packed = trainer.strategy.broadcast(packed, src=0)  # one selection on every rank, whatever topk's tie-breaking
         rows = int(trainer.strategy.reduce(torch.tensor(float(rows), device=module.device), reduce_op="sum").item())
         if rows == 0:
-            raise ValueError(f"SPU found no rows of task {task} in the first {count} training batches (only replayed or general "
-                             "samples): raise importance_batches, or mix fewer replayed samples into each batch")
+            raise ValueError(
+                f"SPU found no rows of task {task} in the first {count} training batches (only replayed or general "
+                "samples): raise importance_batches, or mix fewer replayed samples into each batch"
+            )
         self.masks = {name: unpack_bits(bits, weights[name].shape) for name, bits in packed.items()}
         self.mask_task = task
         self.records = [r for r in self.records if r["task"] != task] + [self._record(module, task, count, rows)]
@@ -185,10 +193,17 @@ class SPU(ContinualCallback):
         heads = sum(params[n].numel() for n in self.selection.heads if params[n].requires_grad)
         total = sum(p.numel() for p in params.values())
         return {
-            "task": task, "candidate_tensors": len(self.masks), "candidate_entries": sum(m.numel() for m in self.masks.values()),
-            "selected_entries": selected, "full_update_entries": full, "trainable_head_entries": heads,
-            "trainable_entries": selected + full + heads, "parameters": total,
-            "trainable_share": (selected + full + heads) / total, "importance_batches": batches, "importance_rows": rows,
+            "task": task,
+            "candidate_tensors": len(self.masks),
+            "candidate_entries": sum(m.numel() for m in self.masks.values()),
+            "selected_entries": selected,
+            "full_update_entries": full,
+            "trainable_head_entries": heads,
+            "trainable_entries": selected + full + heads,
+            "parameters": total,
+            "trainable_share": (selected + full + heads) / total,
+            "importance_batches": batches,
+            "importance_rows": rows,
         }
 
     def mask_bytes(self) -> dict:
@@ -219,9 +234,11 @@ class SPU(ContinualCallback):
             "fraction": self.fraction,
             "importance_batches": self.importance_batches,
             "importance": "|sum over batches of the gradient of mean_i ||logits_i||^2|, task rows only, gradients zeroed "
-                          "between batches, eval mode (paper)",
+            "between batches, eval mode (paper)",
             "candidates": self.selection.source if self.selection is not None else None,
-            "targets": self.targets, "full": self.full, "heads": self.heads,
+            "targets": self.targets,
+            "full": self.full,
+            "heads": self.heads,
             "per_task": [dict(r) for r in self.records],
             "trainable_per_task": [r["trainable_entries"] for r in self.records],  # entries SPU lets move, not whole tensors
             "importance_seconds": [[t, s] for t, s in sorted(self.importance_seconds.items())],

@@ -67,8 +67,11 @@ def _weight_matrix(module: nn.Module) -> Optional[nn.Parameter]:
 
 def _layers(module: nn.Module, patterns: Sequence[str]) -> dict[str, nn.Module]:
     compiled = [re.compile(p) for p in patterns]
-    return {name: m for name, m in module.named_modules()
-            if name and _weight_matrix(m) is not None and any(p.search(name) for p in compiled)}
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if name and _weight_matrix(m) is not None and any(p.search(name) for p in compiled)
+    }
 
 
 def _describe_model(module: nn.Module) -> str:
@@ -80,8 +83,12 @@ def _unmatched(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [p for p in patterns if not any(re.search(p, n) for n in names)]
 
 
-def select(module: nn.Module, targets: Optional[Sequence[str]] = None, full: Optional[Sequence[str]] = None,
-           heads: Optional[str] = DEFAULT_HEADS) -> Selection:
+def select(
+    module: nn.Module,
+    targets: Optional[Sequence[str]] = None,
+    full: Optional[Sequence[str]] = None,
+    heads: Optional[str] = DEFAULT_HEADS,
+) -> Selection:
     """The parameters SPU trains in ``module``; ``ConfigError`` when there is nothing to select.
 
     ``targets``: regexes over module names (``re.search``) of the candidate layers, default the
@@ -101,8 +108,10 @@ def select(module: nn.Module, targets: Optional[Sequence[str]] = None, full: Opt
         layer_names = [n for n, m in module.named_modules() if _weight_matrix(m) is not None]
         missing = _unmatched(layer_names, targets)
         if missing:
-            raise ConfigError(f"SPU targets {missing} match no layer with a weight matrix in {_describe_model(module)}; "
-                              f"its layers include {layer_names[:12]}")
+            raise ConfigError(
+                f"SPU targets {missing} match no layer with a weight matrix in {_describe_model(module)}; "
+                f"its layers include {layer_names[:12]}"
+            )
         layers, source = _layers(module, targets), [f"targets {list(targets)}"]
     layers = {n: m for n, m in layers.items() if f"{n}.weight" not in head_names}
     if not layers:
@@ -118,6 +127,11 @@ def select(module: nn.Module, targets: Optional[Sequence[str]] = None, full: Opt
     if full is not None and _unmatched(list(params), full_patterns):
         raise ConfigError(f"SPU full {_unmatched(list(params), full_patterns)} match no parameter of {_describe_model(module)}")
     trained_full = {f"{n}.bias": m.bias for n, m in layers.items() if isinstance(getattr(m, "bias", None), nn.Parameter)}
-    trained_full.update({n: p for n, p in params.items()
-                         if any(re.search(q, n) for q in full_patterns) and n not in masked and n not in head_names})
+    trained_full.update(
+        {
+            n: p
+            for n, p in params.items()
+            if any(re.search(q, n) for q in full_patterns) and n not in masked and n not in head_names
+        }
+    )
     return Selection(masked, trained_full, head_names, source)

@@ -26,8 +26,10 @@ class GradientMask:
 
     name = "released_code"
     keeps_copy = False
-    description = ("gradients masked before each optimizer step; decoupled weight decay (AdamW) still shrinks "
-                   "masked-out entries (released code)")
+    description = (
+        "gradients masked before each optimizer step; decoupled weight decay (AdamW) still shrinks "
+        "masked-out entries (released code)"
+    )
 
     @torch.no_grad()
     def mask_gradients(self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
@@ -35,8 +37,9 @@ class GradientMask:
             if p.grad is not None:
                 torch.where(masks[name], p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device), out=p.grad)
 
-    def after_step(self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor],
-                   anchors: dict[str, torch.Tensor]) -> None:
+    def after_step(
+        self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]
+    ) -> None:
         """Nothing: masked-out entries move wherever the optimizer moves them."""
 
 
@@ -45,12 +48,15 @@ class ExactMask(GradientMask):
 
     name = "exact"
     keeps_copy = True
-    description = ("gradients masked before each optimizer step, and masked-out entries restored from the task-start "
-                   "weights after every optimizer step: bit-identical under any optimizer (clight)")
+    description = (
+        "gradients masked before each optimizer step, and masked-out entries restored from the task-start "
+        "weights after every optimizer step: bit-identical under any optimizer (clight)"
+    )
 
     @torch.no_grad()
-    def after_step(self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor],
-                   anchors: dict[str, torch.Tensor]) -> None:
+    def after_step(
+        self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]
+    ) -> None:
         for name, p in weights.items():
             torch.where(masks[name], p, anchors[name], out=p)
 
