@@ -179,6 +179,8 @@ class MoEAdapters(ContinualCallback):
         self._leave_fit()
         frozen = self._freeze_most_used()
         fitted = self._fit_selector(module, task)
+        for layer in self.layers.values():  # frozen at once, so a method acting before the next task's
+            layer.set_trainable(None)  # start (e.g. ShrinkPerturb listed first) cannot touch what is frozen
         self.history.append({"task": task.index, "frozen_experts": frozen, **fitted})
 
     # -- inside a fit -----------------------------------------------------------------------------

@@ -80,8 +80,9 @@ class MoELayer(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def set_trainable(self, task: int) -> None:
-        """Task ``task`` trains its own router and every expert not frozen yet; nothing else."""
+    def set_trainable(self, task: Optional[int]) -> None:
+        """Task ``task`` trains its own router and every expert not frozen yet; nothing else
+        (``None``: between tasks, no router)."""
         for key in self.routers:
             self.routers[key].requires_grad_(key == str(task))
             self.noise[key].requires_grad_(key == str(task) and self.noisy_gating)
