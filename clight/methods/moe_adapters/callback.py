@@ -177,11 +177,16 @@ class MoEAdapters(ContinualCallback):
 
     def on_task_end(self, module: Any, task: Task) -> None:
         self._leave_fit()
+        already = sum(int(layer.frozen.sum()) for layer in self.layers.values())
         frozen = self._freeze_most_used()
         fitted = self._fit_selector(module, task)
         for layer in self.layers.values():  # frozen at once, so a method acting before the next task's
             layer.set_trainable(None)  # start (e.g. ShrinkPerturb listed first) cannot touch what is frozen
-        self.history.append({"task": task.index, "frozen_experts": frozen, **fitted})
+        total = sum(int(layer.frozen.sum()) for layer in self.layers.values())
+        self.history.append(
+            # frozen_experts: the task's top picks per block, some of which an earlier task may have frozen
+            {"task": task.index, "frozen_experts": frozen, "newly_frozen": total - already, "frozen_total": total, **fitted}
+        )
 
     # -- inside a fit -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
