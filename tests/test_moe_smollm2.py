@@ -98,6 +98,7 @@ def test_moe_configs_parse_and_share_the_gere_task_sequence():
     clip = parse("moe_adapters_clip.yaml")
     assert clip.model.init_args.model == "openai/clip-vit-base-patch16" and len(clip.model.init_args.class_names) == 120
     assert clip.methods[0].init_args.num_experts == 22 and clip.runner.max_steps_per_task == 1000
+    assert clip.model.init_args.label_space == "task" and clip.data.init_args.scenario.init_args.setting == "task_incremental"
     tiny = parse("moe_adapters_tiny.yaml")
     assert tiny.model.init_args.model == "tiny"
 
