@@ -72,3 +72,27 @@ def test_shrink_and_perturb_leaves_frozen_experts_and_routers_alone(tmp_path):
     assert kept and all(torch.equal(final[k], after_task_0[k]) for k in kept)
     trained = [k for k in final if k.startswith("heads.")]
     assert any(not torch.equal(final[k], after_task_0[k]) for k in trained)
+
+
+def test_routing_shares_after_every_task_add_up_to_one_and_match_a_hand_count(tmp_path):
+    from clight.compare.record import read_run
+    from clight.compare.table import build_rows, to_markdown
+
+    model, data = tiny_vit(), digits()
+    moe = small_moe()
+    SequenceRunner(model, data, methods=[moe], trainer=ONE_EPOCH, run_dir=str(tmp_path / "run")).run()
+    recorded = moe.describe()["routing_shares"]
+    assert recorded["columns"] == ["task 1", "task 2", "pretrained model"] and len(recorded["after_task"]) == 2
+    assert all(abs(sum(row) - 1) < 1e-9 for matrix in recorded["after_task"] for row in matrix)
+    routing, hand = network_routing(model.backbone), []
+    model.eval()
+    with torch.no_grad():
+        for task in data.tasks:  # by hand: every test sample's route, counted
+            x = torch.stack([task.test[i]["input"] for i in range(len(task.test))])
+            routes = routing.route(routing.frozen_features(model.backbone, (x,), {}))
+            hand.append([float((routes == t).sum()) / len(routes) for t in (0, 1, -1)])
+    assert recorded["after_task"][-1] == hand
+    record = read_run(tmp_path / "run")  # clight compare reads them from metrics.json
+    rows, layout = build_rows([record])
+    assert [rows[0]["routing_task_1_own"], rows[0]["routing_task_2_pretrained"]] == [hand[0][0], hand[1][2]]
+    assert "routing: own task / pretrained (%)" in to_markdown(rows, layout)
