@@ -20,7 +20,8 @@ progress bar, the CSV logger; validation off because the hand-written loop has n
 Arms alternate inside every round; figures are medians over rounds (the per-round values are in
 the JSON), ratios clight / hand-written first. Writes ``overhead.json`` in ``--out DIR`` (default
 benchmarks/results). ``--smoke``: one round of 2 steps per task, no warm-up, without EWC (its
-Fisher takes seconds), and of the process part only the two whole runs (no start-up figures).
+Fisher takes seconds) and the large part (the small part runs the same code), and of the process
+part only the two whole runs (no start-up figures).
 
     python benchmarks/overhead.py                       # all parts, 3 rounds, 2 threads, wall time
     python benchmarks/overhead.py --clock cpu --threads 1 --rounds 5   # on a machine shared with other jobs
@@ -340,7 +341,14 @@ def main() -> None:
     parser.add_argument("--small-steps", type=int, default=0, help="at most this many steps per task (0: one epoch)")
     add_benchmark_arguments(parser)
     args = parser.parse_args()
-    smoke_sizes(args, rounds=1, large_steps=2, small_steps=2, threads=1, methods=[m for m in args.methods if m != "ewc"])
+    smoke_sizes(
+        args,
+        rounds=1,
+        small_steps=2,
+        threads=1,
+        methods=[m for m in args.methods if m != "ewc"],
+        parts=[p for p in args.parts if p != "large"],
+    )
     out = result_file(args, "overhead.json")
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
