@@ -18,7 +18,9 @@ from clight.distributed import is_rank_zero
 
 
 @torch.no_grad()
-def frozen_features_of(module: Any, dataset: Any, target: Any, routing: Any, collate_fn: Callable, batch_size: int, desc: str):
+def frozen_features_of(
+    module: Any, dataset: Any, target: Any, routing: Any, collate_fn: Callable, batch_size: int, desc: str
+) -> torch.Tensor:
     """The frozen model's DDAS features ``[N, d]`` of every sample of ``dataset``, in order."""
     from tqdm.auto import tqdm
 
