@@ -8,6 +8,9 @@ peak RSS over the built model). Ratios to full fine-tuning come first in the JSO
 
     OMP_NUM_THREADS=2 python benchmarks/clr.py --image-size 96 --batch-size 32 --steps 20
     python benchmarks/clr.py --device cuda --image-size 224 --batch-size 64 --steps 50   # on a GPU
+
+Writes ``clr.json`` in ``--out DIR`` (default benchmarks/results); ``--smoke``: 32x32 inputs, batch 2, one
+step, and every mode's memory measured in this process (no child processes: its memory figures mean nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 MODES = ("clr", "finetune", "linear_probe")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
 
 
 def build(mode: str, image_size: int, device: str):
@@ -145,6 +150,16 @@ def step_times(args) -> dict[str, list[float]]:
     return times
 
 
+def peak_memory_in_child(args, mode: str) -> dict:
+    """``peak_memory`` of one mode, alone in a process of its own."""
+    cmd = [sys.executable, __file__, "--mode", mode, "--device", args.device]
+    cmd += ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark of {mode} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -152,32 +167,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/clr.json")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one child process
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
+    smoke_sizes(args, image_size=32, batch_size=2, steps=1, warmup=0)
     if args.mode:
         print(json.dumps(peak_memory(args)))
         return
+    out = result_file(args, "clr.json")
     times = step_times(args)
     results = {}
     for mode in MODES:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--mode",
-            mode,
-            "--device",
-            args.device,
-            "--image-size",
-            str(args.image_size),
-            "--batch-size",
-            str(args.batch_size),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"benchmark of {mode} failed:\n{proc.stderr}")
-        out = proc.stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
+        if args.smoke:  # in this process, not one of its own: the smoke run checks the code, not the figures
+            results[mode] = peak_memory(argparse.Namespace(**{**vars(args), "mode": mode}))
+        else:
+            results[mode] = peak_memory_in_child(args, mode)
         results[mode].update(step_time_median_s=statistics.median(times[mode]), step_time_min_s=min(times[mode]))
         print(mode, results[mode], flush=True)
     ft = results["finetune"]
@@ -198,6 +202,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "steps": args.steps,
             "warmup": args.warmup,
+            "smoke": args.smoke,
             "threads": __import__("torch").get_num_threads(),
             "memory": "CUDA peak allocated bytes over the built model"
             if args.device.startswith("cuda")
@@ -207,8 +212,7 @@ def main() -> None:
     report["meets_targets"] = (
         report["ratios_to_finetune"]["clr"]["step_time"] <= 0.8 and report["ratios_to_finetune"]["clr"]["peak_memory"] <= 1.0
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios_to_finetune"], indent=2), "meets targets:", report["meets_targets"])
 
 

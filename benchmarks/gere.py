@@ -1,9 +1,10 @@
 """GeRe cost, in one run: training step time with the TM loss against plain fine-tuning on the
 same batches (same tokens per step), and the replay state's memory against float32 hidden states.
 
-    OMP_NUM_THREADS=2 python benchmarks/gere.py [--model smollm2] [--device cpu] [--steps 6]
+    OMP_NUM_THREADS=2 python benchmarks/gere.py [--model smollm2] [--device cpu] [--steps 6] [--out DIR] [--smoke]
 
-Targets: time ratio <= 1.05, memory ratio <= 1/16. Results: benchmarks/results/gere.json.
+Targets: time ratio <= 1.05, memory ratio <= 1/16. Results: benchmarks/results/gere.json
+(``gere_tiny.json`` for ``--model tiny``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from clight.data.text import TextTaskSequence
-from clight.methods.general_replay import GeneralReplay
-from clight.models.causal_lm import ContinualCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
+
+from clight.contract import RunContext  # noqa: E402
+from clight.data.text import TextTaskSequence  # noqa: E402
+from clight.methods.general_replay import GeneralReplay  # noqa: E402
+from clight.models.causal_lm import ContinualCausalLM  # noqa: E402
 
 
 def step_time(model, optimizer, batch, with_terms: bool) -> float:
@@ -46,8 +53,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--general-samples", type=int, default=64)
-    parser.add_argument("--out", default="benchmarks/results/gere.json")
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
+    smoke_sizes(args, model="tiny", steps=2, batch_size=4, max_length=64, general_samples=4)
+    out = result_file(args, f"gere{'' if args.model == 'smollm2' else '_' + args.model}.json")
     torch.manual_seed(0)
     data = TextTaskSequence(
         tasks=["rt_sentiment"],
@@ -64,9 +73,9 @@ def main() -> None:
     )
     model = ContinualCausalLM(args.model)
     gere = GeneralReplay("tm")
-    gere.run_dir = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    gere.setup_sequence(model, data)
+    gere.setup_sequence(model, data, RunContext(run_dir=Path(tempfile.mkdtemp())))
+    gere.ensure_reference(model)  # the thresholds and states (in a run: at the first fit's start)
     setup_s = time.perf_counter() - t0
     model.to(args.device).train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
@@ -117,10 +126,10 @@ def main() -> None:
             "tokens_per_step": [int(b["attention_mask"].sum()) for b in batches[1:]],
             "torch_threads": torch.get_num_threads(),
             "full_fine_tuning": True,
+            "smoke": args.smoke,
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2))
     print(
         json.dumps(
             {

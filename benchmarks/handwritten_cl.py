@@ -154,9 +154,10 @@ def main() -> None:
     parser.add_argument("--method", choices=METHODS, default="finetune")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=0, help="at most this many steps per task (0: one epoch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = run(args.method, load_tasks(), args.hidden)
+    result = run(args.method, load_tasks(), args.hidden, max_steps=args.max_steps)
     result.pop("starts")
     print(json.dumps(result))
 

@@ -12,6 +12,9 @@ id given (routes forced to the sample's task: no DDAS), and the LoRA model. Medi
 
     OMP_NUM_THREADS=2 python benchmarks/moe_adapters.py                 # SmolLM2-135M (headline)
     OMP_NUM_THREADS=2 python benchmarks/moe_adapters.py --model tiny    # a tiny random Llama
+
+Results: ``moe_adapters.json`` (``moe_adapters_tiny.json`` for ``--model tiny``) in ``--out DIR``
+(default benchmarks/results); ``--smoke``: the tiny model, one step, seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
 
 from clight.contract import RunContext  # noqa: E402
 from clight.data.text import TextTaskSequence  # noqa: E402
@@ -59,9 +64,10 @@ def main() -> None:
     parser.add_argument("--eval-rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--out", default=None)
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
-    out = Path(args.out or f"benchmarks/results/moe_adapters{'' if args.model == 'smollm2' else '_' + args.model}.json")
+    smoke_sizes(args, model="tiny", steps=1, eval_rounds=1, batch_size=4)
+    out = result_file(args, f"moe_adapters{'' if args.model == 'smollm2' else '_' + args.model}.json")
     torch.manual_seed(0)
     data = TextTaskSequence(
         tasks=["rt_sentiment", "tweet_sentiment", "rt_subjectivity"],
@@ -163,13 +169,17 @@ def main() -> None:
         "step_s": steps,
         "eval_batch_s": evals,
         "ddas_routed_to_own_task_per_task": routed_to_own_task,
-        "frozen_experts_after_each_task": [sum(len(v) for v in h["frozen_experts"].values()) for h in method.history],
+        # activate-freeze: experts frozen by each task that no earlier task had frozen (a task's top
+        # picks may already be frozen), and all frozen experts after it
+        "newly_frozen_experts_per_task": [h["newly_frozen"] for h in method.history],
+        "frozen_experts_after_each_task": [h["frozen_total"] for h in method.history],
         "setup": {
             "model": args.model,
             "device": "cpu",
             "batch_size": args.batch_size,
             "max_length": args.max_length,
             "timed_steps_per_task": args.steps,
+            "smoke": args.smoke,
             "eval_rounds": args.eval_rounds,
             "torch_threads": torch.get_num_threads(),
             "moe": {"num_experts": 8, "top_k": 2, "bottleneck": 64, "freeze_top": 2, "blocks": len(method.layers)},
@@ -177,7 +187,6 @@ def main() -> None:
             "parameters": sum(p.numel() for p in lora_model.net.base_model.model.parameters()),
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in list(result)[:4]}, indent=2))
 

@@ -18,7 +18,10 @@ progress bar, the CSV logger; validation off because the hand-written loop has n
   matplotlib, transformers), ``clight --help`` and ``import clight`` with its runner.
 
 Arms alternate inside every round; figures are medians over rounds (the per-round values are in
-the JSON), ratios clight / hand-written first. Writes ``benchmarks/results/overhead.json``.
+the JSON), ratios clight / hand-written first. Writes ``overhead.json`` in ``--out DIR`` (default
+benchmarks/results). ``--smoke``: one round of 2 steps per task, no warm-up, without EWC (its
+Fisher takes seconds) and the large part (the small part runs the same code), and of the process
+part only the two whole runs (no start-up figures).
 
     python benchmarks/overhead.py                       # all parts, 3 rounds, 2 threads, wall time
     python benchmarks/overhead.py --clock cpu --threads 1 --rounds 5   # on a machine shared with other jobs
@@ -46,8 +49,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bare_lightning  # noqa: E402
 import handwritten_cl as hand  # noqa: E402
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
 
-RESULTS = HERE / "results" / "overhead.json"
 METHODS = hand.METHODS
 CONFIG = """seed_everything: 0
 model:
@@ -59,6 +62,7 @@ data:
   scenario: {{class_path: clight.SplitClasses, init_args: {{source: fashion_mnist, num_tasks: 5}}}}
   batch_size: 64
 trainer: {{accelerator: cpu, devices: 1, max_epochs: 1, limit_val_batches: 0}}
+runner: {{max_steps_per_task: {steps}}}
 run_dir: {run_dir}
 """
 
@@ -139,13 +143,18 @@ def part_small(args, tasks) -> dict:
     rounds = {f"{arm}_{m}": {k: [] for k in keys} for m in args.methods for arm in ("clight", "hand")}
     if "finetune" in args.methods:
         rounds["lightning_finetune"] = {k: [] for k in keys}
-    clight_run("finetune", [256, 256], 64, steps_per_task=20)  # warm-up: first-use costs of both arms
-    hand.run("finetune", tasks, [256, 256])
+    steps = args.small_steps or None
+    if not args.smoke:  # warm-up: first-use costs of both arms
+        clight_run("finetune", [256, 256], 64, steps_per_task=20)
+        hand.run("finetune", tasks, [256, 256], max_steps=args.small_steps)
     for r in range(args.rounds):
         for m in args.methods:
-            arms = [("hand", lambda m=m: hand.run(m, tasks, [256, 256])), ("clight", lambda m=m: clight_run(m, [256, 256], 64))]
+            arms = [
+                ("hand", lambda m=m: hand.run(m, tasks, [256, 256], max_steps=args.small_steps)),
+                ("clight", lambda m=m: clight_run(m, [256, 256], 64, steps_per_task=steps)),
+            ]
             if m == "finetune":  # Lightning's own loop, with every optional feature off
-                arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256])))
+                arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256], max_steps=args.small_steps)))
             for arm, fn in arms if r % 2 == 0 else arms[::-1]:
                 out = fn()
                 for k in keys[1:]:
@@ -190,13 +199,22 @@ def part_process(args) -> dict:
         ],
         "clight_help": [python, "-m", "clight", "--help"],
         "import_clight_runner": [python, "-c", "import clight; clight.SequenceRunner"],
-        "hand_process": [python, str(HERE / "handwritten_cl.py"), "--threads", str(args.threads)],
+        "hand_process": [
+            python,
+            str(HERE / "handwritten_cl.py"),
+            "--threads",
+            str(args.threads),
+            "--max-steps",
+            str(args.small_steps),
+        ],
     }
+    if args.smoke:  # the two whole runs only
+        commands = {"hand_process": commands["hand_process"]}
     rounds = {k: [] for k in [*commands, "clight_process"]}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             config = Path(tmp) / f"fit_{r}.yaml"
-            config.write_text(CONFIG.format(run_dir=f"{tmp}/run_{r}"))
+            config.write_text(CONFIG.format(run_dir=f"{tmp}/run_{r}", steps=args.small_steps or "null"))
             runs = {**commands, "clight_process": [python, "-m", "clight", "fit", "--config", str(config)]}
             for name, command in runs.items() if r % 2 == 0 else reversed(runs.items()):
                 began, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -261,14 +279,15 @@ def summarize(args, small, large, process) -> dict:
         spread["step_large_mlp"] = per_round(large["clight"], large["hand"])
     if process:
         headline["process_fit"] = med(process["clight_process"]) / med(process["hand_process"])
+        medians["process_s"] = {k: med(v) for k, v in process.items()}
+        spread["process_fit"] = per_round(process["clight_process"], process["hand_process"])
+    if "import_torch" in process:
         run = (
             [c - s for c, s in zip(process["clight_process"], process["import_clight_runner"])],
             [h - s for h, s in zip(process["hand_process"], process["import_torch"])],
         )
         headline["process_without_start_up"] = med(run[0]) / med(run[1])
         headline["start_up"] = med(process["import_clight_runner"]) / med(process["import_torch"])
-        medians["process_s"] = {k: med(v) for k, v in process.items()}
-        spread["process_fit"] = per_round(process["clight_process"], process["hand_process"])
     return {
         "ratios_clight_over_handwritten": headline,
         "targets": {
@@ -295,6 +314,8 @@ def summarize(args, small, large, process) -> dict:
             "clock": "CPU time (process_time; children's user+sys for processes)" if args.clock == "cpu" else "wall time",
             "rounds": args.rounds,
             "threads": args.threads,
+            "small_steps_per_task": args.small_steps or "one epoch",
+            "smoke": args.smoke,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores" + (f"; {args.note}" if args.note else ""),
@@ -317,8 +338,18 @@ def main() -> None:
         "with other jobs, where wall time mostly measures waiting for a core; use with --threads 1",
     )
     parser.add_argument("--note", default="", help="a word on the machine (e.g. shared with other jobs)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--small-steps", type=int, default=0, help="at most this many steps per task (0: one epoch)")
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
+    smoke_sizes(
+        args,
+        rounds=1,
+        small_steps=2,
+        threads=1,
+        methods=[m for m in args.methods if m != "ewc"],
+        parts=[p for p in args.parts if p != "large"],
+    )
+    out = result_file(args, "overhead.json")
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
         hand.clock = time.process_time
@@ -327,8 +358,7 @@ def main() -> None:
     large = part_large(args, tasks) if "large" in args.parts else {}
     process = part_process(args) if "process" in args.parts else {}
     result = summarize(args, small, large, process)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps({k: result[k] for k in ("ratios_clight_over_handwritten", "ratios_per_method", "per_round_ratios")}, indent=2)
     )

@@ -5,9 +5,9 @@ Trainer on the same fixed batches; the continual-backprop arm carries the Contin
 callback (paper defaults: rho 1e-4, maturity 100, eta 0.99), warmed up past maturity so that it
 really replaces units while it is timed. Arms alternate in rounds; the step time is the median
 interval between consecutive ``on_train_batch_start`` calls (the whole step: forward, backward,
-optimizer, every callback). Writes ``benchmarks/results/plasticity.json``.
+optimizer, every callback). Writes ``plasticity.json`` in ``--out DIR`` (default benchmarks/results).
 
-    OMP_NUM_THREADS=1 python benchmarks/plasticity.py [--steps 60] [--rounds 3] [--batch 64]
+    OMP_NUM_THREADS=1 python benchmarks/plasticity.py [--steps 60] [--rounds 3] [--batch 64] [--smoke]
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from clight.data.task import SequenceInfo, Task
-from clight.methods.plasticity import ContinualBackprop
-from clight.models.backbones import MLP
-from clight.models.classifier import ContinualClassifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
+
+from clight.data.task import SequenceInfo, Task  # noqa: E402
+from clight.methods.plasticity import ContinualBackprop  # noqa: E402
+from clight.models.backbones import MLP  # noqa: E402
+from clight.models.classifier import ContinualClassifier  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -77,8 +82,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/plasticity.json"))
+    parser.add_argument("--width", type=int, default=2000, help="units of each of the 3 hidden layers")
+    parser.add_argument("--maturity", type=int, default=100, help="continual backprop's maturity threshold")
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
+    smoke_sizes(args, steps=3, rounds=1, batch=8, width=32, maturity=2)
+    out = result_file(args, "plasticity.json")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     info = SequenceInfo(
         setting="domain_incremental", num_tasks=1, num_classes=10, task_classes=[list(range(10))], input_shape=(1, 28, 28)
@@ -86,14 +95,14 @@ def main() -> None:
 
     def model():
         torch.manual_seed(0)
-        m = ContinualClassifier(MLP([2000, 2000, 2000]), optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+        m = ContinualClassifier(MLP([args.width] * 3), optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
         m.setup_sequence(info)
         m.on_task_start(Task(0, "t", None, None, None, list(range(10))))
         return m
 
     plain, cbp_model = model(), model()
-    cbp = ContinualBackprop(replacement_rate=1e-4, maturity_threshold=100, decay=0.99)
-    fit(cbp_model, 105, args.batch, [cbp], args.accelerator)  # ages past maturity: replacements happen while timed
+    cbp = ContinualBackprop(replacement_rate=1e-4, maturity_threshold=args.maturity, decay=0.99)
+    fit(cbp_model, args.maturity + 5, args.batch, [cbp], args.accelerator)  # ages past maturity: replacements happen while timed
     fit(plain, 5, args.batch, [], args.accelerator)
     replaced_before = sum(cbp.replaced.values())
     # time spent inside the callback itself (its per-step work: statistics, utility, replacement),
@@ -129,20 +138,20 @@ def main() -> None:
         "steps_timed": {k: len(v) for k, v in times.items()},
         "units_replaced_while_timed": sum(cbp.replaced.values()) - replaced_before,
         "setup": {
-            "network": "MLP 784-2000-2000-2000-10, ReLU",
+            "network": f"MLP 784-{args.width}-{args.width}-{args.width}-10, ReLU",
             "batch": args.batch,
             "optimizer": "SGD lr 0.01",
-            "cbp": {"replacement_rate": 1e-4, "maturity_threshold": 100, "decay": 0.99, "utility": "contribution"},
+            "cbp": {"replacement_rate": 1e-4, "maturity_threshold": args.maturity, "decay": 0.99, "utility": "contribution"},
+            "smoke": args.smoke,
             "accelerator": args.accelerator,
             "device": torch.cuda.get_device_name() if args.accelerator == "gpu" else platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
         "command": "OMP_NUM_THREADS=1 python benchmarks/plasticity.py "
-        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "smoke")),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 

@@ -3,9 +3,10 @@ batches, both in a Lightning Trainer, arms alternating in rounds, medians), the 
 of both, SPU's own memory (the task-start copy of the candidate weights, the masks), the time of
 SPU's per-step work alone, and the one-off importance pass as a share of one task's training.
 
-    OMP_NUM_THREADS=2 python benchmarks/spu.py [--model smollm2|tiny] [--rounds 6] [--steps 3]
+    OMP_NUM_THREADS=2 python benchmarks/spu.py [--model smollm2|tiny] [--rounds 6] [--steps 3] [--out DIR] [--smoke]
 
-Target: step time ratio <= 1.05. Results: benchmarks/results/spu.json (--out).
+Target: step time ratio <= 1.05. Results: spu.json (``spu_tiny.json`` for ``--model tiny``) in
+``--out DIR`` (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,10 +23,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from clight.contract import RunContext
-from clight.data.text import TextTaskSequence
-from clight.methods.selective_update import SPU
-from clight.models.causal_lm import ContinualCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
+
+from clight.contract import RunContext  # noqa: E402
+from clight.data.text import TextTaskSequence  # noqa: E402
+from clight.methods.selective_update import SPU  # noqa: E402
+from clight.models.causal_lm import ContinualCausalLM  # noqa: E402
 
 
 class StepTimer(Callback):
@@ -99,8 +105,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--task-steps", type=int, default=112, help="steps of one task in the config (2000 x 0.9 / 16)")
     parser.add_argument("--task-epochs", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/spu.json")
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
+    smoke_sizes(args, model="tiny", rounds=2, steps=1, batch_size=2)
+    out = result_file(args, f"spu{'' if args.model == 'smollm2' else '_' + args.model}.json")
     data = TextTaskSequence(
         tasks=["rt_sentiment"],
         tokenizer="char" if args.model == "tiny" else args.model,
@@ -179,10 +187,10 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "rounds": args.rounds,
             "steps_per_round": args.steps,
+            "smoke": args.smoke,
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2))
     keys = (
         "time_ratio_spu_over_full",
         "optimizer_state_ratio_spu_over_full",

@@ -58,6 +58,7 @@ _LAZY = {
             "RottenTomatoes",
             "Tweets",
             "WikiExcerpt",
+            "DebateTranscripts",
             "JsonlGeneral",
             "TextFolder",
             "HFGeneral",

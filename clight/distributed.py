@@ -47,6 +47,14 @@ def broadcast_from_rank_zero(obj: T) -> T:
     return holder[0]
 
 
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the ranks (a copy; ``value`` itself in a single process)."""
+    if _group_up() and torch.distributed.get_world_size() > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return value
+
+
 def barrier() -> None:
     if _group_up():
         torch.distributed.barrier()

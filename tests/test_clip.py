@@ -114,10 +114,48 @@ def test_wrong_number_of_class_names_is_refused_before_anything_runs(tmp_path):
         ContinualCLIP("tiny", template="a photo")
 
 
-def test_task_incremental_sequences_are_refused():
-    model = ContinualCLIP("tiny", class_names=NAMES)
-    with pytest.raises(ConfigError, match="class_incremental"):
-        model.check_compatible(SequenceInfo("task_incremental", 2, 4, [[0, 1], [2, 3]]))
+def test_a_label_space_that_does_not_fit_the_sequence_is_refused():
+    with pytest.raises(ConfigError, match="label_space to task"):
+        ContinualCLIP("tiny", class_names=NAMES).check_compatible(SequenceInfo("task_incremental", 2, 4, [[0, 1], [2, 3]]))
+    with pytest.raises(ConfigError, match="task_incremental"):
+        ContinualCLIP("tiny", class_names=NAMES, label_space="task").check_compatible(INFO)
+    with pytest.raises(ValueError, match="label_space"):
+        ContinualCLIP("tiny", class_names=NAMES, label_space="all")
+
+
+def test_the_task_label_space_trains_and_scores_against_the_tasks_own_prompts_only():
+    info = SequenceInfo("task_incremental", 2, 4, [[0, 1], [2, 3]], (1, 8, 8))
+    model = ContinualCLIP("tiny", class_names=NAMES, label_space="task")
+    model.setup_sequence(info)
+    for t in range(2):
+        model.on_task_start(_task(t, info.task_classes[t]))
+    batch = _batch([3, 2, 3], tasks=[1, 1, 1])
+    loss, outputs = model.task_loss(batch)
+    assert outputs["logits"].shape == (3, 2)  # task 1's two classes, not the four seen
+    grads = torch.autograd.grad(loss, [model.clip.visual_projection.weight, model.clip.text_projection.weight])
+    own = torch.tensor([2, 3])  # by hand: CLIP's logits over task 1's prompts, targets within the task
+    reference = model.clip(
+        input_ids=model.prompt_ids[own], attention_mask=model.prompt_mask[own], pixel_values=model.preprocess(batch["input"])
+    ).logits_per_image
+    expected = F.cross_entropy(reference, torch.tensor([1, 0, 1]))
+    expected_grads = torch.autograd.grad(expected, [model.clip.visual_projection.weight, model.clip.text_projection.weight])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    model.label_space = "seen_classes"
+    seen_loss, _ = model.task_loss(batch)
+    model.label_space = "task"
+    assert not torch.allclose(seen_loss, loss)  # the other label space differs on the same weights
+    mixed = _batch([0, 3], tasks=[0, 1])  # a batch of two tasks (replay): each row within its own task's prompts
+    with torch.no_grad():
+        logits, classes = model.label_logits(mixed)
+        every = model.similarity(model.features(mixed["input"]), model.text_features(torch.arange(4)))
+        counts = model.evaluation_counts(mixed)
+    assert classes.tolist() == [0, 1, 2, 3] and torch.isinf(logits[0, 2:]).all() and torch.isinf(logits[1, :2]).all()
+    torch.testing.assert_close(logits[0, :2], every[0, :2])
+    torch.testing.assert_close(logits[1, 2:], every[1, 2:])
+    by_hand = int(every[0, :2].argmax() == 0) + int(every[1, 2:].argmax() + 2 == 3)
+    assert int(counts["correct"]) == int(counts["correct_task_aware"]) == by_hand
 
 
 def test_training_moves_both_towers_and_fits_a_batch():

@@ -114,6 +114,8 @@ def test_gere_tm_lora_config_runs_on_cpu(tmp_path):
             "24",
             "--data.init_args.heldout_general",
             "2",
+            "--data.init_args.control_samples",
+            "2",
             "--data.init_args.batch_size",
             "4",
             "--data.init_args.eval_batch_size",

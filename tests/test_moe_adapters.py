@@ -113,7 +113,7 @@ def test_ddas_picks_each_samples_task_and_sends_unlike_samples_to_none():
     g = torch.Generator().manual_seed(0)
     centres = 4.0 * torch.randn(3, 16, generator=g)
     ddas = DDAS(num_tasks=3, dim=16, code_dims=8)
-    for t, feats in enumerate(clusters(300, 1, centres)):
+    for t, feats in enumerate(clusters(400, 1, centres)):  # 300 fit, 100 calibrate the threshold
         ddas.fit(t, feats, torch.Generator().manual_seed(t), steps=300)
     held_out = clusters(40, 2, centres)
     for t, feats in enumerate(held_out):
@@ -130,10 +130,15 @@ def test_ddas_routes_nothing_before_a_task_is_fitted_and_thresholds_follow_the_o
     assert (ddas.route(torch.randn(5, 4)) == -1).all()
     feats = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
     auto = ddas.fit(0, feats, torch.Generator().manual_seed(0), steps=20)
-    held_out = feats[torch.randperm(50, generator=torch.Generator().manual_seed(0))[:5]]  # the fit's first draw
-    errors = ddas.errors(held_out)[:, 0].double()
-    assert auto["calibration_samples"] == 5 and auto["samples"] == 45
-    assert auto["threshold"] == pytest.approx(float(torch.quantile(errors, 0.99)), rel=1e-6)
+    held_out = feats[torch.randperm(50, generator=torch.Generator().manual_seed(0))[:12]]  # the fit's first draw
+    errors = ddas.errors(held_out)[:, 0].double().sort().values
+    assert auto["calibration_samples"] == 12 and auto["samples"] == 38  # a quarter held out
+    # the k-th smallest of n = 12 held-out errors, k = min(n, ceil(q (n + 1))): q 0.99 -> the largest, rejecting 1/13
+    assert auto["threshold"] == pytest.approx(float(errors[11]), rel=1e-6) and auto["expected_rejection"] == 1 / 13
+    median = DDAS(num_tasks=1, dim=4, code_dims=3, threshold_quantile=0.5).fit(
+        0, feats, torch.Generator().manual_seed(0), steps=20
+    )
+    assert median["threshold"] == pytest.approx(float(errors[6]), rel=1e-6) and median["expected_rejection"] == 6 / 13
     fixed = DDAS(num_tasks=2, dim=4, code_dims=3, threshold=0.5)
     assert fixed.fit(1, feats, torch.Generator().manual_seed(0), steps=5)["threshold"] == 0.5
     with pytest.raises(FloatingPointError, match="NaN"):

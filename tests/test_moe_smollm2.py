@@ -1,5 +1,6 @@
 """CPU smoke tests of MoE adapters + DDAS on the real SmolLM2-135M-Instruct, and the configs."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -98,6 +99,7 @@ def test_moe_configs_parse_and_share_the_gere_task_sequence():
     clip = parse("moe_adapters_clip.yaml")
     assert clip.model.init_args.model == "openai/clip-vit-base-patch16" and len(clip.model.init_args.class_names) == 120
     assert clip.methods[0].init_args.num_experts == 22 and clip.runner.max_steps_per_task == 1000
+    assert clip.model.init_args.label_space == "task" and clip.data.init_args.scenario.init_args.setting == "task_incremental"
     tiny = parse("moe_adapters_tiny.yaml")
     assert tiny.model.init_args.model == "tiny"
 
@@ -113,6 +115,7 @@ def test_moe_smollm2_config_runs_on_cpu(tmp_path):
         "--data.init_args.general_samples=2",
         "--data.init_args.general_max_length=24",
         "--data.init_args.heldout_general=2",
+        "--data.init_args.control_samples=2",
         "--data.init_args.batch_size=4",
         "--data.init_args.eval_batch_size=2",
         "--trainer.accelerator=cpu",
@@ -125,4 +128,5 @@ def test_moe_smollm2_config_runs_on_cpu(tmp_path):
     result = runner.run()
     assert result.accuracy_matrix.shape == (1, 1)
     assert (tmp_path / "run" / "general_perplexity.json").is_file()
+    assert json.loads((tmp_path / "run" / "general_perplexity.json").read_text())["control"]["source"] == "debates_2016"
     assert result.metrics["methods"][0]["history"][0]["task"] == 0

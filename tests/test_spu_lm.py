@@ -71,6 +71,7 @@ def test_spu_smollm2_config_runs_on_cpu(tmp_path):
             "--data.init_args.max_train_per_task=8",
             "--data.init_args.max_test_per_task=2",
             "--data.init_args.heldout_general=2",
+            "--data.init_args.control_samples=2",
             "--data.init_args.general_samples=4",
             "--data.init_args.general_max_length=24",
             "--data.init_args.batch_size=4",

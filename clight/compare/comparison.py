@@ -86,6 +86,7 @@ def _run_json(r: RunRecord) -> dict:
         "accuracy_matrix": [[None if v != v else v for v in row] for row in r.matrix.tolist()],
         "metrics": {k: v for k, v in r.metrics.items() if k not in ("model", "data", "methods")},
         "controls": [c.as_dict() for c in r.controls],
+        "routing_shares": r.routing.as_dict() if r.routing is not None else None,
         "trainable_per_task": trainable,
         "trainable_source": source,
     }

@@ -89,7 +89,7 @@ def _finite(values: Any) -> tuple[float, ...]:
 @register_control_file("general_perplexity.json")
 def _general_perplexity(path: Path) -> list[Control]:
     data = read_json(path)
-    return [
+    controls = [
         Control(
             "general_perplexity",
             "perplexity on held-out general text (GeneralPerplexity)",
@@ -99,6 +99,20 @@ def _general_perplexity(path: Path) -> list[Control]:
             path.name,
         )
     ]
+    other = data.get("control")
+    if other:
+        controls.append(
+            Control(
+                "control_text_perplexity",
+                f"perplexity on {other.get('source')} text, another domain than the general text and never replayed "
+                "(GeneralPerplexity, data.control_text)",
+                _finite(other.get("after_task", [])),
+                other.get("before_first_task"),
+                True,
+                path.name,
+            )
+        )
+    return controls
 
 
 PLASTICITY_STATISTICS = {

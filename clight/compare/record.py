@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from clight.compare.controls import Control, read_controls
+from clight.compare.routing import RoutingShares, read_routing
 from clight.contract import ConfigError
 from clight.io import read_json
 
@@ -69,7 +70,8 @@ def check_same_sequence(sequences: list[tuple[str, dict]]) -> None:
 @dataclass
 class RunRecord:
     """A finished run: its name in the table, folder, how the comparison got it (``read``,
-    ``resumed`` or ``started``), metrics.json, the accuracy matrix and the logged controls."""
+    ``resumed`` or ``started``), metrics.json, the accuracy matrix, the logged controls and the
+    routing shares of a method that routes samples without a task id."""
 
     name: str
     run_dir: Path
@@ -77,6 +79,7 @@ class RunRecord:
     metrics: dict
     matrix: np.ndarray
     controls: list[Control] = field(default_factory=list)
+    routing: Optional[RoutingShares] = None
 
     @property
     def schedule(self) -> str:
@@ -149,4 +152,6 @@ def read_run(run_dir: Union[str, Path], name: Optional[str] = None, status: str 
         )
     metrics = read_json(run_dir / "metrics.json")
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)
-    return RunRecord(name or run_dir.name, run_dir, status, metrics, matrix, read_controls(run_dir, metrics))
+    return RunRecord(
+        name or run_dir.name, run_dir, status, metrics, matrix, read_controls(run_dir, metrics), read_routing(metrics)
+    )

@@ -53,6 +53,7 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
     new_task_only = any(r.schedule == "sequential_current" for r in records)
     joint, reference, provenance = joint_reference(records)
     control_names = list(dict.fromkeys(c.name for r in records for c in r.controls))
+    routed = any(r.routing is not None for r in records)
     rows = []
     for r in records:
         row: dict[str, Any] = {"method": r.name, "schedule": r.schedule, "status": r.status, "run_dir": str(r.run_dir)}
@@ -72,6 +73,10 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
         for name in control_names:
             c = controls.get(name)
             row.update({f"{name}_start": c and c.start, f"{name}_after": c and c.after, f"{name}_change": c and c.change})
+        if routed:
+            for j in range(num_tasks):
+                row[f"routing_task_{j + 1}_own"] = r.routing.own(j) if r.routing else None
+                row[f"routing_task_{j + 1}_pretrained"] = r.routing.pretrained(j) if r.routing else None
         trainable, source = r.trainable()
         row.update(
             {"wall_time_seconds": r.metrics.get("wall_time_seconds"), "trainable_per_task": trainable, "trainable_source": source}
@@ -83,6 +88,7 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
         "with_matrix": with_matrix,
         "new_task_only": new_task_only,
         "controls": control_names,
+        "routing": routed,
         "intransigence_reference": provenance or None,
     }
     return rows, layout
@@ -114,6 +120,13 @@ def _control(row: dict, name: str) -> str:
     return f"{start:.4g} → {after:.4g} ({change:+.3g})"
 
 
+def _routing(row: dict, num_tasks: int) -> str:
+    cells = [(row[f"routing_task_{j + 1}_own"], row[f"routing_task_{j + 1}_pretrained"]) for j in range(num_tasks)]
+    if all(_missing(own) for own, _ in cells):
+        return "n/a"
+    return ", ".join(f"{100 * own:.0f}/{100 * pre:.0f}" for own, pre in cells)
+
+
 def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     columns: list[tuple[str, Callable[[dict], str]]] = [("method", lambda row: row["method"])]
     if layout["with_matrix"]:
@@ -134,6 +147,8 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     columns += [
         (f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]
     ]
+    if layout.get("routing"):
+        columns.append(("routing: own task / pretrained (%)", lambda row: _routing(row, layout["num_tasks"])))
     columns += [
         ("wall time", lambda row: "n/a" if _missing(row["wall_time_seconds"]) else f"{row['wall_time_seconds']:.0f} s"),
         ("trainable / task", lambda row: _trainable(row["trainable_per_task"])),
@@ -174,6 +189,13 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
             c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} (from {c.source})."
         )
     out += list(seen.values())
+    routing = next((r.routing for r in records if r.routing is not None), None)
+    if routing is not None:
+        out.append(
+            "Routing: per task, in task order, the share of its test samples routed to its own task's experts / to the "
+            f"pretrained model after the last task, in % (the rest went to another task's experts); {routing.what} "
+            f"(from {routing.source}; every task's shares after every task are in comparison.json)."
+        )
     out += [
         f"{row['method']}: {row['status']} ({row['run_dir']}); trainable / task from {row['trainable_source']}." for row in rows
     ]

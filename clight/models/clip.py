@@ -1,11 +1,17 @@
-"""ContinualCLIP: class-incremental image classification by image-text similarity (CLIP).
+"""ContinualCLIP: image classification by image-text similarity (CLIP), over a choice of label space.
 
 Each class is a text prompt (``template`` filled with the class name, "a photo of a {}." by
-default). An image is scored against the prompts of the classes seen so far: the logits are
-CLIP's ``logit_scale.exp()`` times the cosine similarity of the image and prompt embeddings, and
-the task loss is the cross-entropy of those logits. This is the setting of SPU (Zhang et al.,
-CVPR 2024) and of MoE adapters (Yu et al., CVPR 2024). Both towers run at every step, so
-methods may train either.
+default). The logits are CLIP's ``logit_scale.exp()`` times the cosine similarity of the image and
+prompt embeddings, and the task loss is the cross-entropy of those logits. ``label_space`` says
+which prompts an image is scored against, in training and at test:
+
+- ``seen_classes``: the prompts of every class seen so far (class-incremental: SPU's setting,
+  Zhang et al., CVPR 2024, and the class-incremental setting of MoE adapters);
+- ``task``: the prompts of the image's own task only (the multi-domain task-incremental setting,
+  MTIL, of MoE adapters, Yu et al., CVPR 2024: each data set trained with cross-entropy over its
+  own classes and evaluated against its own classes, as their released code's ``mtil/`` does).
+
+Both towers run at every step, so methods may train either.
 
 ``model``: any transformers ``CLIPModel`` name or path (``openai/clip-vit-base-patch16``, needs
 the weights), or ``tiny``: a small random ``CLIPConfig`` with an offline character-level
@@ -16,97 +22,26 @@ channels, and normalised with CLIP's mean and std.
 
 from __future__ import annotations
 
-import string
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from clight.choices import check_choice
 from clight.contract import ConfigError
 from clight.data.sources import Source, resolve_source
 from clight.data.task import SequenceInfo, Task
+from clight.models.clip_loading import load_clip
 from clight.models.module import ContinualModule, default_optimizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-TINY_CLIP = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    image_size=32,
-    patch_size=8,
-    projection_dim=16,
-    max_position_embeddings=64,
-)
-
-
-def prompt_tokenizer():
-    """A character-level tokenizer over printable ASCII that wraps every text in ``<bos> ... <eos>``.
-
-    ``<eos>`` has the highest id, so CLIP's text pooling finds it whichever rule the installed
-    transformers applies (the position of the ``eos_token_id``, or the legacy argmax of the ids).
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1}
-    for c in string.printable:
-        if c not in "\x0b\x0c\r":
-            vocab.setdefault(c, len(vocab))
-    vocab["<bos>"], vocab["<eos>"] = len(vocab), len(vocab) + 1
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tk.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
-    )
-
-
-def tiny_clip(tokenizer, seed: int = 0, **overrides):
-    """A randomly initialised small ``CLIPModel`` (seeded) over ``tokenizer``'s vocabulary."""
-    from transformers import CLIPConfig, CLIPModel
-
-    sizes = {**TINY_CLIP, **overrides}
-    unknown = set(sizes) - set(TINY_CLIP)
-    if unknown:
-        raise ValueError(f"unknown tiny_config keys {sorted(unknown)}: use {sorted(TINY_CLIP)}")
-    tower = {k: sizes[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
-    text = dict(
-        tower,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=sizes["max_position_embeddings"],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    vision = dict(tower, image_size=sizes["image_size"], patch_size=sizes["patch_size"])
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=sizes["projection_dim"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIPModel(config)
-
-
-def load_clip(model: str, dtype: str = "float32", seed: int = 0, tiny_config: Optional[dict] = None):
-    """``(CLIPModel, tokenizer)`` for ``tiny`` or a transformers name or path."""
-    if model == "tiny":
-        tokenizer = prompt_tokenizer()
-        return tiny_clip(tokenizer, seed, **(tiny_config or {})).to(getattr(torch, dtype)), tokenizer
-    from transformers import AutoTokenizer, CLIPModel
-
-    try:
-        net = CLIPModel.from_pretrained(model, dtype=getattr(torch, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    except OSError as error:
-        raise OSError(
-            f"cannot load the CLIP model {model!r} ({error}). It needs the weights (downloaded from the Hugging Face hub "
-            "or a local folder holding them); for an offline test use model: tiny."
-        ) from error
-    return net, tokenizer
+LabelSpace = Literal["seen_classes", "task"]
+LABEL_SPACES = {
+    "seen_classes": "the prompts of every class seen so far (class-incremental)",
+    "task": "the prompts of the sample's own task's classes (multi-domain task-incremental, MoE adapters' MTIL)",
+}
 
 
 def class_names_of(names: Union[str, Sequence[str], Source]) -> list[str]:
@@ -118,22 +53,25 @@ def class_names_of(names: Union[str, Sequence[str], Source]) -> list[str]:
 
 
 class ContinualCLIP(ContinualModule):
-    """CLIP as a class-incremental classifier over the classes seen so far.
+    """CLIP as a classifier over class prompts.
 
     ``class_names``: one name per class id of the sequence, or a clight source (``Source``, e.g.
     ``Torchvision("CIFAR100")``, or a name: ``digits``, ``fashion_mnist``) to take its names. ``template``: the prompt, with ``{}`` for
-    the class name. Evaluation also reports ``correct_task_aware`` (argmax among the sample's
-    own task's classes, which CLIP can score before they are trained).
+    the class name. ``label_space``: ``seen_classes`` (class-incremental: every class seen so far)
+    or ``task`` (each sample against its own task's classes, in training and at test; for
+    task-incremental sequences). Evaluation also reports ``correct_task_aware`` (argmax among the
+    sample's own task's classes, which CLIP can score before they are trained).
     """
 
-    settings = ("class_incremental", "domain_incremental")
-    settings_reason = " (an image is scored against the prompts of the classes seen so far)"
+    settings = ("class_incremental", "domain_incremental", "task_incremental")
+    settings_reason = " (task-incremental with label_space: task)"
 
     def __init__(
         self,
         model: str = "tiny",
         class_names: Union[str, list[str], Source] = "digits",
         template: str = "a photo of a {}.",
+        label_space: LabelSpace = "seen_classes",
         dtype: str = "float32",
         tiny_config: Optional[dict] = None,
         seed: int = 0,
@@ -141,6 +79,8 @@ class ContinualCLIP(ContinualModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
+        check_choice("ContinualCLIP.label_space", label_space, LabelSpace)
+        self.label_space = label_space
         if "{}" not in template:
             raise ValueError(f"ContinualCLIP.template must contain '{{}}' where the class name goes, got {template!r}")
         self.model_name, self.template, self.dtype_name = model, template, dtype
@@ -158,6 +98,16 @@ class ContinualCLIP(ContinualModule):
     # -- the sequence -----------------------------------------------------------------------------
     def check_compatible(self, info: SequenceInfo) -> None:
         super().check_compatible(info)
+        if info.setting == "task_incremental" and self.label_space != "task":
+            raise ConfigError(
+                "ContinualCLIP scores a task-incremental sequence within each task's own classes: set "
+                "model.label_space to task (or use a class-incremental scenario for label_space: seen_classes)"
+            )
+        if info.setting == "class_incremental" and self.label_space == "task":
+            raise ConfigError(
+                "ContinualCLIP(label_space: task) scores each sample within its own task's classes, which needs the "
+                "task of every test sample: set the scenario's setting to task_incremental (or label_space: seen_classes)"
+            )
         names = class_names_of(self.class_names_arg)
         if len(names) != info.num_classes:
             given = self.class_names_arg if isinstance(self.class_names_arg, str) else type(self.class_names_arg).__name__
@@ -219,9 +169,33 @@ class ContinualCLIP(ContinualModule):
         return self.clip.logit_scale.exp() * image @ text.t()
 
     # -- what methods may call --------------------------------------------------------------------
+    def label_logits(self, batch: dict, features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, C], classes [C])``: the batch's images against the prompts of its label
+        space (global class ids ``classes``, ascending). ``task``: the classes of the batch's tasks;
+        a row is -inf outside its own task's classes, so with one task in the batch (a task's own
+        data) the logits are exactly that task's."""
+        features = self.features(batch["input"]) if features is None else features
+        if self.label_space == "seen_classes":
+            classes = self.seen_classes
+            return self.similarity(features, self.text_features(classes)), classes
+        own = self._own_classes(batch["task_id"], len(self.seen_mask))
+        columns = own.any(0)
+        classes = columns.nonzero().flatten()
+        logits = self.similarity(features, self.text_features(classes))
+        mixed = not bool(own[:, columns].all())
+        return (logits.masked_fill(~own[:, columns], float("-inf")) if mixed else logits), classes
+
+    def _own_classes(self, task_ids: torch.Tensor, width: int) -> torch.Tensor:
+        """``[B, width]`` bool: each row's own task's class ids."""
+        own = torch.zeros(len(task_ids), width, dtype=torch.bool, device=self.seen_mask.device)
+        for t in task_ids.unique().tolist():
+            rows = (task_ids == t).nonzero().flatten().to(own.device)
+            own[rows.unsqueeze(1), torch.tensor(self.sequence.task_classes[t], device=own.device).unsqueeze(0)] = True
+        return own
+
     def output_logits(self, batch: dict) -> torch.Tensor:
-        """Logits ``[B, seen classes]`` against the prompts of the classes seen so far (no labels)."""
-        return self.similarity(self.features(batch["input"]), self.text_features(self.seen_classes))
+        """Logits ``[B, C]`` against the prompts of the label space (no labels needed)."""
+        return self.label_logits(batch)[0]
 
     def _positions(self, targets: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         lookup = torch.full((len(self.seen_mask),), -1, dtype=torch.long, device=targets.device)
@@ -233,27 +207,26 @@ class ContinualCLIP(ContinualModule):
         return positions
 
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        classes = self.seen_classes
         features = self.features(batch["input"])
-        logits = self.similarity(features, self.text_features(classes))
+        logits, classes = self.label_logits(batch, features)
         loss = F.cross_entropy(logits.float(), self._positions(batch["target"], classes))
         return loss, {"features": features, "logits": logits}
 
     @torch.no_grad()
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Class-incremental accuracy over the seen classes, and task-aware accuracy (the sample's task's classes)."""
+        """Accuracy in the label space (``correct``: over the seen classes, or within the sample's own
+        task's classes for ``label_space: task``), and task-aware accuracy (the sample's task's classes)."""
         every = torch.arange(len(self.seen_mask), device=self.seen_mask.device)
         logits = self.similarity(self.features(batch["input"]), self.text_features(every)).float()
         target = batch["target"]
-        if self.seen_mask.any():
+        own = self._own_classes(batch["task_id"], logits.shape[1])
+        task_aware = (logits.masked_fill(~own, float("-inf")).argmax(1) == target).sum()
+        if self.label_space == "task":
+            correct = task_aware
+        elif self.seen_mask.any():
             correct = (logits.masked_fill(~self.seen_mask, float("-inf")).argmax(1) == target).sum()
         else:
             correct = torch.zeros((), dtype=torch.long, device=target.device)
-        own = torch.zeros_like(logits, dtype=torch.bool)
-        for t in batch["task_id"].unique().tolist():
-            rows = (batch["task_id"] == t).nonzero().flatten()
-            own[rows.unsqueeze(1), torch.tensor(self.sequence.task_classes[t], device=own.device).unsqueeze(0)] = True
-        task_aware = (logits.masked_fill(~own, float("-inf")).argmax(1) == target).sum()
         return {"correct": correct, "total": torch.tensor(len(target), device=target.device), "correct_task_aware": task_aware}
 
     def describe(self) -> dict:
@@ -262,6 +235,7 @@ class ContinualCLIP(ContinualModule):
             {
                 "model": self.model_name,
                 "template": self.template,
+                "label_space": f"{self.label_space}: {LABEL_SPACES[self.label_space]}",
                 "dtype": self.dtype_name,
                 "image_size": list(self.image_size),
                 "classes": len(self.class_names),

@@ -8,7 +8,7 @@ set of general samples is mixed into every task's training stream; held-out gene
 
 - ``sources``: labelled text (JSONL, CSV, Hugging Face, offline Rotten Tomatoes and tweets);
 - ``general_sources``: unlabelled general text (JSONL, a ``.txt`` folder, Hugging Face, the
-  offline Wikipedia excerpt);
+  offline Wikipedia excerpt and 2016 debate transcripts);
 - ``tasks``: prompts and answers, tokenised once (``TextTaskSpec``, ``TextTasks``);
 - ``general``: the replayed general set and the held-out split;
 - ``batches``: padding and the batch layout;
@@ -18,7 +18,15 @@ set of general samples is mixed into every task's training stream; held-out gene
 from clight.data.text.batches import IGNORE, TextCollator
 from clight.data.text.datamodule import GeneralMode, TextTaskSequence
 from clight.data.text.general import GeneralSet, general_splits
-from clight.data.text.general_sources import GENERAL_SOURCES, GeneralSource, HFGeneral, JsonlGeneral, TextFolder, WikiExcerpt
+from clight.data.text.general_sources import (
+    GENERAL_SOURCES,
+    DebateTranscripts,
+    GeneralSource,
+    HFGeneral,
+    JsonlGeneral,
+    TextFolder,
+    WikiExcerpt,
+)
 from clight.data.text.sources import CsvText, HFText, JsonlText, LabelledTexts, RottenTomatoes, TextSource, Tweets
 from clight.data.text.tasks import BUILTIN_TASKS, TextExamples, TextTasks, TextTaskSpec, encode_task, resolve_task
 
@@ -27,6 +35,7 @@ __all__ = [
     "GENERAL_SOURCES",
     "IGNORE",
     "CsvText",
+    "DebateTranscripts",
     "GeneralMode",
     "GeneralSet",
     "GeneralSource",

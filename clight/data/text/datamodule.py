@@ -11,7 +11,7 @@ from clight.choices import check_choice
 from clight.data.datamodule import TaskSequence
 from clight.data.samplers import evaluation_batches
 from clight.data.text.batches import TextCollator
-from clight.data.text.general import GeneralSet, general_splits
+from clight.data.text.general import GeneralSet, control_passages, general_splits
 from clight.data.text.general_sources import GENERAL_SOURCES, GeneralSource
 from clight.data.text.tasks import TextTasks, TextTaskSpec
 
@@ -25,7 +25,9 @@ class TextTaskSequence(TaskSequence):
     task's training set and shuffled with it, each seen once per epoch), ``per_batch``
     (``general_per_batch`` general samples drawn into every batch) or ``none``. ``batch_size``
     is the global batch; under DDP each rank gets an equal share of every batch, drawn from
-    generators seeded by (seed, task, epoch), so all ranks agree.
+    generators seeded by (seed, task, epoch), so all ranks agree. ``control_text``: a second
+    held-out text, from another domain than ``general`` and never replayed (``control_samples``
+    passages of it), on which ``GeneralPerplexity`` also measures perplexity.
     """
 
     def __init__(
@@ -41,6 +43,8 @@ class TextTaskSequence(TaskSequence):
         general_mode: GeneralMode = "append",
         general_per_batch: int = 2,
         heldout_general: int = 64,
+        control_text: Union[str, GeneralSource, None] = None,
+        control_samples: int = 64,
         batch_size: int = 8,
         eval_batch_size: int = 32,
         val_fraction: float = 0.1,
@@ -66,6 +70,14 @@ class TextTaskSequence(TaskSequence):
         self.general_mode = general_mode if self.general_source is not None else "none"
         self.general_per_batch, self.heldout_general = general_per_batch, heldout_general
         self._general: Optional[tuple[GeneralSet, Optional[GeneralSet]]] = None
+        if (isinstance(control_text, str) and control_text not in GENERAL_SOURCES) or control_samples < 1:
+            raise ValueError(
+                f"data.control_text must be one of {sorted(GENERAL_SOURCES)}, a GeneralSource or null, and "
+                f"control_samples >= 1; got {control_text!r}, {control_samples}"
+            )
+        self.control_source = GENERAL_SOURCES[control_text]() if isinstance(control_text, str) else control_text
+        self.control_samples = control_samples
+        self._control: Optional[GeneralSet] = None
 
     # the general set and the held-out text, built once
     def _general_sets(self) -> tuple[Optional[GeneralSet], Optional[GeneralSet]]:
@@ -85,6 +97,14 @@ class TextTaskSequence(TaskSequence):
     @property
     def heldout_set(self) -> Optional[GeneralSet]:
         return self._general_sets()[1]
+
+    @property
+    def control_set(self) -> Optional[GeneralSet]:
+        """The control text (another domain, never replayed), or None."""
+        if self.control_source is not None and self._control is None:
+            passages = control_passages(self.control_source, self.control_samples)
+            self._control = GeneralSet.from_texts(passages, self.tokenizer, self.general_max_length)
+        return self._control
 
     def general_loader(self, dataset: GeneralSet, batch_size: Optional[int] = None) -> DataLoader:
         """All of ``dataset`` in order, unsharded (for thresholds, caches and perplexity)."""
@@ -124,6 +144,8 @@ class TextTaskSequence(TaskSequence):
                 "general_mode": self.general_mode,
                 "general_per_batch": self.general_per_batch if self.general_mode == "per_batch" else None,
                 "heldout_general": len(self.heldout_set) if self.heldout_set is not None else 0,
+                "control_text": getattr(self.control_source, "name", None),
+                "control_samples": len(self.control_set) if self.control_set is not None else 0,
             }
         )
         return out

@@ -53,6 +53,12 @@ def general_splits(
     return replay, heldout
 
 
+def control_passages(source: GeneralSource, n: int) -> list[str]:
+    """``n`` passages of ``source`` (all held out: a control text is never replayed), round-robin
+    across its documents."""
+    return _round_robin(source.documents())[:n]
+
+
 def _round_robin(docs: Sequence[Sequence[str]]) -> list[str]:
     longest = max((len(d) for d in docs), default=0)
     return [d[i] for i in range(longest) for d in docs if i < len(d)]

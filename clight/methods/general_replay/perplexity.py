@@ -1,4 +1,4 @@
-"""GeneralPerplexity: general ability as perplexity on held-out general text."""
+"""GeneralPerplexity: general ability as perplexity on held-out text."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from clight.methods.base import ContinualCallback
 
 class GeneralPerplexity(ContinualCallback):
     """Perplexity on the held-out general text (never replayed) before the first task and after
-    every task; written to ``run_dir/general_perplexity.json``."""
+    every task, and on the data module's control text when it has one (``control_text``: another
+    domain than the replayed general text, never replayed); written to
+    ``run_dir/general_perplexity.json``."""
 
     module_protocol = CausalLanguageModel
     data_protocol = GeneralTextData
@@ -20,6 +22,7 @@ class GeneralPerplexity(ContinualCallback):
     def __init__(self, batch_size: int = 16) -> None:
         self.batch_size = batch_size
         self.history: list[float] = []
+        self.control_history: list[float] = []
         self._datamodule: Any = None
         self._context: Optional[RunContext] = None
 
@@ -29,11 +32,21 @@ class GeneralPerplexity(ContinualCallback):
             raise ConfigError("GeneralPerplexity needs held-out general text: set data.heldout_general > 0")
 
     def _measure(self, module: Any) -> None:
-        held = self._datamodule.heldout_set
-        self.history.append(module.perplexity(self._datamodule.general_loader(held, self.batch_size)))
+        data = self._datamodule
+        self.history.append(module.perplexity(data.general_loader(data.heldout_set, self.batch_size)))
+        control = getattr(data, "control_set", None)
+        if control is not None:
+            self.control_history.append(module.perplexity(data.general_loader(control, self.batch_size)))
         path = self._context.path("general_perplexity.json") if self._context else None
         if path is not None and self._context.is_rank_zero:
-            write_json_atomic(path, {"before_first_task": self.history[0], "after_task": self.history[1:]})
+            record: dict = {"before_first_task": self.history[0], "after_task": self.history[1:]}
+            if self.control_history:
+                record["control"] = {
+                    "source": getattr(data.control_source, "name", None),
+                    "before_first_task": self.control_history[0],
+                    "after_task": self.control_history[1:],
+                }
+            write_json_atomic(path, record)
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         self._datamodule, self._context = datamodule, context
@@ -44,10 +57,15 @@ class GeneralPerplexity(ContinualCallback):
         self._measure(module)
 
     def state_dict(self) -> dict:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "control_history": list(self.control_history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
+        self.control_history = list(state.get("control_history", []))
 
     def describe(self) -> dict:
-        return {"class": type(self).__name__, "metric": "held-out general text perplexity", "history": self.history}
+        info = {"class": type(self).__name__, "metric": "held-out general text perplexity", "history": self.history}
+        if self.control_history:
+            info["control_text"] = getattr(self._datamodule.control_source, "name", None)
+            info["control_history"] = self.control_history
+        return info

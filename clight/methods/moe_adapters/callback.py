@@ -13,29 +13,22 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Sequence
 
 import torch
-from lightning.fabric.utilities import move_data_to_device
 
 from clight.choices import check_choice
 from clight.contract import ConfigError, RunContext
 from clight.data.task import SequenceInfo, Task
-from clight.distributed import broadcast_from_rank_zero, is_rank_zero
+from clight.distributed import broadcast_from_rank_zero, sum_across_ranks
 from clight.methods.base import ContinualCallback
 from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
 from clight.methods.moe_adapters.follower import install_follower
 from clight.methods.moe_adapters.injection import choose_blocks, inject, moe_blocks
 from clight.methods.moe_adapters.layer import MoELayer, RouteState
 from clight.methods.moe_adapters.routing import NetworkRouting, install_routing
+from clight.methods.moe_adapters.shares import RoutingShares, frozen_features_of
 from clight.methods.moe_adapters.targets import Target, resolve_target
 
 Tap = Literal["mlp", "block"]
 SALT = 0x4D6F45  # "MoE": the run-seed salt of everything this method draws
-
-
-def _sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-    return value
 
 
 class MoEAdapters(ContinualCallback):
@@ -73,7 +66,7 @@ class MoEAdapters(ContinualCallback):
         feature_transform: FeatureTransform = "standardize",
         threshold: Threshold = "auto",
         threshold_quantile: float = 0.99,
-        calibration_fraction: float = 0.1,
+        calibration_fraction: float = 0.25,
         ddas_samples: Optional[int] = None,
         feature_batch_size: int = 32,
     ) -> None:
@@ -115,6 +108,7 @@ class MoEAdapters(ContinualCallback):
         self.selector: Optional[DDAS] = None
         self.key = "0"
         self.history: list[dict] = []
+        self.shares = RoutingShares()
         self._datamodule: Any = None
         self._context = RunContext()
 
@@ -177,9 +171,17 @@ class MoEAdapters(ContinualCallback):
 
     def on_task_end(self, module: Any, task: Task) -> None:
         self._leave_fit()
+        already = sum(int(layer.frozen.sum()) for layer in self.layers.values())
         frozen = self._freeze_most_used()
         fitted = self._fit_selector(module, task)
-        self.history.append({"task": task.index, "frozen_experts": frozen, **fitted})
+        for layer in self.layers.values():  # frozen at once, so a method acting before the next task's
+            layer.set_trainable(None)  # start (e.g. ShrinkPerturb listed first) cannot touch what is frozen
+        total = sum(int(layer.frozen.sum()) for layer in self.layers.values())
+        self.shares.after_task.append(self._measure_routing(module))
+        self.history.append(
+            # frozen_experts: the task's top picks per block, some of which an earlier task may have frozen
+            {"task": task.index, "frozen_experts": frozen, "newly_frozen": total - already, "frozen_total": total, **fitted}
+        )
 
     # -- inside a fit -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -196,7 +198,7 @@ class MoEAdapters(ContinualCallback):
         checkpoints rank 0 writes of them, are the same on every rank."""
         self.state.batch_rows = None
         layers = list(self.layers.values())
-        steps = _sum_across_ranks(torch.stack([layer.step_usage.to(layers[0].step_usage.device) for layer in layers]))
+        steps = sum_across_ranks(torch.stack([layer.step_usage.to(layers[0].step_usage.device) for layer in layers]))
         for layer, counts in zip(layers, steps):
             layer.merge_usage(counts)
             layer.balance_loss = None
@@ -219,41 +221,29 @@ class MoEAdapters(ContinualCallback):
 
     # -- between fits -----------------------------------------------------------------------------
     def _freeze_most_used(self) -> dict[str, list[int]]:
-        """Freeze, in every block, the ``freeze_top`` experts picked most for the task just trained
-        (ties to the lower index; never-picked experts stay trainable)."""
-        frozen: dict[str, list[int]] = {}
-        for name, layer in self.layers.items():
-            usage = layer.usage.cpu()
-            order = torch.sort(-usage, stable=True).indices[: self.freeze_top]
-            top = [int(e) for e in order if usage[e] > 0]
-            layer.frozen[top] = True
-            frozen[name] = top
-        return frozen
+        """Freeze, in every block, the ``freeze_top`` experts picked most for the task just trained."""
+        return {name: layer.freeze_most_used(self.freeze_top) for name, layer in self.layers.items()}
 
-    @torch.no_grad()
     def task_features(self, module: Any, task: Task) -> torch.Tensor:
         """The frozen model's DDAS features ``[N, d]`` of task ``task``'s training samples."""
-        from tqdm.auto import tqdm
-
         dataset = task.train
         if self.ddas_samples is not None and self.ddas_samples < len(dataset):
             rows = torch.randperm(len(dataset), generator=self._context.generator(SALT, int(self.key), 2, task.index))
             dataset = torch.utils.data.Subset(dataset, rows[: self.ddas_samples].tolist())
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.feature_batch_size, shuffle=False, collate_fn=self._datamodule.train_collate_fn()
+        return self._features_of(module, dataset, f"DDAS features, task {task.index}")
+
+    def _features_of(self, module: Any, dataset: Any, desc: str) -> torch.Tensor:
+        collate = self._datamodule.train_collate_fn()
+        features = frozen_features_of(module, dataset, self.target, self.routing, collate, self.feature_batch_size, desc)
+        return features.to(module.device)
+
+    def _measure_routing(self, module: Any) -> list[list[float]]:
+        """Where DDAS now sends every task's test samples (rank 0's figures on every rank)."""
+        tasks = self._datamodule.tasks
+        rows = self.shares.measure(
+            self.selector, tasks, lambda task: self._features_of(module, task.test, f"DDAS routing, task {task.index} test")
         )
-        network = self.target.network(module)
-        was_training = module.training
-        module.eval()
-        features = []
-        try:
-            for batch in tqdm(loader, desc=f"DDAS features, task {task.index}", leave=False, disable=not is_rank_zero()):
-                args, kwargs, context = self.target.batch_call(module, move_data_to_device(batch, module.device))
-                with context:
-                    features.append(self.routing.frozen_features(network, args, kwargs))
-        finally:
-            module.train(was_training)
-        return torch.cat(features)
+        return broadcast_from_rank_zero(rows)
 
     def _fit_selector(self, module: Any, task: Task) -> dict:
         """Fit the task's autoencoder (every rank alike, seeded from the run), then take rank 0's
@@ -275,10 +265,15 @@ class MoEAdapters(ContinualCallback):
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"usage": {name: layer.usage.cpu().clone() for name, layer in self.layers.items()}, "history": list(self.history)}
+        return {
+            "usage": {name: layer.usage.cpu().clone() for name, layer in self.layers.items()},
+            "history": list(self.history),
+            "routing_shares": list(self.shares.after_task),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
+        self.shares.after_task = list(state.get("routing_shares", []))
         for name, usage in state.get("usage", {}).items():
             if name in self.layers:
                 self.layers[name].usage = usage.clone()
@@ -310,4 +305,5 @@ class MoEAdapters(ContinualCallback):
                 "samples_per_task": self.ddas_samples,
             },
             "history": self.history,
+            "routing_shares": self.shares.describe(len(self.selector.thresholds) if self.selector is not None else 0),
         }

@@ -24,6 +24,14 @@ FeatureTransform = Literal["standardize", "sigmoid", "none"]
 Threshold = Union[float, Literal["auto"]]
 
 
+def order_statistic_threshold(errors: torch.Tensor, quantile: float) -> tuple[float, float]:
+    """``(the k-th smallest of the n errors, (n + 1 - k) / (n + 1))``, ``k = min(n, ceil(quantile (n + 1)))``:
+    the threshold, and the probability that a new error from the same distribution exceeds it."""
+    n = len(errors)
+    k = min(n, max(1, math.ceil(quantile * (n + 1) - 1e-9)))
+    return float(errors.double().sort().values[k - 1]), (n + 1 - k) / (n + 1)
+
+
 class Autoencoder(nn.Module):
     """``decoder(relu(encoder(z)))`` (the released code's; a sigmoid output for sigmoid features)."""
 
@@ -58,10 +66,14 @@ class DDAS(nn.Module):
     divided by its overall standard deviation, one number, so no near-constant dimension is blown
     up; then fixed, so every task's errors live in one space),
     ``sigmoid`` (the released code's, on its non-negative CNN features) or ``none``.
-    ``threshold``: ``"auto"`` (the ``threshold_quantile`` quantile of the reconstruction errors of
-    the ``calibration_fraction`` of the task's samples held out from the autoencoder's fit: errors
-    of samples it has not seen, as test samples will be; of its training samples when the
-    fraction is 0) or one number for every task (the paper's single hyper-parameter).
+    ``threshold``: ``"auto"`` or one number for every task (the paper's single hyper-parameter).
+    ``auto`` holds the ``calibration_fraction`` of the task's samples out of the autoencoder's fit
+    (their errors are those of samples it has not seen, as test samples will be; the training
+    samples' own when the fraction is 0) and takes the k-th smallest of their n errors,
+    ``k = min(n, ceil(threshold_quantile x (n + 1)))``. A new sample of the task's distribution
+    is then rejected (sent to the pretrained model) with probability ``(n + 1 - k) / (n + 1)``
+    (order statistics of exchangeable errors), recorded per task as ``expected_rejection``: with
+    the defaults (0.99, a quarter of the samples) 1/(n + 1) up to n = 99, then about 1%.
     """
 
     def __init__(
@@ -72,7 +84,7 @@ class DDAS(nn.Module):
         transform: FeatureTransform = "standardize",
         threshold: Threshold = "auto",
         threshold_quantile: float = 0.99,
-        calibration_fraction: float = 0.1,
+        calibration_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         check_choice("DDAS.transform", transform, FeatureTransform)
@@ -169,9 +181,10 @@ class DDAS(nn.Module):
         with torch.no_grad():
             train_errors = ae.errors(z)
             errors = ae.errors(self.features_to_space(calibration)) if held else train_errors
-        value = (
-            float(torch.quantile(errors.double(), self.threshold_quantile)) if self.threshold == "auto" else float(self.threshold)
-        )
+        if self.threshold == "auto":
+            value, expected_rejection = order_statistic_threshold(errors, self.threshold_quantile)
+        else:
+            value, expected_rejection = float(self.threshold), None
         self.thresholds[task] = value
         self.fitted[task] = True
         return {
@@ -180,6 +193,8 @@ class DDAS(nn.Module):
             "calibration_error_median": float(errors.median()),
             "samples": len(z),
             "calibration_samples": held,
+            # of the task's own samples, for an auto threshold on held-out errors (training errors are biased low)
+            "expected_rejection": expected_rejection if held else None,
         }
 
     def describe(self) -> dict:
@@ -192,8 +207,9 @@ class DDAS(nn.Module):
                 if self.transform == "sigmoid"
                 else ""
             ),
-            "threshold": f"per task: the {self.threshold_quantile} quantile of the reconstruction errors of "
-            f"{self.calibration_fraction:.0%} of its samples held out from the fit (clight)"
+            "threshold": f"per task: the k-th smallest of the reconstruction errors of the n samples held out from the fit "
+            f"({self.calibration_fraction:.0%} of its samples), k = min(n, ceil({self.threshold_quantile} (n + 1))); "
+            "expected rejection of the task's own samples (n + 1 - k) / (n + 1) (clight)"
             if self.threshold == "auto"
             else f"{self.threshold} for every task (paper: one hyper-parameter)",
             "code_dims": self.autoencoders[0].encoder.out_features,

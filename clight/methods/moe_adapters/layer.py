@@ -80,13 +80,23 @@ class MoELayer(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def set_trainable(self, task: int) -> None:
-        """Task ``task`` trains its own router and every expert not frozen yet; nothing else."""
+    def set_trainable(self, task: Optional[int]) -> None:
+        """Task ``task`` trains its own router and every expert not frozen yet; nothing else
+        (``None``: between tasks, no router)."""
         for key in self.routers:
             self.routers[key].requires_grad_(key == str(task))
             self.noise[key].requires_grad_(key == str(task) and self.noisy_gating)
         for e, expert in enumerate(self.experts):
             expert.requires_grad_(not bool(self.frozen[e]))
+
+    def freeze_most_used(self, top: int) -> list[int]:
+        """Freeze the ``top`` experts picked most in this fit (ties to the lower index; an expert
+        never picked stays trainable); return them (some may have been frozen before)."""
+        usage = self.usage.cpu()
+        order = torch.sort(-usage, stable=True).indices[:top]
+        picked = [int(e) for e in order if usage[e] > 0]
+        self.frozen[picked] = True
+        return picked
 
     def forward(self, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``out`` plus the gated experts' outputs on ``x`` for every routed sample; the rows of

@@ -26,8 +26,6 @@ from clight.methods.moe_adapters.ddas import DDAS
 from clight.methods.moe_adapters.layer import RouteState
 from clight.methods.moe_adapters.targets import Target
 
-_NOT_FORCED = object()
-
 
 class NetworkRouting(nn.Module):
     """The routing of one network: a DDAS selector and a ``RouteState`` per MoEAdapters instance."""
@@ -39,7 +37,10 @@ class NetworkRouting(nn.Module):
         self.states: dict[str, RouteState] = {}
         # each instance's routes of the latest forward, kept after it (a follower network reads them)
         self.last_rows: dict[str, Optional[torch.Tensor]] = {}
-        self._forced: Any = _NOT_FORCED
+        # a flag and the rows, not an identity sentinel: a deep copy of the network (LwF's frozen_copy,
+        # GeRe's frozen_network) must keep working, and copy.deepcopy would make a new sentinel
+        self._forcing = False
+        self._forced: Optional[torch.Tensor] = None
         self._computing = False
 
     def add(self, key: str, selector: DDAS, state: RouteState) -> None:
@@ -49,11 +50,12 @@ class NetworkRouting(nn.Module):
     @contextmanager
     def forced(self, rows: Optional[torch.Tensor]) -> Iterator[None]:
         """Route every forward inside by ``rows`` (``[B]``, -1 = none; ``None``: every adapter off)."""
-        previous, self._forced = self._forced, rows
+        previous = self._forcing, self._forced
+        self._forcing, self._forced = True, rows
         try:
             yield
         finally:
-            self._forced = previous
+            self._forcing, self._forced = previous
 
     @torch.no_grad()
     def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -70,11 +72,13 @@ class NetworkRouting(nn.Module):
         mask = self.target.token_mask(args, kwargs)
         features: Optional[torch.Tensor] = None
         for key, state in self.states.items():
-            if self._forced is not _NOT_FORCED:
+            if self._forcing:
                 rows = self._forced
             elif state.fit_task is not None:
                 given = state.batch_rows is not None and len(state.batch_rows) == batch
                 rows = state.batch_rows if given else torch.full((batch,), state.fit_task, dtype=torch.long)
+            elif not self.selectors[key].any_fitted:  # nothing to route to yet: no frozen-feature forward
+                rows = torch.full((batch,), -1, dtype=torch.long)
             else:
                 if features is None:
                     features = self.frozen_features(network, args, kwargs)
