@@ -18,6 +18,7 @@ import yaml
 from clight.compare.record import read_manifest, task_sequence
 from clight.contract import ConfigError
 from clight.io import read_json
+from clight.shorten import short_repr, shorten
 
 #: keys whose value does not change what a run computes (where it is written, how it is shown)
 NOT_COMPARED = ("run_dir", "resume", "trainer.enable_progress_bar")
@@ -55,7 +56,7 @@ def config_differences(stored: Any, requested: Any, prefix: str = "") -> list[st
     if isinstance(stored, list) and isinstance(requested, list) and len(stored) == len(requested):
         return [d for i, (a, b) in enumerate(zip(stored, requested)) for d in config_differences(a, b, f"{prefix[:-1]}[{i}].")]
     if stored != requested:
-        return [f"{prefix[:-1]}: {stored!r} in the run folder, {requested!r} asked for"]
+        return [f"{shorten(prefix[:-1])}: {short_repr(stored)} in the run folder, {short_repr(requested)} asked for"]
     return []
 
 

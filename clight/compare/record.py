@@ -16,6 +16,7 @@ import numpy as np
 from clight.compare.controls import Control, read_controls
 from clight.contract import ConfigError
 from clight.io import read_json
+from clight.shorten import short_repr
 
 #: the fields of ``TaskSequence.describe()`` that make two runs' task sequences the same one
 SEQUENCE_FIELDS = ("scenario", "setting", "seed", "tokenizer")
@@ -42,11 +43,15 @@ def task_sequence(data: dict) -> dict:
 
 def sequence_differences(a: dict, b: dict) -> list[str]:
     """The fields in which two sequence identities differ, as ``field: a vs b`` lines."""
-    diffs = [f"{key}: {a.get(key)!r} vs {b.get(key)!r}" for key in SEQUENCE_FIELDS if a.get(key) != b.get(key)]
+    diffs = [
+        f"{key}: {short_repr(a.get(key))} vs {short_repr(b.get(key))}" for key in SEQUENCE_FIELDS if a.get(key) != b.get(key)
+    ]
     if len(a["tasks"]) != len(b["tasks"]):
         diffs.append(f"number of tasks: {len(a['tasks'])} vs {len(b['tasks'])}")
     for t, (ta, tb) in enumerate(zip(a["tasks"], b["tasks"])):
-        diffs += [f"task {t + 1} {key}: {ta[key]!r} vs {tb[key]!r}" for key in TASK_FIELDS if ta[key] != tb[key]]
+        diffs += [
+            f"task {t + 1} {key}: {short_repr(ta[key])} vs {short_repr(tb[key])}" for key in TASK_FIELDS if ta[key] != tb[key]
+        ]
     return diffs
 
 
