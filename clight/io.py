@@ -14,6 +14,7 @@ import io
 import json
 import os
 import secrets
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -97,6 +98,10 @@ def _open_temp(tmp: Path):
     return open(tmp, "wb")
 
 
+def _open_append(path: Path):
+    return open(path, "a", newline="")
+
+
 def _atomic_replace(path: Path, write) -> None:
     with atomic_output(path) as tmp, _open_temp(tmp) as f:
         write(f)
@@ -119,7 +124,7 @@ def append_text(path: PathLike, text: str) -> None:
     """Append ``text`` to ``path`` (created if missing) and flush it to disk."""
     path = Path(path)
     try:
-        with open(path, "a", newline="") as f:
+        with _open_append(path) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -128,6 +133,21 @@ def append_text(path: PathLike, text: str) -> None:
         if error is not None:
             raise error from exc
         raise
+
+
+def unwritable_reason(path: PathLike) -> Optional[str]:
+    """Why the folder ``path`` (created when needed) could not be written, or ``None``: tried by
+    creating and deleting a file in it or in its nearest existing parent (nothing stays)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        return f"cannot write to {existing} ({exc.strerror or exc})"
+    return None
 
 
 def remove_leftovers(folder: PathLike) -> list[Path]:

@@ -149,8 +149,8 @@ def read_run(run_dir: Union[str, Path], name: Optional[str] = None, status: str 
         done = len(manifest.get("matrices", {}).get("correct", []))
         raise RunNotFinished(
             f"{run_dir} is not finished ({done} of {manifest.get('num_tasks', '?')} fits done). Resume it with "
-            f"`clight fit --config {run_dir / 'config.yaml'} --resume {run_dir}`, or pass its config to `clight compare`, "
-            "which resumes unfinished runs."
+            f"`clight fit --config CONFIG --resume {run_dir}` (CONFIG: the config you started it with), or pass that "
+            "config to `clight compare`, which resumes unfinished runs."
         )
     metrics = read_json(run_dir / "metrics.json")
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)

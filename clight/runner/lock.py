@@ -47,19 +47,41 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(
-                f"{self.folder} is in use by a live run ({self.holder()}). Wait for it to end, or stop it "
-                "(Ctrl-C or kill PID: it can be resumed), then resume it."
-            ) from None
+            raise RunFolderError(self.in_use()) from None
         except OSError as exc:  # a file system without locks (some network mounts)
             os.close(fd)
             warnings.warn(f"cannot lock {self.folder} ({exc}): nothing stops a second run from writing into it", stacklevel=2)
             return
         self._fd = fd
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def record_holder(self) -> None:
         if self._fd is not None:
             write_text_atomic(self.folder / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}\n")
+
+    def live_holder(self) -> Optional[str]:
+        """Who holds the folder now (without taking it), or ``None``."""
+        if fcntl is None or not self.folder.is_dir():
+            return None
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return self.holder()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # drops the lock if it was taken
+
+    def in_use(self) -> str:
+        return (
+            f"{self.folder} is in use by a live run ({self.holder()}). Wait for it to end, or stop it "
+            "(Ctrl-C or kill PID: it can be resumed), then resume it."
+        )
 
     def holder(self) -> str:
         try:

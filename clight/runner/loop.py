@@ -14,22 +14,24 @@ import numpy as np
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
-from clight.distributed import broadcast_from_rank_zero, is_rank_zero
+from clight.distributed import broadcast_from_rank_zero
 from clight.evaluation import evaluate_tasks
 from clight.io import StorageError, read_json
 from clight.logger import SequenceCSVLogger
-from clight.methods.base import ContinualCallback, RunContext, assign_state_keys
+from clight.methods.base import ContinualCallback, RunContext
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
 from clight.runner.lock import FolderLock
-from clight.runner.preflight import check_finite, check_optimizer, check_training_length
+from clight.runner.opening import open_run_folder, reopen_finished
+from clight.runner.preflight import check_run
 from clight.runner.processes import start_processes
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.seeding import reseed_globals
+from clight.shorten import shorten
 
 
 @dataclass
@@ -99,12 +101,16 @@ class SequenceRunner:
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunResult:
         quiet_lightning_banners()
-        info = self._check()
+        info = check_run(self.model, self.data, self.methods, self.trainer_kwargs, self.settings)
         lock = FolderLock(self.run_dir)
         try:
-            resume = self._open_folder(lock)
+            fit_names = [f.name for f in self._fits()]
+            args = (self.data.num_tasks, self.schedule.describe(), self.config, self.allow_config_change, fit_names)
+            resume = open_run_folder(self.folder, lock, self.resume, *args)
             if resume is not None and resume.status == "finished":
-                return self._finished(resume)
+                reopen_finished(self.folder, resume)
+                self.progress = resume.progress
+                return self._result(read_json(self.run_dir / "metrics.json"))
             return self._train(info, resume)
         except StorageError as exc:
             exc.hint = f"{self.run_dir} keeps what was finished; once there is room, continue with: {self._continue_command()}"
@@ -118,7 +124,7 @@ class SequenceRunner:
         self.folder.prepare(self.config, self.progress, resume)
         self.committed = copy.deepcopy(self.progress)
         reseed_globals(self.seed)
-        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=_log_rows(resume), new_run=resume is None)
+        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=resume.log_rows if resume else None, new_run=resume is None)
         self.model.setup_sequence(info)
         trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
         context = RunContext(self.run_dir, self.seed, world.size, world.rank, trained_before)
@@ -146,55 +152,14 @@ class SequenceRunner:
             self._mark("interrupted", interrupted_by=str(exc))
             raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
         except Exception as exc:
-            self._mark("failed", error=f"{type(exc).__name__}: {exc}")
+            self._mark("failed", error=shorten(f"{type(exc).__name__}: {exc}", 2000))
             raise
         finally:
             self.stop.restore()
         return self._finish()
 
-    def _check(self):
-        """Everything that can be checked before the run folder is touched."""
-        info = self.data.info  # loads the data: a missing or malformed data set fails before the run folder exists
-        self.model.check_compatible(info)
-        for method in self.methods:
-            method.check_compatible(self.model, self.data, info)
-        assign_state_keys(self.methods)
-        check_finite(self.trainer_kwargs, "trainer")
-        check_training_length(self.trainer_kwargs, self.settings)
-        check_optimizer(self.model)
-        return info
-
     def _fits(self) -> list[Fit]:
         return self.schedule.fits([t.name for t in self.data.tasks])
-
-    def _open_folder(self, lock: FolderLock) -> Optional[Resume]:
-        """Check the folder (read only), locked against other runs from before it is read to the run's end (rank 0)."""
-        resume = None
-        if not self.resume:
-            self.folder.check_fresh()
-            if is_rank_zero():
-                lock.acquire()  # creates the folder
-                self.folder.check_fresh()  # a run that ended while this one waited to start
-        else:
-            if is_rank_zero() and self.run_dir.is_dir():
-                lock.acquire()
-            fit_names = [f.name for f in self._fits()]
-            resume = self.folder.open_for_resume(
-                self.data.num_tasks, self.schedule.describe(), self.config, self.allow_config_change, fit_names
-            )
-        lock.record_holder()
-        return resume
-
-    def _finished(self, resume: Resume) -> RunResult:
-        """A resume of a finished run: nothing to train; the report is rebuilt if files of it are missing."""
-        from clight.report import missing_report_files, write_report
-
-        self.progress = resume.progress
-        if is_rank_zero():
-            self.folder.tidy(resume.progress)
-            if missing_report_files(self.run_dir):
-                write_report(self.run_dir)
-        return self._result(read_json(self.run_dir / "metrics.json"))
 
     def _run_fit(self, fit: Fit, display: SequenceProgress) -> None:
         tasks = [self.data.tasks[t] for t in fit.tasks]
@@ -342,13 +307,6 @@ class SequenceRunner:
     def _result(self, metrics: dict) -> RunResult:
         matrices = {k: np.array(v) for k, v in self.progress.matrices.items()}
         return RunResult(self.run_dir, np.array(self.progress.matrices["correct"], dtype=float), metrics, matrices)
-
-
-def _log_rows(resume: Optional[Resume]) -> Optional[int]:
-    """The rows of ``logs/metrics.csv`` that the state a run resumes from had seen written."""
-    if resume is None:
-        return None
-    return resume.point.log_rows if resume.point is not None else resume.progress.log_rows
 
 
 def _seconds_before(trainer: L.Trainer) -> float:

@@ -10,7 +10,6 @@ A task boundary has one commit point, the boundary checkpoint, which holds its p
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from clight.io import (
     read_json,
     remove_leftovers,
     save_tensors_atomic,
+    unwritable_reason,
     write_json_atomic,
     write_text_atomic,
 )
@@ -95,6 +95,11 @@ class Resume:
     point: Optional[ResumePoint]  # the newest good epoch checkpoint inside the next fit
     changes: dict[str, tuple[Any, Any]]  # config changes the user accepted
 
+    @property
+    def log_rows(self) -> Optional[int]:
+        """The rows of ``logs/metrics.csv`` that the state resumed from had seen written."""
+        return self.point.log_rows if self.point is not None else self.progress.log_rows
+
 
 class RunFolder:
     def __init__(self, path: Path) -> None:
@@ -113,13 +118,11 @@ class RunFolder:
     # -- checks (read only) ---------------------------------------------------------------------
     def check_writable(self) -> None:
         """Refuse a run_dir that cannot be created or written, before anything is written."""
-        existing = self.path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise RunFolderError(f"cannot create the run folder {self.path}: {existing} is a file. Choose another run_dir.")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunFolderError(f"cannot write to {existing} (permission denied). Choose a run_dir you can write to.")
+        reason = unwritable_reason(self.path)
+        if reason is not None and reason.endswith("is a file"):
+            raise RunFolderError(f"cannot create the run folder {self.path}: {reason}. Choose another run_dir.")
+        if reason is not None:
+            raise RunFolderError(f"cannot write the run folder {self.path}: {reason}. Choose a run_dir you can write to.")
 
     def check_fresh(self) -> None:
         if self.holds_run():
@@ -253,6 +256,14 @@ class RunFolder:
         for folder in (self.path / "checkpoints").glob("task_*"):
             if folder.is_dir() and folder != self.fit_checkpoint_dir(progress.finished_fits):
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def clear_for_new_run(self) -> None:
+        """A new run in a folder that holds no run (no manifest): drop checkpoints and temporary files
+        an earlier attempt left, so that no resume of the new run can read them (rank 0, locked)."""
+        remove_leftovers(self.path)
+        (self.path / BOUNDARY_CHECKPOINT).unlink(missing_ok=True)
+        for folder in (self.path / "checkpoints").glob("task_*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def finish(self, metrics: dict, progress: Progress) -> None:
         """metrics.json and the report, then the manifest says ``finished`` (so a finished run has both)."""
