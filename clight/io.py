@@ -224,8 +224,9 @@ def read_csv_rows(path: PathLike, encoding: str = "utf-8") -> list[dict]:
     try:
         rows = list(reader)
     except csv.Error as exc:
-        hint = f" (over {CSV_FIELD_LIMIT // 2**20} MiB: is a quote left open?)" if "field limit" in str(exc) else ""
-        raise UnreadableFileError(path, f"line {reader.line_num}: {exc}{hint}", _FIX_DATA) from None
+        too_long = "field limit" in str(exc)  # raised before the line it is on is counted
+        hint = f" (over {CSV_FIELD_LIMIT // 2**20} MiB: is a quote left open?)" if too_long else ""
+        raise UnreadableFileError(path, f"line {reader.line_num + too_long}: {exc}{hint}", _FIX_DATA) from None
     finally:
         csv.field_size_limit(limit)
     if not rows or not any(any((v or "").strip() for v in row.values() if isinstance(v, str)) for row in rows):

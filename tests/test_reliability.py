@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,22 @@ def test_one_folder_takes_one_live_run(tmp_path):
     assert second.live_holder() is None
     second.acquire()  # the lock went with its holder
     second.release()
+
+
+def test_compare_refuses_a_run_folder_in_use_before_any_run_starts(tmp_path, capsys):
+    from clight.cli import main
+
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    for config in configs:
+        config.write_text(quickstart.read_text())
+    busy = FolderLock(tmp_path / "runs" / "b")
+    busy.acquire()
+    busy.record_holder()
+    try:
+        code = main(["compare", *map(str, configs), "--out", str(tmp_path / "out"), "--run_root", str(tmp_path / "runs")])
+    finally:
+        busy.release()
+    assert code == 2
+    assert f"runs/b is in use by a live run (PID {os.getpid()} on " in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "a").exists() and not (tmp_path / "out").exists()
