@@ -213,3 +213,10 @@ def test_compare_refuses_a_run_folder_in_use_before_any_run_starts(tmp_path, cap
     assert code == 2
     assert f"runs/b is in use by a live run (PID {os.getpid()} on " in capsys.readouterr().err
     assert not (tmp_path / "runs" / "a").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_disk_is_named_by_its_device_and_mount_point(tmp_path):
+    device, mount = disk_of(tmp_path / "not" / "yet" / "made")
+    assert os.path.ismount(mount) and str(tmp_path).startswith(mount) and device != "?"
+    if os.path.isdir("/proc/self"):
+        assert disk_of("/proc/self/status") == ("proc", "/proc")

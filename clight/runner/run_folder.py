@@ -32,6 +32,7 @@ from clight.io import (
 from clight.runner.boundary import committed_state, reconcile
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.shorten import shorten
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -193,7 +194,7 @@ class RunFolder:
         try:
             changes = config_changes(started, config)
         except yaml.YAMLError as exc:
-            raise RunFolderError(f"{self.path / CONFIG} cannot be parsed ({exc}). Restore it from a copy.") from exc
+            raise RunFolderError(f"{self.path / CONFIG} cannot be parsed ({shorten(str(exc))}). Restore it from a copy.") from exc
         if changes and not allow:
             raise RunFolderError(
                 f"this config differs from the one {self.path} was run with, in settings that change results: "
