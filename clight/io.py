@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import tempfile
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ from clight.disks import StorageError as StorageError  # re-exported: clight.io 
 from clight.disks import disk_error
 
 PathLike = Union[str, Path]
-TEMP_PATTERN = ".*.tmp"
+#: the temporary files of clight's writes: ``.NAME.PID.RANDOM.tmp``
+TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 #: the longest CSV field read (Python's csv module stops at 128 KiB; a long document is longer)
 CSV_FIELD_LIMIT = 16 * 2**20
 
@@ -120,13 +122,27 @@ def save_tensors_atomic(path: PathLike, obj: Any) -> None:
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
-def append_text(path: PathLike, text: str) -> None:
-    """Append ``text`` to ``path`` (created if missing) and flush it to disk."""
+def append_text(path: PathLike, text: str, durable: bool = True) -> None:
+    """Append ``text`` to ``path`` (created if missing); ``durable``: flushed to disk (else the
+    caller does it with ``sync_file`` before anything that counts on it is committed)."""
     path = Path(path)
     try:
         with _open_append(path) as f:
             f.write(text)
-            f.flush()
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as exc:
+        error = disk_error(path, exc)
+        if error is not None:
+            raise error from exc
+        raise
+
+
+def sync_file(path: PathLike) -> None:
+    """Flush what was written to ``path`` to disk."""
+    try:
+        with open(path, "rb+") as f:
             os.fsync(f.fileno())
     except OSError as exc:
         error = disk_error(path, exc)
@@ -151,8 +167,14 @@ def unwritable_reason(path: PathLike) -> Optional[str]:
 
 
 def remove_leftovers(folder: PathLike) -> list[Path]:
-    """Delete the temporary files that killed writes left under ``folder``; returns them."""
-    found = [p for p in Path(folder).rglob(TEMP_PATTERN) if p.is_file()]
+    """Delete the temporary files killed writes left in ``folder`` and the folders below it (three
+    deep, as in a run folder): clight's own names only (``.NAME.PID.RANDOM.tmp``); returns them."""
+    found = [
+        p
+        for depth in range(1, 4)
+        for p in Path(folder).glob("/".join(["*"] * depth))
+        if TEMP_NAME.fullmatch(p.name) and p.is_file()
+    ]
     for path in found:
         path.unlink(missing_ok=True)
     return found

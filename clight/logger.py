@@ -54,7 +54,10 @@ class SequenceCSVLogger(CSVLogger):
         self.rows += pending
 
     def flush(self) -> int:
+        """Write the pending rows, on disk (a checkpoint that counts them may follow); the rows in the file."""
         self.save()
+        if self._experiment is not None:
+            self._experiment.sync()
         return self.rows
 
 
@@ -62,6 +65,10 @@ class CrashSafeWriter(ExperimentWriter):
     """Lightning's CSV writer, with no write a kill can spoil: new rows are appended and flushed to
     disk; a new column (Lightning rewrites the file in place then) and the resume's trimming write
     the whole file under a temporary name and rename it; ``hparams.yaml`` likewise."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self._appended = False  # rows appended since the last sync
 
     def _check_log_dir_exists(self) -> None:
         pass  # Lightning deletes an existing metrics.csv here; ``start`` decides what is kept
@@ -108,9 +115,15 @@ class CrashSafeWriter(ExperimentWriter):
                 with open(path, newline="") as f:
                     rows = list(csv.DictReader(f))
             run_io.write_text_atomic(path, self._csv(rows + self.metrics, header=True))
-        else:
-            run_io.append_text(path, self._csv(self.metrics, header=False))
+        else:  # Lightning saves after every logged step: flushed to disk by ``sync``, before a checkpoint
+            run_io.append_text(path, self._csv(self.metrics, header=False), durable=False)
+            self._appended = True
         self.metrics = []
+
+    def sync(self) -> None:
+        if self._appended:
+            run_io.sync_file(self.metrics_file_path)
+            self._appended = False
 
     def _csv(self, rows: list[dict], header: bool) -> str:
         out = io.StringIO(newline="")

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from run_outcome import differences
 
+pytestmark = pytest.mark.slow  # about 40 s of CPU: 40 kills and resumes of a short run, in one process
+
 SCRIPT = Path(__file__).parent / "scripts" / "kill_every_write.py"
 
 

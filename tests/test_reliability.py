@@ -164,11 +164,12 @@ def test_a_resumed_finished_run_rebuilds_missing_report_files(tmp_path, referenc
     matrix = (folder / "accuracy_matrix.csv").read_text()
     (folder / "accuracy_matrix.csv").unlink()
     (folder / "plots" / "task_accuracy.png").unlink()
-    (folder / "leftover.json.1.ab.tmp").write_text("{")  # what a killed write leaves
-    (folder / ".leftover.json.1.ab.tmp").write_text("{")
+    (folder / "plots" / ".task_accuracy.png.4242.0123abcd.tmp").write_text("half")  # what a killed write leaves
+    (folder / ".notes.tmp").write_text("someone else's")
     tiny_run(folder, TINY_TRAINER, resume=True).run()
     assert (folder / "accuracy_matrix.csv").read_text() == matrix and (folder / "plots" / "task_accuracy.png").stat().st_size
-    assert not (folder / ".leftover.json.1.ab.tmp").exists() and (folder / "leftover.json.1.ab.tmp").exists()  # only clight's own
+    assert not (folder / "plots" / ".task_accuracy.png.4242.0123abcd.tmp").exists()
+    assert (folder / ".notes.tmp").exists()  # only clight's own temporary files are removed
 
 
 def test_files_get_the_umasks_permissions_and_nothing_is_staged_in_tmpdir(tmp_path, monkeypatch):

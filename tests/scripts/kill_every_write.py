@@ -57,9 +57,9 @@ def hook(on_event) -> None:
         _commit(tmp, path)
         on_event("after", "commit", path)
 
-    def append(path, text):
+    def append(path, text, **kwargs):
         on_event("before", "append", path)
-        _append(path, text)
+        _append(path, text, **kwargs)
         on_event("after", "append", path)
 
     cio.commit_file, cio.append_text = commit, append
