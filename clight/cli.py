@@ -229,12 +229,16 @@ def _report_error(command: str, exc: Exception) -> int:
     return code
 
 
+#: how the config parser (jsonargparse) begins a message that wraps the error a class raised
+PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     """The error a class raised while the config parser built it: the parser reports it in a
     message of many lines (every type it tried, the whole value given), with the class's own
     error at the end of the chain."""
     seen = set()
-    while "\n" in str(exc) and (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+    while str(exc).startswith(PARSER_WRAPPERS) and (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return exc
