@@ -209,21 +209,23 @@ def _report_error(command: str, exc: Exception) -> int:
     from clight.io import StorageError, UnreadableFileError
     from clight.shorten import shorten
 
-    exc = exc if isinstance(exc, ArgumentError) else _root_cause(exc)
+    error = exc if isinstance(exc, ArgumentError) else _root_cause(exc)
     code = 2
-    if isinstance(exc, UnreadableFileError):
-        text = f"{exc}. {exc.advice or 'Restore it from a copy (clight writes its files whole, so something else damaged it)'}."
-    elif isinstance(exc, ArgumentError):
-        lines = [shorten(" ".join(line.split())) for line in str(exc).splitlines()]  # each value cut short, one line
+    if isinstance(error, UnreadableFileError):
+        text = (
+            f"{error}. {error.advice or 'Restore it from a copy (clight writes its files whole, so something else damaged it)'}."
+        )
+    elif isinstance(error, ArgumentError):
+        lines = [shorten(" ".join(line.split())) for line in str(error).splitlines()]  # each value cut short, one line
         text = f"{' '.join(line for line in lines if line)} (clight {command} --help lists the options)"
-    elif isinstance(exc, _user_errors()):
-        text = str(exc)
+    elif isinstance(error, _user_errors()):
+        text = str(error)
     else:
         code = 1
         text = (
-            str(exc)
-            if isinstance(exc, StorageError)
-            else f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+            str(error)
+            if isinstance(error, StorageError)
+            else f"{type(error).__name__}: {error} (run again with --debug for the traceback)"
         )
     print(f"clight {command}: error: {shorten(text, MESSAGE_LIMIT)}", file=sys.stderr)
     return code
@@ -238,9 +240,12 @@ def _root_cause(exc: BaseException) -> BaseException:
     message of many lines (every type it tried, the whole value given), with the class's own
     error at the end of the chain."""
     seen = set()
-    while str(exc).startswith(PARSER_WRAPPERS) and (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+    while str(exc).startswith(PARSER_WRAPPERS) and id(exc) not in seen:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = inner
     return exc
 
 

@@ -38,13 +38,14 @@ def disk_error(path: PathLike, exc: BaseException) -> Optional[StorageError]:
     anywhere in its chain (torch turns a failed write into ``RuntimeError: unexpected pos``, with
     the ``OSError`` as its context)."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, StorageError):
-            return exc
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            return StorageError(path, exc)
-        exc = exc.__cause__ or exc.__context__
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageError):
+            return current
+        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
+            return StorageError(path, current)
+        current = current.__cause__ or current.__context__
     return None
 
 
