@@ -98,11 +98,15 @@ def load_clip(model: str, dtype: str = "float32", seed: int = 0, tiny_config: Op
         return tiny_clip(tokenizer, seed, **(tiny_config or {})).to(getattr(torch, dtype)), tokenizer
     from transformers import AutoTokenizer, CLIPModel
 
-    from clight.assets.hub import from_pretrained
-
-    # the weights come from a local folder, the Hugging Face cache or the hub; offline tests use model: tiny
-    net = from_pretrained(CLIPModel.from_pretrained, model, "CLIP model", model=True, dtype=getattr(torch, dtype))
-    return net, from_pretrained(AutoTokenizer.from_pretrained, model, "CLIP tokenizer")
+    try:
+        net = CLIPModel.from_pretrained(model, dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except OSError as error:
+        raise OSError(
+            f"cannot load the CLIP model {model!r} ({error}). It needs the weights (downloaded from the Hugging Face hub "
+            "or a local folder holding them); for an offline test use model: tiny."
+        ) from error
+    return net, tokenizer
 
 
 def class_names_of(names: Union[str, Sequence[str], Source]) -> list[str]:
