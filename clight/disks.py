@@ -25,7 +25,8 @@ class StorageError(OSError):
         else:
             problem = f"{os.strerror(cause.errno or 0).lower()} (errno {cause.errno})"
             advice = "check the disk, or choose another folder"
-        super().__init__(f"{problem} on {device} (mounted at {mount}), the disk holding {path}: {advice}")
+        disk = f"{device} (mounted at {mount})" if device != "?" else f"the disk mounted at {mount}"
+        super().__init__(f"{problem} on {disk}, the disk holding {path}: {advice}")
         self.errno, self.path, self.device = cause.errno, Path(path), device
         self.hint = ""  # what the caller adds (how to continue)
 
