@@ -9,6 +9,7 @@ fresh Trainer from it for every task.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -92,11 +93,12 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
     from clight.runner.preflight import check_finite
 
     parser = build_fit_parser()
+    parser.exit_on_error = False  # its errors are printed as one line by main()
     cfg = parser.parse_args(argv)
     check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
-    return SequenceRunner(
+    runner = SequenceRunner(
         model=init.model,
         data=init.data,
         methods=init.methods,
@@ -108,6 +110,21 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
         settings=RunnerSettings(**cfg.runner.as_dict()),
         allow_config_change=cfg.allow_config_change,
     )
+    runner.resume_command = resume_command(argv, cfg.resume or cfg.run_dir)
+    return runner
+
+
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """The ``clight fit`` command that continues a run started or resumed with ``argv``: the same
+    config and overrides (the user's own, never the run folder's copy) with ``--resume RUN_DIR``."""
+    kept, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip or name in ("--run_dir", "--resume", "--allow_config_change", "--no_allow_config_change"):
+            skip = not skip and name in ("--run_dir", "--resume") and "=" not in arg
+            continue
+        kept.append(arg)
+    return "clight fit " + shlex.join([*kept, "--resume", str(run_dir)])
 
 
 def runner_from_config(config: str, *overrides: str) -> SequenceRunner:
@@ -168,19 +185,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     debug = DEBUG in rest
     rest = [a for a in rest if a != DEBUG]
-    from clight.io import UnreadableFileError
-
     try:
         return COMMANDS[command](rest)
-    except UnreadableFileError as exc:
-        if debug:
-            raise
-        print(
-            f"clight {command}: error: {exc}. Restore it from a copy (clight writes its files whole, so something "
-            "else damaged it).",
-            file=sys.stderr,
-        )
-        return 2
     except Exception as exc:
         interrupted = _loaded("clight.runner.interrupt", "RunInterrupted")
         if interrupted and isinstance(exc, interrupted):
@@ -188,11 +194,59 @@ def main(argv: Optional[list[str]] = None) -> int:
             return exc.exit_code
         if debug:
             raise
-        if isinstance(exc, _user_errors()):
-            print(f"clight {command}: error: {exc}", file=sys.stderr)
-            return 2
-        print(f"clight {command}: error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _report_error(command, exc)
+
+
+#: the most characters an error message prints (--debug shows the whole exception)
+MESSAGE_LIMIT = 1500
+
+
+def _report_error(command: str, exc: Exception) -> int:
+    """Print the error on one line (a file or a disk: what to do; a bad value: cut to a readable
+    length) and return the exit status: 2 for bad input, 1 for anything else."""
+    from argparse import ArgumentError
+
+    from clight.io import StorageError, UnreadableFileError
+    from clight.shorten import shorten
+
+    error = exc if isinstance(exc, ArgumentError) else _root_cause(exc)
+    code = 2
+    if isinstance(error, UnreadableFileError):
+        text = (
+            f"{error}. {error.advice or 'Restore it from a copy (clight writes its files whole, so something else damaged it)'}."
+        )
+    elif isinstance(error, ArgumentError):
+        lines = [shorten(" ".join(line.split())) for line in str(error).splitlines()]  # each value cut short, one line
+        text = f"{' '.join(line for line in lines if line)} (clight {command} --help lists the options)"
+    elif isinstance(error, _user_errors()):
+        text = str(error)
+    else:
+        code = 1
+        text = (
+            str(error)
+            if isinstance(error, StorageError)
+            else f"{type(error).__name__}: {error} (run again with --debug for the traceback)"
+        )
+    print(f"clight {command}: error: {shorten(text, MESSAGE_LIMIT)}", file=sys.stderr)
+    return code
+
+
+#: how the config parser (jsonargparse) begins a message that wraps the error a class raised
+PARSER_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error a class raised while the config parser built it: the parser reports it in a
+    message of many lines (every type it tried, the whole value given), with the class's own
+    error at the end of the chain."""
+    seen = set()
+    while str(exc).startswith(PARSER_WRAPPERS) and id(exc) not in seen:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        seen.add(id(exc))
+        exc = inner
+    return exc
 
 
 def _loaded(module: str, name: str) -> Optional[type]:

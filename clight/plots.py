@@ -18,6 +18,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path`` atomically (a kill leaves the old figure or none, never half of one) and close it."""
+    from clight.io import atomic_output
+
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        _pyplot().close(fig)
+
+
 def plot_matrix(matrix: np.ndarray, path: Path, row_labels: Optional[list[str]] = None) -> None:
     plt = _pyplot()
     rows, cols = matrix.shape
@@ -42,8 +53,7 @@ def plot_matrix(matrix: np.ndarray, path: Path, row_labels: Optional[list[str]] 
     ax.set_title("accuracy (%)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_task_curves(matrix: np.ndarray, path: Path) -> None:
@@ -61,8 +71,7 @@ def plot_task_curves(matrix: np.ndarray, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_new_task_accuracy(accuracy: np.ndarray, path: Path) -> None:
@@ -74,5 +83,4 @@ def plot_new_task_accuracy(accuracy: np.ndarray, path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -55,6 +55,15 @@ def write_report(run_dir: Union[str, Path]) -> dict:
     return schedule.summary(manifest["matrices"], None)
 
 
+def missing_report_files(run_dir: Union[str, Path]) -> list[str]:
+    """The tables and figures ``write_report`` writes that ``run_dir`` lacks."""
+    run_dir = Path(run_dir)
+    manifest = load_run(run_dir)
+    expected = [f for name, f in MATRIX_FILES.items() if name in manifest["matrices"]]
+    expected += [f"plots/{f}" for f in schedule_from_manifest(manifest).plot_files]
+    return [f for f in expected if not (run_dir / f).is_file()]
+
+
 def format_report(run_dir: Union[str, Path]) -> "object":
     """A rich renderable: the accuracy matrix and the metrics."""
     from rich.console import Group

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from typing import Optional
 
 import torch
@@ -95,22 +94,3 @@ class GeneratorStates(ContinualCallback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.states[(module.current_task, trainer.current_epoch, batch_idx)] = torch.get_rng_state()
-
-
-def kill_at_nth_commit(n: int) -> None:
-    """SIGKILL this process when it is about to rename its n-th atomically written file into
-    place: the temporary file is complete, the old file is still there."""
-    import clight.io
-    import clight.runner.checkpoints
-
-    calls = {"count": 0}
-    commit = clight.io.commit_file
-
-    def commit_or_die(tmp, path):
-        calls["count"] += 1
-        if calls["count"] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        commit(tmp, path)
-
-    clight.io.commit_file = commit_or_die
-    clight.runner.checkpoints.commit_file = commit_or_die

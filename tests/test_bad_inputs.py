@@ -76,9 +76,65 @@ def _config_with_nan_lr(tmp: Path) -> Path:
     return path
 
 
+def _permuted_digits(tmp: Path, split: str) -> Path:
+    """The quickstart on permuted digits whose tasks have no ``split`` samples."""
+    path = tmp / f"no_{split}.yaml"
+    scenario = f"""  scenario:
+    class_path: clight.PermutedInputs
+    init_args: {{source: digits, num_tasks: 2, {split}_samples_per_task: 0}}
+"""
+    text = QUICKSTART.read_text()
+    start = text.index("  scenario:")
+    path.write_text(text[:start] + scenario + text[text.index("  batch_size:", start) :])
+    return path
+
+
+TEXT_CONFIG = """seed_everything: 0
+model:
+  class_path: clight.models.causal_lm.ContinualCausalLM
+  init_args: {{model: tiny, tokenizer: char}}
+data:
+  class_path: clight.data.text.TextTaskSequence
+  init_args:
+    tasks:
+      - class_path: clight.data.text.tasks.TextTaskSpec
+        init_args:
+          source: {{class_path: clight.data.text.sources.{source}, init_args: {{path: {path}}}}}
+    tokenizer: char
+    general: null
+trainer: {{accelerator: cpu, devices: 1, max_epochs: 1}}
+"""
+
+
+def _text_task(tmp: Path, suffix: str = "jsonl", content: bytes = b'{"text": "good", "label": "a"}\n') -> Path:
+    """A tiny language model on one text task read from ``texts.SUFFIX`` holding ``content``."""
+    data = tmp / f"texts.{suffix}"
+    data.write_bytes(content)
+    config = tmp / "text.yaml"
+    config.write_text(TEXT_CONFIG.format(source="JsonlText" if suffix == "jsonl" else "CsvText", path=data))
+    return config
+
+
+def _alias_bomb(tmp: Path) -> Path:
+    """300 bytes of YAML that expand to 59049 strings (anchors of anchors), given as the seed."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]" for a, b in zip("abcd", "bcde")]
+    path = tmp / "bomb.yaml"
+    path.write_text(
+        "anchors:\n"
+        + "".join(f"  {line}\n" for line in lines)
+        + QUICKSTART.read_text().replace("seed_everything: 0", "seed_everything: *e")
+    )
+    return path
+
+
 def _fit(config: Path = QUICKSTART, *extra: str, epochs: bool = True) -> list[str]:
     """``clight fit`` arguments for a small run of ``config`` (``--run_dir`` is added by the test)."""
     return ["fit", "--config", str(config), *SMALL, *(["--trainer.max_epochs=1"] if epochs else []), *extra]
+
+
+def _fit_text(config: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(config), *extra]
 
 
 # (row, the `clight` arguments given a temporary folder, text the error line must hold)
@@ -120,6 +176,75 @@ NEW_RUN: list[tuple[str, Callable[[Path], list[str]], str]] = [
         lambda t: _fit(QUICKSTART, "--run_dir=/proc/clight-run"),
         "cannot write the run folder /proc/clight-run",
     ),
+    (
+        "a task with no training samples",
+        lambda t: _fit(_permuted_digits(t, "train"), epochs=False),
+        "task 1 (digits[perm 0]) has no training samples",
+    ),
+    (
+        "a task with no test samples",
+        lambda t: _fit(_permuted_digits(t, "test"), epochs=False),
+        "task 1 (digits[perm 0]) has no test samples",
+    ),
+    (
+        "empty JSONL text file",
+        lambda t: _fit_text(_text_task(t, "jsonl", b"")),
+        "texts.jsonl cannot be read: it holds no",
+    ),
+    (
+        "blank CSV text file",
+        lambda t: _fit_text(_text_task(t, "csv", b" \n\n")),
+        "texts.csv cannot be read: it holds no",
+    ),
+    (
+        "JSONL text file with bytes that are not UTF-8",
+        lambda t: _fit_text(_text_task(t, "jsonl", b'{"text": "ok", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n')),
+        "texts.jsonl cannot be read: line 2 (byte 42) holds b'\\xe9', which is not utf-8 text",
+    ),
+    (
+        "CSV text file with bytes that are not UTF-8",
+        lambda t: _fit_text(_text_task(t, "csv", b"text,label\nok,a\ncaf\xe9,b\n")),
+        "texts.csv cannot be read: line 3 (byte 19) holds b'\\xe9', which is not utf-8 text",
+    ),
+    (
+        "CSV field over 16 MiB",
+        lambda t: _fit_text(_text_task(t, "csv", b'text,label\nok,a\n"' + b"x" * (2**24 + 1) + b'",b\n')),
+        "texts.csv cannot be read: line 3: field larger than field limit (16777216) (over 16 MiB: is a quote left open?)",
+    ),
+    (
+        "MoEAdapters freeze_top above num_experts",
+        lambda t: _fit(
+            QUICKSTART,
+            '--methods=[{"class_path": "clight.methods.moe_adapters.MoEAdapters", '
+            '"init_args": {"num_experts": 8, "freeze_top": 9}}]',
+        ),
+        "MoEAdapters.freeze_top=9 is more than num_experts (8)",
+    ),
+    (
+        "tokenizer not found offline",
+        lambda t: _fit_text(_text_task(t), "--model.init_args.tokenizer=someone/no-such-tokenizer"),
+        "tokenizer 'someone/no-such-tokenizer' is not in the local Hugging Face cache",
+    ),
+    (
+        "model folder that does not exist",
+        lambda t: _fit_text(_text_task(t), f"--model.init_args.model={t / 'no-such-model'}"),
+        "no-such-model': no such file or folder",
+    ),
+    (
+        "LoRA option that does not exist",
+        lambda t: _fit_text(_text_task(t), '--model.init_args.lora={"rank": 8}'),
+        "model.init_args.lora has unknown keys ['rank']: use r, alpha, dropout, target_modules",
+    ),
+    (
+        "YAML alias bomb",
+        lambda t: _fit(_alias_bomb(t)),
+        "Parser key \"seed_everything\": Expected a <class 'int'>. Got value: [[[[['lol', 'lol',",
+    ),
+    (
+        "compare --out inside a file",
+        lambda t: ["compare", str(QUICKSTART), "--out", str(t / "file" / "out"), *SMALL],
+        "--out TMP/file/out: TMP/file is a file. Choose a folder you can write to.",
+    ),
 ]
 
 RESUME: list[tuple[str, Callable[[Path], list[str]], str]] = [
@@ -158,6 +283,7 @@ ROWS = [row[0] for row in NEW_RUN + RESUME] + ["report, manifest.json truncated"
 def _assert_one_clean_line(capsys, code: int, expected: str) -> str:
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
+    assert len(err) < 2000  # values cut short (an expanded YAML alias bomb is 400 kB)
     assert expected in err, err[-2000:]
     assert "Traceback" not in err
     line = next(line for line in err.splitlines() if "error" in line)
@@ -166,10 +292,12 @@ def _assert_one_clean_line(capsys, code: int, expected: str) -> str:
 
 
 @pytest.mark.parametrize("row, args, expected", NEW_RUN, ids=[r[0] for r in NEW_RUN])
-def test_a_bad_input_stops_a_new_run_before_its_folder_exists(tmp_path, capsys, row, args, expected):
+def test_a_bad_input_stops_a_new_run_before_its_folder_exists(tmp_path, capsys, monkeypatch, row, args, expected):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a name not on this machine is refused at once, as offline
     (tmp_path / "file").write_text("not a folder")
     run = tmp_path / "new"
     argv = args(tmp_path)
+    expected = expected.replace("TMP", str(tmp_path))
     run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("--run_dir=")] or [str(run)]
     code = _cli(*argv, f"--run_dir={run_dirs[-1]}")
     _assert_one_clean_line(capsys, code, expected)

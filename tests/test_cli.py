@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_help_and_print_config():
         (["--data.batch_size=many"], "batch_size"),  # wrong type
         (
             ["--data.replay.memory=ring"],
-            "Parser key \"memory\":\n              Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring",
+            "Parser key \"memory\": Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring",
         ),  # bad value: the field and the choices
         (
             [
@@ -131,13 +132,19 @@ def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path
         timeout=300,
     )
     assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]
-    hint = f"Continue with: clight fit --config {run / 'config.yaml'} --resume {run}"
+    # the command the user typed (their own config, never the run folder's copy), resuming
+    hint = f"Continue with: clight fit --config {QUICKSTART} {shlex.join(args)} --resume {run}"
     assert "interrupted by SIGTERM in fit 2/2" in stopped.stderr and hint in stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoints" / "task_1" / "epoch_0.ckpt").exists()
     resumed = subprocess.run(
-        [sys.executable, "-m", *hint.split(": ", 1)[1].split()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", *shlex.split(hint.split(": ", 1)[1])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the same as a run never stopped (the marker exists now: StopAt stays disarmed)

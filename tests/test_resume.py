@@ -1,10 +1,7 @@
 """A run stopped anywhere resumes inside the running task, from its last epoch checkpoint, and
 ends bit-identical to the run that was never stopped: same matrix, same weights, same log."""
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,6 @@ from clight.runner import RunInterrupted
 
 EPOCHS = 3
 TRAINER = dict(QUIET_TRAINER, max_epochs=EPOCHS)
-SCRIPT = Path(__file__).parent / "scripts" / "killed_run.py"
 
 
 def _run(run_dir, methods=(), resume=False, **settings):
@@ -162,26 +158,6 @@ def load_manifest(run_dir: Path) -> dict:
     import json
 
     return json.loads((run_dir / "manifest.json").read_text())
-
-
-@pytest.mark.parametrize("commit", [3, 6], ids=["writing-an-epoch-checkpoint", "writing-the-task-boundary"])
-def test_sigkill_while_writing_loses_nothing_written_before(tmp_path, reference, commit):
-    # A real SIGKILL (no Python clean-up) just before the n-th atomic rename. The renames: the
-    # first manifest, the manifest with the initial accuracies, then task 0's epoch checkpoints
-    # 0, 1, 2 and its boundary checkpoint: the 3rd is epoch 0's checkpoint, the 6th the boundary.
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "run"), str(commit)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    leftovers = [p.name for p in (tmp_path / "run").rglob(".*.tmp")]
-    assert leftovers, "the kill was meant to leave a complete temporary file behind"
-    runner, result = _run(tmp_path / "run", resume=True)
-    _assert_same_run(runner, result, reference["epochs"])
 
 
 def test_an_epoch_checkpoint_holds_only_what_a_fit_changes(tmp_path):

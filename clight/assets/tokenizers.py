@@ -27,9 +27,10 @@ def load_tokenizer(name_or_path: str):
         return char_tokenizer()
     from transformers import AutoTokenizer
 
+    from clight.assets.hub import from_pretrained
     from clight.assets.smollm2 import resolve_pretrained
 
-    tok = AutoTokenizer.from_pretrained(resolve_pretrained(name_or_path))
+    tok = from_pretrained(AutoTokenizer.from_pretrained, resolve_pretrained(name_or_path), "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

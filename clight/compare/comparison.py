@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from clight.compare.figure import plot_comparison
-from clight.compare.plan import execute, plan_runs, require_distinct_names
+from clight.compare.plan import check_output, execute, plan_runs, require_distinct_names
 from clight.compare.record import RunRecord, check_same_sequence, read_run
 from clight.compare.table import build_rows, notes, to_csv, to_markdown
 from clight.distributed import is_rank_zero
@@ -100,6 +100,7 @@ def compare_runs(
     window: Optional[int] = None,
 ) -> Comparison:
     """Tabulate finished run folders (an unfinished one is refused, with the command that resumes it)."""
+    check_output(Path(out))
     if names is not None and len(names) != len(run_dirs):
         raise ValueError(f"--names gives {len(names)} names for {len(run_dirs)} run folders")
     records = [read_run(d, names[i] if names else None) for i, d in enumerate(run_dirs)]
@@ -120,6 +121,7 @@ def compare_configs(
     reading finished runs and resuming unfinished ones, then tabulate them. Every config is checked
     (parse, run folder, task sequence) before any run starts. With several processes, only rank 0
     returns the comparison (the others return an empty one)."""
+    check_output(Path(out))
     plans = plan_runs([str(c) for c in configs], overrides, None if run_root is None else str(run_root), names)
     check_same_sequence([(p.name, p.sequence) for p in plans])
     execute(plans)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from clight.compare.record import RunRecord
-from clight.plots import _pyplot
+from clight.plots import _pyplot, save_figure
 
 PANELS_PER_ROW = 4
 LEGEND_COLUMNS = 4
@@ -98,8 +98,6 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
         ax.axis("off")
     handles = [Patch(color=colour, label=name) for name, colour in colours.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(LEGEND_COLUMNS, len(handles)), fontsize=8, frameon=False)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=110)
     return Path(path)

@@ -3,7 +3,8 @@ the folder holds the run the config asks for, then start or resume what is not f
 
 Everything that can be refused is checked for every config before any run starts: the config
 itself (parsed as ``clight fit`` parses it), two configs sharing one folder, a folder holding a
-run of a different config, and task sequences that differ.
+run of a different config, a folder that cannot be written or is in use by a live run, and task
+sequences that differ (``--out`` is checked before all of them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import yaml
 
 from clight.compare.record import read_manifest, task_sequence
 from clight.contract import ConfigError
-from clight.io import read_json
+from clight.io import read_json, unwritable_reason
+from clight.shorten import short_repr, shorten
 
 #: keys whose value does not change what a run computes (where it is written, how it is shown)
 NOT_COMPARED = ("run_dir", "resume", "trainer.enable_progress_bar")
@@ -40,10 +42,9 @@ class PlannedRun:
 
 def run_state(run_dir: Path) -> str:
     manifest = read_manifest(run_dir)
-    if manifest is not None:
-        return "finished" if manifest.get("status") == "finished" else "unfinished"
-    # a run killed inside its first task has its config (and maybe an epoch checkpoint) but no manifest yet
-    return "unfinished" if (run_dir / "config.yaml").exists() else "missing"
+    if manifest is None:  # nothing trained: a run writes its manifest before its first fit
+        return "missing"
+    return "finished" if manifest.get("status") == "finished" else "unfinished"
 
 
 def config_differences(stored: Any, requested: Any, prefix: str = "") -> list[str]:
@@ -55,7 +56,7 @@ def config_differences(stored: Any, requested: Any, prefix: str = "") -> list[st
     if isinstance(stored, list) and isinstance(requested, list) and len(stored) == len(requested):
         return [d for i, (a, b) in enumerate(zip(stored, requested)) for d in config_differences(a, b, f"{prefix[:-1]}[{i}].")]
     if stored != requested:
-        return [f"{prefix[:-1]}: {stored!r} in the run folder, {requested!r} asked for"]
+        return [f"{shorten(prefix[:-1])}: {short_repr(stored)} in the run folder, {short_repr(requested)} asked for"]
     return []
 
 
@@ -100,6 +101,7 @@ def plan_runs(
         run_dir = Path(cfg.run_dir)
         plan = PlannedRun(names[i] if names else config.stem, config, fit_args, run_dir, run_state(run_dir))
         _check_folder(plan, yaml.safe_load(parser.dump(cfg, skip_none=False)))
+        _check_usable(plan)
         plan.sequence = (
             task_sequence(read_json(run_dir / "metrics.json")["data"]) if plan.state == "finished" else _data_sequence(cfg)
         )
@@ -119,6 +121,25 @@ def _check_folder(plan: PlannedRun, requested: dict) -> None:
             + "\n  ".join(diffs)
             + "\nGive the comparison its own folders with --run_root FOLDER, or remove the old run folder."
         )
+
+
+def _check_usable(plan: PlannedRun) -> None:
+    """A folder a run will write to must be writable, and no folder may be in use by a live run."""
+    from clight.runner.lock import FolderLock
+    from clight.runner.run_folder import RunFolder, RunFolderError
+
+    if plan.state != "finished":
+        RunFolder(plan.run_dir).check_writable()
+    lock = FolderLock(plan.run_dir)
+    if lock.live_holder() is not None:
+        raise RunFolderError(lock.in_use())
+
+
+def check_output(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written (a file, inside a file, not writable) before anything runs."""
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise ConfigError(f"--out {out}: {reason}. Choose a folder you can write to.")
 
 
 def _check_distinct(plans: list[PlannedRun]) -> None:

@@ -17,6 +17,7 @@ from clight.compare.controls import Control, read_controls
 from clight.compare.routing import RoutingShares, read_routing
 from clight.contract import ConfigError
 from clight.io import read_json
+from clight.shorten import short_repr
 
 #: the fields of ``TaskSequence.describe()`` that make two runs' task sequences the same one
 SEQUENCE_FIELDS = ("scenario", "setting", "seed", "tokenizer")
@@ -43,11 +44,15 @@ def task_sequence(data: dict) -> dict:
 
 def sequence_differences(a: dict, b: dict) -> list[str]:
     """The fields in which two sequence identities differ, as ``field: a vs b`` lines."""
-    diffs = [f"{key}: {a.get(key)!r} vs {b.get(key)!r}" for key in SEQUENCE_FIELDS if a.get(key) != b.get(key)]
+    diffs = [
+        f"{key}: {short_repr(a.get(key))} vs {short_repr(b.get(key))}" for key in SEQUENCE_FIELDS if a.get(key) != b.get(key)
+    ]
     if len(a["tasks"]) != len(b["tasks"]):
         diffs.append(f"number of tasks: {len(a['tasks'])} vs {len(b['tasks'])}")
     for t, (ta, tb) in enumerate(zip(a["tasks"], b["tasks"])):
-        diffs += [f"task {t + 1} {key}: {ta[key]!r} vs {tb[key]!r}" for key in TASK_FIELDS if ta[key] != tb[key]]
+        diffs += [
+            f"task {t + 1} {key}: {short_repr(ta[key])} vs {short_repr(tb[key])}" for key in TASK_FIELDS if ta[key] != tb[key]
+        ]
     return diffs
 
 
@@ -147,8 +152,8 @@ def read_run(run_dir: Union[str, Path], name: Optional[str] = None, status: str 
         done = len(manifest.get("matrices", {}).get("correct", []))
         raise RunNotFinished(
             f"{run_dir} is not finished ({done} of {manifest.get('num_tasks', '?')} fits done). Resume it with "
-            f"`clight fit --config {run_dir / 'config.yaml'} --resume {run_dir}`, or pass its config to `clight compare`, "
-            "which resumes unfinished runs."
+            f"`clight fit --config CONFIG --resume {run_dir}` (CONFIG: the config you started it with), or pass that "
+            "config to `clight compare`, which resumes unfinished runs."
         )
     metrics = read_json(run_dir / "metrics.json")
     matrix = np.array(manifest["matrices"]["correct"], dtype=float)

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from clight.contract import ConfigError
 from clight.data.replay import Replay, ReplayMemory
 from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import Scenario, SplitClasses
@@ -65,6 +66,14 @@ class TaskSequence(L.LightningDataModule):
 
     @property
     def info(self) -> SequenceInfo:
+        """What a model must know of the sequence; a task with nothing to train on or to score is refused."""
+        for task in self.tasks:
+            for split, what, effect in (("train", "training", "train on nothing"), ("test", "test", "be scored NaN")):
+                if len(getattr(task, split)) == 0:
+                    raise ConfigError(
+                        f"task {task.index + 1} ({task.name}) has no {what} samples: it would {effect}. "
+                        "Give it more data, or raise the per-task limits of the data section."
+                    )
         sample = self.tasks[0].train[0]
         shape = tuple(sample["input"].shape) if isinstance(sample, dict) and "input" in sample else None
         return SequenceInfo(

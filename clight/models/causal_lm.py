@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clight.choices import check_choice
 from clight.data.text.batches import IGNORE
+from clight.models.lora import add_lora
 from clight.models.module import ContinualModule, default_optimizer
 
 GeneralCE = Literal["equal", "pooled", "none"]
@@ -53,9 +54,12 @@ def load_causal_lm(model: str, tokenizer, dtype: str = "float32", seed: int = 0,
         return tiny_llama(len(tokenizer), seed, **(tiny_config or {})).to(getattr(torch, dtype))
     from transformers import AutoModelForCausalLM
 
+    from clight.assets.hub import from_pretrained
     from clight.assets.smollm2 import resolve_pretrained
 
-    return AutoModelForCausalLM.from_pretrained(resolve_pretrained(model), dtype=getattr(torch, dtype))
+    return from_pretrained(
+        AutoModelForCausalLM.from_pretrained, resolve_pretrained(model), "model", model=True, dtype=getattr(torch, dtype)
+    )
 
 
 # Which tokens of each row a method that routes whole samples reads (MoE adapters' DDAS): set
@@ -129,25 +133,9 @@ class ContinualCausalLM(ContinualModule):
             self.net.gradient_checkpointing_enable()
         self.lora_config = dict(lora) if lora else None
         if self.lora_config:
-            self.net = self._add_lora(self.net, self.lora_config)
+            self.net = add_lora(self.net, self.lora_config)
         self.dtype_name, self.general_ce = dtype, general_ce
         self.evaluation, self.length_normalize = evaluation, length_normalize
-
-    @staticmethod
-    def _add_lora(net, cfg: dict):
-        from peft import LoraConfig, get_peft_model
-
-        unknown = set(cfg) - {"r", "alpha", "dropout", "target_modules"}
-        if unknown:
-            raise ValueError(f"unknown lora keys {sorted(unknown)}: use r, alpha, dropout, target_modules")
-        config = LoraConfig(
-            r=int(cfg.get("r", 8)),
-            lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),
-            lora_dropout=float(cfg.get("dropout", 0.0)),
-            target_modules=list(cfg.get("target_modules", ["q_proj", "v_proj"])),
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(net, config)
 
     @property
     def hidden_size(self) -> int:

@@ -2,7 +2,8 @@
 
 After every training epoch (after validation, early stopping and best-epoch bookkeeping)
 ``EpochCheckpoint`` writes ``checkpoints/task_F/epoch_E.ckpt`` through Lightning's own
-``Trainer.save_checkpoint`` into a temporary file, then renames it into place (atomic). A
+``Trainer.save_checkpoint``, whose ``RunFolderCheckpointIO`` writes it to a temporary name next to
+it and renames it into place (atomic; Lightning's own would stage it in ``$TMPDIR``). A
 checkpoint holds what changes during a fit and nothing else: the trainable parameters and the
 buffers (frozen weights are rebuilt from the task-boundary checkpoint), the optimizer and
 scheduler states, the loop progress (epoch, step: the samplers draw each epoch's order from
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from clight.io import UnreadableFileError, commit_file, load_checkpoint
+from clight.io import UnreadableFileError, load_checkpoint, save_tensors_atomic
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
 KEPT = 2
@@ -136,12 +138,9 @@ class EpochCheckpoint(Checkpoint):
         logger = trainer.logger
         if logger is not None and hasattr(logger, "flush"):
             self.log_rows = logger.flush()
-        tmp = self.folder / f".epoch_{epoch}.ckpt.tmp"
+        # every rank takes part; rank 0 writes (RunFolderCheckpointIO: atomic); ends with a barrier
+        trainer.save_checkpoint(self.folder / f"epoch_{epoch}.ckpt", weights_only=False)
         if trainer.is_global_zero:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes; ends with a barrier
-        if trainer.is_global_zero:
-            commit_file(tmp, self.folder / f"epoch_{epoch}.ckpt")
             for old in epoch_checkpoints(self.folder)[KEPT:]:
                 old.unlink(missing_ok=True)
 
@@ -163,3 +162,18 @@ class EpochCheckpoint(Checkpoint):
         self.should_stop = bool(state["should_stop"])
         self.seconds_before = float(state["seconds"])
         self.restored = True
+
+
+class RunFolderCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing through ``clight.io``: to a temporary name next to the
+    checkpoint (Lightning's would stage it in ``$TMPDIR`` and hold it in memory), flushed and renamed
+    into place, with a full disk named."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        save_tensors_atomic(path, checkpoint)
+
+
+def write_checkpoints_in_place(trainer) -> None:
+    """Make ``trainer`` write its checkpoints with ``RunFolderCheckpointIO`` (unless a plugin set another writer)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = RunFolderCheckpointIO()

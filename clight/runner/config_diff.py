@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from clight.shorten import short_repr, shorten
+
 #: settings that do not change what a run computes
 NO_EFFECT = frozenset(
     {
@@ -59,6 +61,6 @@ def config_changes(before: str, after: str) -> dict[str, tuple[Any, Any]]:
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]], limit: int = 8) -> str:
-    shown = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in list(changes.items())[:limit]]
+    shown = [f"{shorten(key)}: {short_repr(a)} -> {short_repr(b)}" for key, (a, b) in list(changes.items())[:limit]]
     more = f"; and {len(changes) - limit} more" if len(changes) > limit else ""
     return "; ".join(shown) + more

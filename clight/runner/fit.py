@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from clight.choices import check_choice
-from clight.runner.checkpoints import EpochCheckpoint
+from clight.runner.checkpoints import EpochCheckpoint, write_checkpoints_in_place
 from clight.runner.interrupt import StopOnSignal, StopRequest
 from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
 from clight.seeding import reseed_globals
@@ -130,6 +130,8 @@ def make_trainer(
         # Rich's live display redraws from a thread that competes for the GIL (about 5% of a
         # small model's step); a tqdm bar updated every 10th step costs nothing measurable.
         fresh.append(TQDMProgressBar(refresh_rate=10, leave=False))
-    return L.Trainer(
+    trainer = L.Trainer(
         **kwargs, callbacks=[*methods, *fresh], logger=logger, default_root_dir=str(run_dir), use_distributed_sampler=False
     )
+    write_checkpoints_in_place(trainer)
+    return trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -13,20 +14,24 @@ import numpy as np
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
+from clight.distributed import broadcast_from_rank_zero
 from clight.evaluation import evaluate_tasks
-from clight.io import read_json
+from clight.io import StorageError, read_json
 from clight.logger import SequenceCSVLogger
-from clight.methods.base import ContinualCallback, RunContext, assign_state_keys
+from clight.methods.base import ContinualCallback, RunContext
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
-from clight.runner.preflight import check_finite, check_optimizer, check_training_length
+from clight.runner.lock import FolderLock
+from clight.runner.opening import open_run_folder, reopen_finished
+from clight.runner.preflight import check_run
 from clight.runner.processes import start_processes
-from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, CONFIG_CHANGES, Progress, Resume, RunFolder, RunFolderError
+from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.seeding import reseed_globals
+from clight.shorten import shorten
 
 
 @dataclass
@@ -55,6 +60,9 @@ class SequenceRunner:
     is refused unless ``allow_config_change``, which records the change in the run folder. A
     resumed run continues from the newest good epoch checkpoint of the running fit, else from
     the last finished fit. SIGINT and SIGTERM stop it at the next batch (``RunInterrupted``).
+    The folder is locked while the run goes on (``clight.runner.lock``): a second run or resume
+    of it is refused. ``resume_command`` (set by ``clight fit``) is the command that continues the
+    run, printed when it stops.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class SequenceRunner:
         self.trainable_per_fit: list[int] = []  # counted after each fit's on_task_start hooks
         self.stop = StopRequest()
         self._resume_point: Optional[ResumePoint] = None
+        self.committed: Optional[Progress] = None  # the progress the run folder holds: all a failure may record
+        self.resume_command: Optional[str] = None
 
     @property
     def run_dir(self) -> Path:
@@ -91,16 +101,30 @@ class SequenceRunner:
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunResult:
         quiet_lightning_banners()
-        info = self._check()
-        resume = self._open_folder()
-        if resume is not None and resume.status == "finished":
-            self.progress = resume.progress
-            return self._result(read_json(self.run_dir / "metrics.json"))
+        info = check_run(self.model, self.data, self.methods, self.trainer_kwargs, self.settings)
+        lock = FolderLock(self.run_dir)
+        try:
+            fit_names = [f.name for f in self._fits()]
+            args = (self.data.num_tasks, self.schedule.describe(), self.config, self.allow_config_change, fit_names)
+            resume = open_run_folder(self.folder, lock, self.resume, *args)
+            if resume is not None and resume.status == "finished":
+                reopen_finished(self.folder, resume)
+                self.progress = resume.progress
+                return self._result(read_json(self.run_dir / "metrics.json"))
+            return self._train(info, resume)
+        except StorageError as exc:
+            exc.hint = f"{self.run_dir} keeps what was finished; once there is room, continue with: {self._continue_command()}"
+            raise
+        finally:
+            lock.release()
+
+    def _train(self, info, resume: Optional[Resume]) -> RunResult:
         world = start_processes(self.trainer_kwargs)
         self.progress = resume.progress if resume else Progress(self.data.num_tasks, self.schedule.describe(), log_rows=0)
         self.folder.prepare(self.config, self.progress, resume)
+        self.committed = copy.deepcopy(self.progress)
         reseed_globals(self.seed)
-        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=_log_rows(resume))
+        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=resume.log_rows if resume else None, new_run=resume is None)
         self.model.setup_sequence(info)
         trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
         context = RunContext(self.run_dir, self.seed, world.size, world.rank, trained_before)
@@ -118,7 +142,7 @@ class SequenceRunner:
             }
         )
         display = SequenceProgress(self.data, enabled=self.trainer_kwargs.get("enable_progress_bar", True))
-        fits = self.schedule.fits([t.name for t in self.data.tasks])
+        fits = self._fits()
         self.stop.install()
         try:
             for fit in fits[self.progress.finished_fits :]:
@@ -128,29 +152,14 @@ class SequenceRunner:
             self._mark("interrupted", interrupted_by=str(exc))
             raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
         except Exception as exc:
-            self._mark("failed", error=f"{type(exc).__name__}: {exc}")
+            self._mark("failed", error=shorten(f"{type(exc).__name__}: {exc}", 2000))
             raise
         finally:
             self.stop.restore()
         return self._finish()
 
-    def _check(self):
-        """Everything that can be checked before the run folder is touched."""
-        info = self.data.info  # loads the data: a missing or malformed data set fails before the run folder exists
-        self.model.check_compatible(info)
-        for method in self.methods:
-            method.check_compatible(self.model, self.data, info)
-        assign_state_keys(self.methods)
-        check_finite(self.trainer_kwargs, "trainer")
-        check_training_length(self.trainer_kwargs, self.settings)
-        check_optimizer(self.model)
-        return info
-
-    def _open_folder(self) -> Optional[Resume]:
-        if not self.resume:
-            self.folder.check_fresh()
-            return None
-        return self.folder.open_for_resume(self.data.num_tasks, self.schedule.describe(), self.config, self.allow_config_change)
+    def _fits(self) -> list[Fit]:
+        return self.schedule.fits([t.name for t in self.data.tasks])
 
     def _run_fit(self, fit: Fit, display: SequenceProgress) -> None:
         tasks = [self.data.tasks[t] for t in fit.tasks]
@@ -164,6 +173,7 @@ class SequenceRunner:
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
             self.folder.save_progress(self.progress)
+            self.committed = copy.deepcopy(self.progress)
         display.start(self.schedule.title(fit, self.data.num_tasks))
         started = time.perf_counter()
         point, self._resume_point = self._resume_point, None
@@ -193,10 +203,23 @@ class SequenceRunner:
         self.progress.step_offset = self.logger.step_offset
         metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
         self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
-        self.progress.log_rows = self.logger.flush()
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
-        self.folder.save_boundary(self._state(), self.progress)
-        trainer.strategy.barrier("clight-boundary")
+        self._commit_boundary()
+
+    def _commit_boundary(self) -> None:
+        """The log rows, then the boundary checkpoint with the progress (rank 0; every rank learns
+        whether it worked). Only then does the progress count as the run folder's."""
+        failure: Optional[Exception] = None
+        try:
+            self.progress.log_rows = self.logger.flush()
+            self.folder.save_boundary(self._state(), self.progress, [f.name for f in self._fits()])
+        except Exception as exc:
+            failure = exc
+        if broadcast_from_rank_zero(failure is not None) and failure is None:
+            raise RunFolderError(f"rank 0 could not write the task boundary of {self.run_dir} (its error says why)")
+        if failure is not None:
+            raise failure
+        self.committed = copy.deepcopy(self.progress)
 
     def _fit(self, trainer: L.Trainer, point: Optional[ResumePoint]) -> None:
         strict = self.model.strict_loading
@@ -210,22 +233,25 @@ class SequenceRunner:
             self.model.strict_loading = strict
 
     def _mark(self, status: str, **extra) -> None:
-        """Say in the manifest how the run stopped (never hiding the reason it stopped)."""
+        """Say in the manifest how the run stopped (never hiding the reason it stopped), with the
+        progress the run folder holds: a fit whose checkpoint was not written is not counted."""
         try:
-            self.folder.save_progress(self.progress, status, **extra)
+            self.folder.save_progress(self.committed, status, **extra)
         except OSError:
             pass
 
-    def _interrupted_message(self, exc: RunInterrupted, num_fits: int) -> str:
+    def _continue_command(self) -> str:
+        if self.resume_command is not None:
+            return self.resume_command
         if self.config is None:
-            command = "SequenceRunner(..., resume=True)"
-        elif (self.run_dir / CONFIG_CHANGES).exists():  # config.yaml is the first config, no longer the run's
-            command = f"clight fit --config CONFIG --resume {self.run_dir}, with the config last used ({CONFIG_CHANGES})"
-        else:
-            command = f"clight fit --config {self.run_dir / CONFIG} --resume {self.run_dir}"
+            return "SequenceRunner(..., resume=True)"
+        return f"clight fit --config CONFIG --resume {self.run_dir}, CONFIG being the config you started the run with"
+
+    def _interrupted_message(self, exc: RunInterrupted, num_fits: int) -> str:
+        done = self.committed.finished_fits
         return (
-            f"{exc} in fit {self.progress.finished_fits + 1}/{num_fits}. {self.run_dir} keeps the {self.progress.finished_fits} "
-            f"finished fit(s) and the last epoch checkpoint of the running one. Continue with: {command}"
+            f"{exc} in fit {done + 1}/{num_fits}. {self.run_dir} keeps the {done} finished fit(s) and the last epoch "
+            f"checkpoint of the running one. Continue with: {self._continue_command()}"
         )
 
     # -- state ------------------------------------------------------------------------------
@@ -281,13 +307,6 @@ class SequenceRunner:
     def _result(self, metrics: dict) -> RunResult:
         matrices = {k: np.array(v) for k, v in self.progress.matrices.items()}
         return RunResult(self.run_dir, np.array(self.progress.matrices["correct"], dtype=float), metrics, matrices)
-
-
-def _log_rows(resume: Optional[Resume]) -> Optional[int]:
-    """The rows of ``logs/metrics.csv`` that the state a run resumes from had seen written."""
-    if resume is None:
-        return None
-    return resume.point.log_rows if resume.point is not None else resume.progress.log_rows
 
 
 def _seconds_before(trainer: L.Trainer) -> float:

@@ -5,7 +5,7 @@ optimizer step is a ``ConfigError`` naming the field and the fix."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -68,3 +68,18 @@ def check_optimizer(model: torch.nn.Module) -> None:
             make_scheduler(optimizer)
         except Exception as exc:
             raise ConfigError(f"model.init_args.lr_scheduler is refused by the scheduler: {exc}. Fix its init_args.") from exc
+
+
+def check_run(model: Any, data: Any, methods: Sequence[Any], trainer: dict, settings: RunnerSettings) -> Any:
+    """Everything that can be checked before the run folder is touched; returns the sequence's ``SequenceInfo``."""
+    from clight.methods.base import assign_state_keys
+
+    info = data.info  # loads the data: a missing or malformed data set fails before the run folder exists
+    model.check_compatible(info)
+    for method in methods:
+        method.check_compatible(model, data, info)
+    assign_state_keys(methods)
+    check_finite(trainer, "trainer")
+    check_training_length(trainer, settings)
+    check_optimizer(model)
+    return info

@@ -4,11 +4,12 @@ boundary, the checkpoints inside the running task, and the final metrics.
 Every file is written atomically and by rank 0 only; everything is read back with
 ``weights_only=True`` (no arbitrary unpickling). Everything a resume needs is read and checked
 (``open_for_resume``) before anything is written, so a refused resume leaves the folder as it was.
+A task boundary has one commit point, the boundary checkpoint, which holds its progress
+(``clight.runner.boundary``); the manifest follows it.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +18,21 @@ from typing import Any, Optional
 import yaml
 
 from clight.distributed import is_rank_zero
-from clight.io import UnreadableFileError, load_checkpoint, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
+from clight.io import (
+    StorageError,
+    UnreadableFileError,
+    load_checkpoint,
+    read_json,
+    remove_leftovers,
+    save_tensors_atomic,
+    unwritable_reason,
+    write_json_atomic,
+    write_text_atomic,
+)
+from clight.runner.boundary import committed_state, reconcile
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.shorten import shorten
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -83,6 +96,11 @@ class Resume:
     point: Optional[ResumePoint]  # the newest good epoch checkpoint inside the next fit
     changes: dict[str, tuple[Any, Any]]  # config changes the user accepted
 
+    @property
+    def log_rows(self) -> Optional[int]:
+        """The rows of ``logs/metrics.csv`` that the state resumed from had seen written."""
+        return self.point.log_rows if self.point is not None else self.progress.log_rows
+
 
 class RunFolder:
     def __init__(self, path: Path) -> None:
@@ -101,13 +119,11 @@ class RunFolder:
     # -- checks (read only) ---------------------------------------------------------------------
     def check_writable(self) -> None:
         """Refuse a run_dir that cannot be created or written, before anything is written."""
-        existing = self.path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise RunFolderError(f"cannot create the run folder {self.path}: {existing} is a file. Choose another run_dir.")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunFolderError(f"cannot write to {existing} (permission denied). Choose a run_dir you can write to.")
+        reason = unwritable_reason(self.path)
+        if reason is not None and reason.endswith("is a file"):
+            raise RunFolderError(f"cannot create the run folder {self.path}: {reason}. Choose another run_dir.")
+        if reason is not None:
+            raise RunFolderError(f"cannot write the run folder {self.path}: {reason}. Choose a run_dir you can write to.")
 
     def check_fresh(self) -> None:
         if self.holds_run():
@@ -116,7 +132,9 @@ class RunFolder:
             )
         self.check_writable()
 
-    def open_for_resume(self, num_tasks: int, schedule: dict, config: Optional[str], allow_config_change: bool) -> Resume:
+    def open_for_resume(
+        self, num_tasks: int, schedule: dict, config: Optional[str], allow_config_change: bool, fit_names: list[str]
+    ) -> Resume:
         if not self.holds_run():
             hint = "the folder does not exist" if not self.path.exists() else f"it has no {MANIFEST}"
             raise RunFolderError(
@@ -125,7 +143,11 @@ class RunFolder:
         manifest = self._read(MANIFEST, read_json)
         progress = self._progress(manifest, num_tasks, schedule)
         changes = self._check_config(config, allow_config_change)
-        boundary = self._read(BOUNDARY_CHECKPOINT, load_checkpoint) if progress.finished_fits else None
+        has_boundary = progress.finished_fits or (self.path / BOUNDARY_CHECKPOINT).exists()
+        boundary = self._read(BOUNDARY_CHECKPOINT, load_checkpoint) if has_boundary else None
+        saved = reconcile(progress.finished_fits, boundary, fit_names, self.manifest_path, self.path / BOUNDARY_CHECKPOINT)
+        if saved is not None:  # the commit point's progress (one fit ahead if killed before the manifest followed it)
+            progress = Progress(**saved)
         point = find_resume_point(self.fit_checkpoint_dir(progress.finished_fits))
         self.check_writable()
         return Resume(progress, str(manifest.get("status", "running")), boundary, point, changes)
@@ -172,28 +194,32 @@ class RunFolder:
         try:
             changes = config_changes(started, config)
         except yaml.YAMLError as exc:
-            raise RunFolderError(f"{self.path / CONFIG} cannot be parsed ({exc}). Restore it from a copy.") from exc
+            raise RunFolderError(f"{self.path / CONFIG} cannot be parsed ({shorten(str(exc))}). Restore it from a copy.") from exc
         if changes and not allow:
             raise RunFolderError(
                 f"this config differs from the one {self.path} was run with, in settings that change results: "
-                f"{describe_changes(changes)}. Resume with the run's own config (--config {self.path / CONFIG}), or pass "
+                f"{describe_changes(changes)}. Resume with the config you started the run with, or pass "
                 f"--allow_config_change to continue with the new values (recorded in {CONFIG_CHANGES})."
             )
         return changes
 
     # -- writes (rank 0) ------------------------------------------------------------------------
     def prepare(self, config: Optional[str], progress: Progress, resume: Optional[Resume] = None) -> None:
-        """Create the folder and write the config and the first manifest; on a resume, record accepted
-        config changes and mark the run running again."""
+        """Create the folder and write the config and the first manifest; on a resume, tidy the folder,
+        record accepted config changes and mark the run running again."""
         if not is_rank_zero():
             return
         try:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if resume is not None:
+                self.tidy(progress)
             if resume is None and config is not None:
                 write_text_atomic(self.path / CONFIG, config)
             if resume is not None and resume.changes:
                 self._record_changes(config, resume)
             write_json_atomic(self.manifest_path, progress.manifest("running"))
+        except StorageError:
+            raise
         except OSError as exc:
             raise RunFolderError(f"cannot write the run folder {self.path}: {exc}. Choose a run_dir you can write to.") from exc
 
@@ -214,19 +240,38 @@ class RunFolder:
         if is_rank_zero():
             write_json_atomic(self.manifest_path, progress.manifest(status, **extra))
 
-    def save_boundary(self, state: dict[str, Any], progress: Progress) -> None:
-        """The state after the last finished fit, then the manifest that points past it (rank 0)."""
+    def save_boundary(self, state: dict[str, Any], progress: Progress, fit_names: list[str]) -> None:
+        """Commit a task boundary (rank 0): the state after the finished fits with their progress, in
+        one file; then the manifest (a copy of that progress) and the finished fit's epoch checkpoints."""
         if not is_rank_zero():
             return
-        save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, state)
+        save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, committed_state(state, asdict(progress), fit_names))
         write_json_atomic(self.manifest_path, progress.manifest("running"))
         shutil.rmtree(self.fit_checkpoint_dir(progress.finished_fits - 1), ignore_errors=True)
 
+    def tidy(self, progress: Progress) -> None:
+        """Remove what killed writes and finished fits left behind (rank 0, holding the folder's lock)."""
+        if not is_rank_zero():
+            return
+        remove_leftovers(self.path)
+        for folder in (self.path / "checkpoints").glob("task_*"):
+            if folder.is_dir() and folder != self.fit_checkpoint_dir(progress.finished_fits):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def clear_for_new_run(self) -> None:
+        """A new run in a folder that holds no run (no manifest): drop checkpoints and temporary files
+        an earlier attempt left, so that no resume of the new run can read them (rank 0, locked)."""
+        remove_leftovers(self.path)
+        (self.path / BOUNDARY_CHECKPOINT).unlink(missing_ok=True)
+        for folder in (self.path / "checkpoints").glob("task_*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def finish(self, metrics: dict, progress: Progress) -> None:
+        """metrics.json and the report, then the manifest says ``finished`` (so a finished run has both)."""
         if not is_rank_zero():
             return
         from clight.report import write_report
 
         write_json_atomic(self.path / "metrics.json", metrics)
-        write_json_atomic(self.manifest_path, progress.manifest("finished"))
         write_report(self.path)
+        write_json_atomic(self.manifest_path, progress.manifest("finished"))

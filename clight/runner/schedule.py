@@ -37,6 +37,8 @@ class Schedule:
     scores_initial_model: ClassVar[bool] = False
     #: whether the report shows the accuracy matrix (else a summary of new-task accuracy)
     shows_matrix: ClassVar[bool] = True
+    #: the figures ``plot`` writes
+    plot_files: ClassVar[tuple[str, ...]] = ("accuracy_matrix.png",)
 
     def fits(self, task_names: list[str]) -> list[Fit]:
         return [Fit(t, (t,), name) for t, name in enumerate(task_names)]
@@ -66,6 +68,7 @@ class Schedule:
 class Sequential(Schedule):
     kind = "sequential"
     scores_initial_model = True
+    plot_files = ("accuracy_matrix.png", "task_accuracy.png")
 
     def summary(self, matrices, initial):
         metrics = summarize(np.array(matrices["correct"], dtype=float), _complete(initial))
@@ -81,6 +84,7 @@ class Sequential(Schedule):
 class NewTaskOnly(Schedule):
     kind = "sequential_current"
     shows_matrix = False
+    plot_files = ("new_task_accuracy.png",)
 
     def tasks_to_evaluate(self, fit):
         return list(fit.tasks)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from clight.assets.packaged import package_file
-from clight.io import read_jsonl
+from clight.io import UnreadableFileError, read_jsonl, read_text
 
 
 class GeneralSource:
@@ -51,7 +51,11 @@ class TextFolder(GeneralSource):
         files = sorted(Path(self.path).rglob("*.txt"))
         if not files:
             raise FileNotFoundError(f"no .txt files under {self.path}")
-        return [[f.read_text(encoding="utf-8", errors="replace")] for f in files]
+        documents = [[read_text(f)] for f in files]
+        blank = [f for f, (text,) in zip(files, documents) if not text.strip()]
+        if blank:
+            raise UnreadableFileError(blank[0], "it is empty or blank", "Remove it, or give it text")
+        return documents
 
 
 class HFGeneral(GeneralSource):

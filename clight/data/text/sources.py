@@ -13,7 +13,7 @@ from typing import Literal, Optional, Sequence
 
 from clight.assets.packaged import package_file
 from clight.choices import check_choice
-from clight.io import read_jsonl
+from clight.io import read_csv_rows, read_jsonl
 
 
 @dataclass
@@ -89,9 +89,8 @@ class CsvText(JsonlText):
         self.encoding = encoding
 
     def load(self) -> LabelledTexts:
-        with open(self.path, newline="", encoding=self.encoding, errors="replace") as f:
-            rows = list(csv.DictReader(f))
-        if rows and (self.text_field not in rows[0] or self.label_field not in rows[0]):
+        rows = read_csv_rows(self.path, self.encoding)
+        if self.text_field not in rows[0] or self.label_field not in rows[0]:
             raise KeyError(f"{self.path} has columns {list(rows[0])}: set text_field / label_field")
         return _labelled([r[self.text_field] for r in rows], [r[self.label_field] for r in rows], self.label_names)
 

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from clight.distributed import broadcast_from_rank_zero
+from clight.io import atomic_output
 from clight.methods.general_replay.packed_states import PackedStates
 from clight.methods.general_replay.thresholds import Thresholds, compute_states, compute_thresholds
 
@@ -76,14 +77,12 @@ class BaseReference:
         tensors = {"mu": self.thresholds.mu, "sd": self.thresholds.sd, **self.states.state_dict()}
         if self.features is not None:
             tensors["features"] = self.features
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(
-            {k: v.contiguous().cpu() for k, v in tensors.items()},
-            str(tmp),
-            metadata={"fingerprint": self.fingerprint, "loss": loss},
-        )
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            save_file(
+                {k: v.contiguous().cpu() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"fingerprint": self.fingerprint, "loss": loss},
+            )
 
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> Optional["BaseReference"]:

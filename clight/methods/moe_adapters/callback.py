@@ -74,6 +74,11 @@ class MoEAdapters(ContinualCallback):
         check_choice("MoEAdapters.feature_transform", feature_transform, FeatureTransform)
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"MoEAdapters.top_k must be between 1 and num_experts ({num_experts}), got {top_k}")
+        if freeze_top > num_experts:
+            raise ValueError(
+                f"MoEAdapters.freeze_top={freeze_top} is more than num_experts ({num_experts}): every expert would be frozen "
+                f"after the first task. Set freeze_top to at most {num_experts} (the default freezes 2 of 22, as the released code does)."
+            )
         for name, value in (
             ("bottleneck", bottleneck),
             ("ae_code_dims", ae_code_dims),

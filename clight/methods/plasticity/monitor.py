@@ -154,11 +154,9 @@ def plot_history(
 ) -> Path:
     """One panel per statistic (plus ``extra`` series, e.g. new-task accuracy, shown as a running
     mean over ``smooth`` tasks), one line per run."""
-    import matplotlib
+    from clight.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = ([("new_task_accuracy", extra)] if extra else []) + [(k, None) for k in KEYS]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, series) in zip(axes, panels):
@@ -173,7 +171,5 @@ def plot_history(
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
