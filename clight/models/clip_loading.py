@@ -76,12 +76,8 @@ def load_clip(model: str, dtype: str = "float32", seed: int = 0, tiny_config: Op
         return tiny_clip(tokenizer, seed, **(tiny_config or {})).to(getattr(torch, dtype)), tokenizer
     from transformers import AutoTokenizer, CLIPModel
 
-    try:
-        net = CLIPModel.from_pretrained(model, dtype=getattr(torch, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    except OSError as error:
-        raise OSError(
-            f"cannot load the CLIP model {model!r} ({error}). It needs the weights (downloaded from the Hugging Face hub "
-            "or a local folder holding them); for an offline test use model: tiny."
-        ) from error
+    from clight.assets.hub import from_pretrained
+
+    net = from_pretrained(CLIPModel.from_pretrained, model, "CLIP model", model=True, dtype=getattr(torch, dtype))
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, model, "CLIP tokenizer")
     return net, tokenizer
