@@ -67,6 +67,7 @@ class InfLoRA(TaskLoRAMethod):
         self.history: list[dict] = []
         self._datamodule: Any = None
         self._num_tasks = 0
+        self._design_tokens = 0
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         super().setup_sequence(module, datamodule, context)
@@ -75,7 +76,7 @@ class InfLoRA(TaskLoRAMethod):
     # -- between fits -----------------------------------------------------------------------------
     def on_task_start(self, module: Any, task: Task) -> None:
         super().on_task_start(module, task)
-        covariances = self._covariances(module, task)
+        covariances, self._design_tokens = self._covariances(module, task)
         a = self.adapters.weights(task.index, "lora_A")
         rows = {
             leader: (ROW_NORM * design_rows(cov, self.subspaces.get(leader), a[leader].shape[0], self.variant)).float()
@@ -87,23 +88,19 @@ class InfLoRA(TaskLoRAMethod):
                 weight.copy_(rows[self.leaders[name]].to(device=weight.device, dtype=weight.dtype))
 
     def on_task_end(self, module: Any, task: Task) -> None:
+        record: dict = {"task": task.index, "design_tokens": self._design_tokens}
         if task.index < self._num_tasks - 1:  # the subspaces after the last task would protect nothing more
-            covariances = self._covariances(module, task)
-            epsilon = threshold(task.index, self._num_tasks, self.epsilon_start, self.epsilon_end)
+            covariances, record["update_tokens"] = self._covariances(module, task)
+            epsilon = record["epsilon"] = threshold(task.index, self._num_tasks, self.epsilon_start, self.epsilon_end)
             updated = {
                 leader: update(cov, self.subspaces.get(leader), epsilon, self.variant) for leader, cov in covariances.items()
             }
             self.subspaces = broadcast_from_rank_zero(updated)
-            self.history.append(
-                {
-                    "task": task.index,
-                    "epsilon": epsilon,
-                    "protected_dims": {k: s.protected_dims for k, s in self.subspaces.items()},
-                }
-            )
+            record["protected_dims"] = {k: s.protected_dims for k, s in self.subspaces.items()}
+        self.history.append(record)
         super().on_task_end(module, task)
 
-    def _covariances(self, module: Any, task: Task) -> dict[str, torch.Tensor]:
+    def _covariances(self, module: Any, task: Task) -> tuple[dict[str, torch.Tensor], int]:
         dataset = task.train
         indices = list(range(len(dataset)))
         if self.samples is not None and self.samples < len(indices):
@@ -121,11 +118,11 @@ class InfLoRA(TaskLoRAMethod):
             collate_fn=self._datamodule.train_collate_fn(),
         )
         layers = lora_layers(self.adapters.network)
-        covariances, leaders = input_covariances(module, layers, loader, lambda batch: batch["attention_mask"])
+        covariances, leaders, tokens = input_covariances(module, layers, loader, lambda batch: batch["attention_mask"])
         if self.leaders and leaders != self.leaders:
             raise RuntimeError("InfLoRA: the LoRA layers share their inputs differently from the first task")
         self.leaders = leaders
-        return covariances
+        return covariances, tokens
 
     # -- state ------------------------------------------------------------------------------------
     def protected_projection(self, layer: str) -> torch.Tensor:
@@ -137,7 +134,7 @@ class InfLoRA(TaskLoRAMethod):
     def state_dict(self) -> dict:
         return {
             **super().state_dict(),
-            "bases": {k: s.basis.float() for k, s in self.subspaces.items()},
+            "bases": {k: s.basis for k, s in self.subspaces.items()},  # float64: the next design reads them as they are
             "kinds": {k: s.kind for k, s in self.subspaces.items()},
             "leaders": dict(self.leaders),
             "history": list(self.history),
@@ -145,7 +142,7 @@ class InfLoRA(TaskLoRAMethod):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.subspaces = {k: Subspace.load(b, state["kinds"][k]) for k, b in state["bases"].items()}
+        self.subspaces = {k: Subspace(b.double(), state["kinds"][k]) for k, b in state["bases"].items()}
         self.leaders, self.history = dict(state["leaders"]), list(state["history"])
 
     def describe(self) -> dict:

@@ -59,9 +59,10 @@ class _Collector:
 @torch.no_grad()
 def input_covariances(
     module: Any, layers: dict[str, nn.Module], batches: Iterable[dict], token_mask: Callable[[dict], Optional[torch.Tensor]]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
     """Per leader layer, ``mean x x^T`` (float64, on the CPU) over the tokens of ``batches``, summed
-    over the ranks; and each layer's leader. ``module`` is called on every batch in eval mode."""
+    over the ranks; each layer's leader; the number of tokens read (all ranks). ``module`` is
+    called on every batch in eval mode."""
     collector = _Collector(layers)
     was_training = module.training
     module.eval()
@@ -88,4 +89,4 @@ def input_covariances(
         tokens = int(flat[-1].item())
         sums = [chunk.view_as(s) for chunk, s in zip(flat[:-1].split([s.numel() for s in sums]), sums)]
     covariances = {n: (s / max(tokens, 1)).cpu() for n, s in zip(names, sums)}
-    return covariances, dict(collector.leaders)
+    return covariances, dict(collector.leaders), tokens

@@ -53,14 +53,6 @@ class Subspace:
     def protected_projection(self) -> torch.Tensor:
         return torch.eye(self.dim, dtype=torch.float64) - self.free_projection()
 
-    @classmethod
-    def load(cls, basis: torch.Tensor, kind: str) -> "Subspace":
-        """From a stored (float32) basis: re-orthonormalised in float64."""
-        basis = basis.double()
-        if basis.shape[1]:
-            basis = torch.linalg.qr(basis).Q
-        return cls(basis, kind)  # type: ignore[arg-type]
-
 
 def _spectrum(matrix: torch.Tensor, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies (descending) and their directions: eigenvalues of a symmetric PSD matrix (paper)

@@ -86,9 +86,7 @@ class TaskLoRAMethod(ContinualCallback):
         return {"finished": self.finished}
 
     def load_state_dict(self, state: dict) -> None:
-        self.finished = int(state["finished"])
-        if self.adapters is not None and self.finished:
-            self.adapters.activate(self.finished - 1, trainable=())
+        self.finished = int(state["finished"])  # the adapters applied are set by the next on_task_start
 
     def describe(self) -> dict:
         return {
