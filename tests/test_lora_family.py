@@ -118,15 +118,33 @@ def test_earlier_adapters_stay_bit_identical_and_folders_load_in_plain_peft(tmp_
         assert method.history[0]["protected_dims"] and all(0 < k < 32 for k in method.history[0]["protected_dims"].values())
 
 
-def test_inc_lora_trains_only_the_current_adapter_and_applies_the_earlier_ones():
+def test_inc_lora_trains_only_the_current_adapter_and_applies_the_earlier_ones_fused():
     model = tiny_lm(lora=LORA)
     method = IncLoRA(save_adapters=False)
     method.setup_sequence(model, types.SimpleNamespace(num_tasks=3), RunContext())
-    method.on_task_start(model, _task(0))
-    method.on_task_end(model, _task(0))
-    method.on_task_start(model, _task(1))
-    assert model.net.active_adapters == ["task_0", "task_1"]
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in _lora_parameters(model) if ".task_1." in n}
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in _lora_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    ids = torch.randint(0, len(model.tokenizer), (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    model.eval()
+    for t in range(3):
+        method.on_task_start(model, _task(t))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {n for n in _lora_parameters(model) if f".task_{t}." in n}
+        with torch.no_grad():
+            fused, _ = model(ids, mask)  # while the task trains: the earlier adapters as one branch
+            with model.net.disable_adapter():
+                base_during, _ = model(ids, mask)
+        method.on_task_end(model, _task(t))
+        assert model.net.active_adapters == [f"task_{i}" for i in range(t + 1)]
+        with torch.no_grad():
+            per_adapter, _ = model(ids, mask)  # peft's forward, one branch per adapter
+            with model.net.disable_adapter():
+                base, _ = model(ids, mask)
+        torch.testing.assert_close(fused, per_adapter, atol=1e-5, rtol=0)
+        assert torch.equal(base_during, base) and not torch.allclose(base, per_adapter, atol=1e-3)
 
 
 # -- InfLoRA's subspaces ---------------------------------------------------------------------------

@@ -53,13 +53,14 @@ class InfLoRA(TaskLoRAMethod):
         samples: Optional[int] = None,
         batch_size: int = 16,
         save_adapters: bool = True,
+        fuse_earlier: bool = True,
     ) -> None:
         check_choice("InfLoRA.variant", variant, Variant)
         if not 0 < epsilon_start <= epsilon_end <= 1:
             raise ValueError(f"InfLoRA needs 0 < epsilon_start <= epsilon_end <= 1, got {epsilon_start} and {epsilon_end}")
         if (samples is not None and samples < 1) or batch_size < 1:
             raise ValueError(f"InfLoRA.samples (or null) and batch_size must be positive, got {samples} and {batch_size}")
-        super().__init__(save_adapters)
+        super().__init__(save_adapters, fuse_earlier)
         self.epsilon_start, self.epsilon_end, self.variant = epsilon_start, epsilon_end, variant
         self.samples, self.batch_size = samples, batch_size
         self.subspaces: dict[str, Subspace] = {}

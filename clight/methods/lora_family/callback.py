@@ -40,13 +40,15 @@ class TaskLoRAMethod(ContinualCallback):
     (``trained_parts``), earlier adapters frozen and still applied.
 
     ``save_adapters``: write each task's adapter as a peft folder in the run folder.
+    ``fuse_earlier``: while a task trains, apply the earlier adapters as one fused branch (two
+    LoRA branches per layer at every task; see ``adapters.py``), else peft's one branch per adapter.
     """
 
     per_task: ClassVar[bool] = True
     trained_parts: ClassVar[tuple[str, ...]] = LORA_PARTS
 
-    def __init__(self, save_adapters: bool = True) -> None:
-        self.save_adapters = save_adapters
+    def __init__(self, save_adapters: bool = True, fuse_earlier: bool = True) -> None:
+        self.save_adapters, self.fuse_earlier = save_adapters, fuse_earlier
         self.adapters: Optional[TaskAdapters] = None
         self.finished = 0
         self.lora: Optional[dict] = None
@@ -72,7 +74,7 @@ class TaskLoRAMethod(ContinualCallback):
 
     def on_task_start(self, module: Any, task: Task) -> None:
         check_one_fit_per_task(self.name, self.finished, task)
-        self.adapters.activate(task.index, self.trained_parts)
+        self.adapters.activate(task.index, self.trained_parts, self.fuse_earlier)
 
     def on_task_end(self, module: Any, task: Task) -> None:
         self.finished = task.index + 1
@@ -94,6 +96,9 @@ class TaskLoRAMethod(ContinualCallback):
             "lora": self.lora,
             "adapters": "one per task, earlier ones frozen and applied" if self.per_task else "one for every task",
             "trained": list(self.trained_parts),
+            "earlier_adapters_in_training": (
+                "one fused frozen branch, one dropout mask" if self.fuse_earlier else "peft: one branch and dropout mask each"
+            ),
             "adapter_folders": (
                 [f"adapters/task_{t}" for t in range(self.finished)] if self.save_adapters else "not saved (save_adapters: false)"
             ),

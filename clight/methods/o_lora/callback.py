@@ -37,12 +37,17 @@ class OLoRA(TaskLoRAMethod):
     per_task = True
 
     def __init__(
-        self, lambda_1: float = 0.5, lambda_2: float = 0.0, penalty: Penalty = "squared", save_adapters: bool = True
+        self,
+        lambda_1: float = 0.5,
+        lambda_2: float = 0.0,
+        penalty: Penalty = "squared",
+        save_adapters: bool = True,
+        fuse_earlier: bool = True,
     ) -> None:
         check_choice("OLoRA.penalty", penalty, Penalty)
         if lambda_1 < 0 or lambda_2 < 0:
             raise ValueError(f"OLoRA.lambda_1 and lambda_2 must be >= 0, got {lambda_1} and {lambda_2}")
-        super().__init__(save_adapters)
+        super().__init__(save_adapters, fuse_earlier)
         self.lambda_1, self.lambda_2, self.penalty = lambda_1, lambda_2, penalty
         self.orthogonality: Optional[OrthogonalityLoss] = None
         self._new: list[torch.nn.Parameter] = []
