@@ -247,3 +247,18 @@ def test_a_model_the_method_does_not_apply_to_is_refused_before_anything_runs(tm
     with pytest.raises(ConfigError, match=match):
         SequenceRunner(model, data, methods=methods, trainer=ONE_EPOCH, run_dir=str(tmp_path / "run")).run()
     assert not (tmp_path / "run").exists()
+
+
+# -- configs ---------------------------------------------------------------------------------------
+def test_the_lm_cpu_configs_differ_from_lora_fine_tuning_only_in_the_method():
+    from clight.cli import build_fit_parser
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "lm_cpu"
+    parser = build_fit_parser()
+    reference = parser.parse_args(["--config", str(configs / "finetune_lora.yaml")])
+    expected = {"seq_lora": "SeqLoRA", "inc_lora": "IncLoRA", "o_lora": "OLoRA", "inflora": "InfLoRA", "osf": "OSF"}
+    for name, method in expected.items():
+        cfg = parser.parse_args(["--config", str(configs / f"{name}.yaml")])
+        assert [m.class_path.rsplit(".", 1)[1] for m in cfg.methods] == [method, "GeneralPerplexity"], name
+        assert cfg.data == reference.data and cfg.trainer == reference.trainer and cfg.runner == reference.runner, name
+        assert cfg.model.init_args.lora == (None if name == "osf" else reference.model.init_args.lora), name

@@ -109,8 +109,8 @@ class TaskAdapters:
         if fused:
             earlier = self.names[:task]
             for layer in layers.values():
-                a = torch.cat([layer.lora_A[n].weight for n in earlier])
-                b = torch.cat([layer.lora_B[n].weight * layer.scaling[n] for n in earlier], dim=1)
+                a = torch.cat([layer.lora_A[n].weight.detach() for n in earlier])
+                b = torch.cat([layer.lora_B[n].weight.detach() * layer.scaling[n] for n in earlier], dim=1)
                 dropout = getattr(layer.lora_dropout[current], "p", 0.0)
                 self._hooks.append(layer.register_forward_hook(EarlierAdapters(a, b, float(dropout))))
 
@@ -118,10 +118,6 @@ class TaskAdapters:
         """Task ``task``'s ``lora_A`` or ``lora_B`` weight in every LoRA layer, by layer name."""
         name = self.name(task)
         return {layer_name: getattr(layer, part)[name].weight for layer_name, layer in lora_layers(self.network).items()}
-
-    def scaling(self, task: int) -> float:
-        layer = next(iter(lora_layers(self.network).values()))
-        return float(layer.scaling[self.name(task)])
 
     def save(self, task: int, folder: Path) -> Path:
         """Write task ``task``'s adapter as a peft adapter folder ``folder`` (atomically: a

@@ -91,15 +91,17 @@ class TaskLoRAMethod(ContinualCallback):
         self.finished = int(state["finished"])  # the adapters applied are set by the next on_task_start
 
     def describe(self) -> dict:
-        return {
+        out = {
             "class": self.name,
             "lora": self.lora,
             "adapters": "one per task, earlier ones frozen and applied" if self.per_task else "one for every task",
             "trained": list(self.trained_parts),
-            "earlier_adapters_in_training": (
-                "one fused frozen branch, one dropout mask" if self.fuse_earlier else "peft: one branch and dropout mask each"
-            ),
             "adapter_folders": (
                 [f"adapters/task_{t}" for t in range(self.finished)] if self.save_adapters else "not saved (save_adapters: false)"
             ),
         }
+        if self.per_task:
+            out["earlier_adapters_in_training"] = (
+                "one fused frozen branch, one dropout mask" if self.fuse_earlier else "peft: one branch and dropout mask each"
+            )
+        return out
