@@ -1,5 +1,6 @@
 """Under 2-process DDP (CPU, gloo) InfLoRA holds the same adapters and protected subspaces on both
-ranks, built from both ranks' samples (each rank reads half of a task, the sums are added)."""
+ranks, built from both ranks' samples (each rank reads half of a task, the sums are added); OSF,
+which re-wraps and merges the weights between tasks, leaves the same weights on both."""
 
 from __future__ import annotations
 
@@ -29,3 +30,6 @@ def test_ddp_ranks_hold_identical_adapters_and_subspaces_from_every_sample(tmp_p
         tokens = int(data.train_collate_fn()([task.train[i] for i in range(len(task.train))])["attention_mask"].sum())
         assert record["design_tokens"] == tokens  # both halves, not one rank's
     assert "update_tokens" in r0["method"]["history"][0] and "update_tokens" not in r0["method"]["history"][1]
+
+    assert_same(r0["osf_weights"], r1["osf_weights"], "OSF weights")
+    assert r0["osf"]["finished"] == 2 and r0["osf"] == r1["osf"]
