@@ -143,7 +143,7 @@ def run_model(name: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per task and method (default: tiny 40, smollm2 8)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per task and method (default: tiny 40, smollm2 6)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps per task: checks it runs (seconds)")
@@ -153,22 +153,21 @@ def main() -> None:
     if args.smoke:
         names, args.batch_size, args.max_length = ["tiny"], 2, 32
     results = {}
+    out = Path(args.out) / "lora_family.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        args.steps = 2 if args.smoke else (args.steps or (40 if name == "tiny" else 8))
-        results[name] = run_model(name, args)
+        steps = 2 if args.smoke else (args.steps or (40 if name == "tiny" else 6))
+        results[name] = run_model(name, argparse.Namespace(**{**vars(args), "steps": steps}))
         results[name]["setup"] = {
             "batch_size": args.batch_size,
             "max_length": args.max_length,
-            "timed_steps_per_task": args.steps,
+            "timed_steps_per_task": steps,
             "lora": LORA,
             "osf_targets": TARGETS,
             "optimizer": "AdamW(lr=1e-3)",
             "torch_threads": torch.get_num_threads(),
         }
-        args.steps = None if not args.smoke else args.steps
-    out = Path(args.out) / "lora_family.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(results, indent=2))  # after each model: a long run keeps what it finished
     print(json.dumps({n: r["step_time_ratio_over_seq_lora_per_task"] for n, r in results.items()}, indent=2))
 
 
