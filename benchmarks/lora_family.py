@@ -9,8 +9,11 @@ Between tasks each method does what it does in a run (new adapter, InfLoRA's rep
 passes, OSF's SVD and merge): those one-off costs are timed apart. LoRA: r 8 on q/k/v/o (the
 lm_cpu configs'); OSF wraps the same four projections. Medians; ratios to SeqLoRA first.
 
-    OMP_NUM_THREADS=1 python benchmarks/lora_family.py                      # tiny Llama and SmolLM2-135M
-    OMP_NUM_THREADS=1 python benchmarks/lora_family.py --models tiny --smoke
+    OMP_NUM_THREADS=1 python benchmarks/lora_family.py --models smollm2,tiny --batch-size 4 --max-length 32
+    OMP_NUM_THREADS=1 python benchmarks/lora_family.py --smoke --out /tmp/lora_family   # seconds
+
+Step time is the process's CPU time (one thread): steadier than wall time on a shared machine
+(both are recorded).
 
 Target: O-LoRA and InfLoRA step time <= 1.15x SeqLoRA's. Results: ``OUT/lora_family.json``.
 """
