@@ -9,6 +9,7 @@ every checkpoint already.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from clight.contract import ConfigError, RunContext
@@ -20,7 +21,7 @@ from clight.methods.lora_family.targets import claim, lora_network
 SALT = 0x4C6F5241  # "LoRA": the run-seed salt of the adapters' initial weights
 
 
-def adapter_folder(context: RunContext, task: int):
+def adapter_folder(context: RunContext, task: int) -> Optional[Path]:
     """Where task ``task``'s adapter is written (``None`` outside a run)."""
     return context.path("adapters", f"task_{task}")
 
