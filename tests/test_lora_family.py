@@ -167,7 +167,9 @@ def test_inflora_design_is_the_top_projected_directions_orthogonal_to_the_subspa
             torch.testing.assert_close(projected @ row, value * row, atol=1e-10, rtol=0)
             assert abs(float(row.norm()) - 1) < 1e-12
         code = design_rows(cov, space, r, "released_code")  # left singular vectors of F C: free too, other directions
-        assert (code @ basis).abs().max() < 1e-10 and not torch.allclose((code @ rows.T).abs(), torch.eye(r, dtype=torch.float64), atol=1e-3)
+        assert (code @ basis).abs().max() < 1e-10 and not torch.allclose(
+            (code @ rows.T).abs(), torch.eye(r, dtype=torch.float64), atol=1e-3
+        )
     # fewer free directions than rows: the rows past them are zero, never protected directions
     full = Subspace(torch.linalg.qr(torch.randn(d, d - 2, dtype=torch.float64)).Q, "remove")
     rows = design_rows(cov, full, r)
