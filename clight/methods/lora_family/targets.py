@@ -60,6 +60,6 @@ def claim(module: Any, method: object, owner: str) -> None:
     if claimed is not None and claimed != id(method):
         raise ConfigError(
             f"{owner}: another method of the LoRA family (SeqLoRA, IncLoRA, OLoRA, InfLoRA, OSF) already acts on this "
-            "model; keep one of them in `methods`"
+            "model; keep one of them in `methods`, on a freshly built model (a model keeps what its method made of it)"
         )
     module.__dict__[_OWNER] = id(method)  # an int: copies of the model (frozen_copy) stay independent of the method
