@@ -48,6 +48,11 @@ _LAZY = {
     "ContinualCausalLM": "clight.models.causal_lm",
     "ContinualCLIP": "clight.models.clip",
     "SPU": "clight.methods.selective_update",
+    "SeqLoRA": "clight.methods.seq_lora",
+    "IncLoRA": "clight.methods.inc_lora",
+    "OLoRA": "clight.methods.o_lora",
+    "InfLoRA": "clight.methods.inflora",
+    "OSF": "clight.methods.osf",
     **dict.fromkeys(
         [
             "TextTaskSequence",

@@ -15,11 +15,16 @@ import torch
 
 from clight import MLP, ContinualClassifier, PermutedInputs, SplitClasses, TaskSequence
 from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
+from clight.methods.inc_lora import IncLoRA
+from clight.methods.inflora import InfLoRA
 from clight.methods.moe_adapters import MoEAdapters
+from clight.methods.o_lora import OLoRA
+from clight.methods.osf import OSF
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
 from clight.methods.regularization import EWC, LwF
 from clight.methods.reprogramming import CLRClassifier
 from clight.methods.selective_update import SPU
+from clight.methods.seq_lora import SeqLoRA
 from clight.models.backbones import SmallCNN
 from clight.models.causal_lm import ContinualCausalLM
 from clight.models.clip import ContinualCLIP
@@ -121,6 +126,18 @@ METHOD_EXAMPLES: dict[type, Example] = {
         ],
     ),
 }
+
+# The LoRA family: one method per model (two would fight over the active adapters), so one instance each.
+LORA = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+METHOD_EXAMPLES.update(
+    {
+        SeqLoRA: lambda: (tiny_lm(lora=LORA), text(), [SeqLoRA()]),
+        IncLoRA: lambda: (tiny_lm(lora=LORA), text(), [IncLoRA(save_adapters=False)]),
+        OLoRA: lambda: (tiny_lm(lora=LORA), text(), [OLoRA(lambda_1=0.5, lambda_2=0.1, penalty="abs")]),
+        InfLoRA: lambda: (tiny_lm(lora=LORA), text(), [InfLoRA(samples=12, batch_size=4)]),
+        OSF: lambda: (tiny_lm(), text(), [OSF(target_modules=["q_proj", "down_proj"])]),
+    }
+)
 
 MODEL_EXAMPLES: dict[type, Example] = {
     ContinualClassifier: lambda: (classifier(), digits(), []),

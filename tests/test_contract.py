@@ -22,9 +22,10 @@ import clight
 from clight import ConfigError, ContinualCallback, ContinualModule, SequenceRunner
 from clight.io import load_checkpoint
 from clight.methods.base import assign_state_keys
+from clight.methods.lora_family import TaskLoRAMethod
 from clight.methods.plasticity.hooked import UnitCallback
 
-BASES = {ContinualCallback, ContinualModule, UnitCallback}
+BASES = {ContinualCallback, ContinualModule, UnitCallback, TaskLoRAMethod}
 
 
 def _clight_classes(base: type) -> set[type]:
