@@ -52,6 +52,9 @@ _LAZY = {
         [
             "TextTaskSequence",
             "TextTaskSpec",
+            "InstructionSequence",
+            "InstructionTask",
+            "HFSource",
             "JsonlText",
             "CsvText",
             "HFText",

@@ -50,7 +50,7 @@ class TextTaskSequence(TaskSequence):
         check_choice("data.general_mode", general_mode, GeneralMode)
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        scenario = TextTasks(tasks, self.tokenizer, max_length, max_train_per_task, max_test_per_task)
+        scenario = self.make_scenario(tasks, max_length, max_train_per_task, max_test_per_task)
         super().__init__(
             scenario=scenario,
             batch_size=batch_size,
@@ -66,6 +66,10 @@ class TextTaskSequence(TaskSequence):
         self.general_mode = general_mode if self.general_source is not None else "none"
         self.general_per_batch, self.heldout_general = general_per_batch, heldout_general
         self._general: Optional[tuple[GeneralSet, Optional[GeneralSet]]] = None
+
+    def make_scenario(self, tasks, max_length: int, max_train_per_task: Optional[int], max_test_per_task: Optional[int]):
+        """The scenario that builds the tasks (a subclass with other tasks overrides it)."""
+        return TextTasks(tasks, self.tokenizer, max_length, max_train_per_task, max_test_per_task)
 
     # the general set and the held-out text, built once
     def _general_sets(self) -> tuple[Optional[GeneralSet], Optional[GeneralSet]]:
