@@ -74,7 +74,8 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
     new_task_only = any(r.schedule == "sequential_current" for r in records)
     joint, reference, provenance = joint_reference(records)
     control_names = list(dict.fromkeys(c.name for r in records for c in r.controls))
-    score_names = list(dict.fromkeys(name for r in records for name in r.scores))
+    found = {name for r in records for name in r.scores}
+    score_names = [n for n in SCORE_NAMES if n in found] + sorted(found - set(SCORE_NAMES))
     columns = task_columns(records)
     rows = []
     for r in records:
@@ -188,10 +189,10 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
     """What the table's numbers are and where they come from, one line each."""
     out = []
     if layout["with_matrix"]:
-        points = "BWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT and forgetting"
+        points = "BWT, FWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT, FWT and forgetting"
         out.append(
             "Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
-            f"AA = mean of that row over the tasks seen; {points} and FWT in percentage points."
+            f"AA = mean of that row over the tasks seen; {points} in percentage points."
         )
         if layout["scores"]:
             named = ", ".join(f"{SCORE_NAMES.get(n, n)} = {n}" for n in layout["scores"])
