@@ -5,6 +5,7 @@ named orders, the splits, the cut-answer count and replay of earlier tasks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from llm_fixtures import (
@@ -247,3 +248,39 @@ def test_config_mistakes_are_named(tmp_path):
         _ = sequence([InstructionTask("x", "alpaca")]).tasks
     with pytest.raises(ValueError, match="chat_style 'template'"):
         _ = sequence([InstructionTask("c", "chat", path=str(jsonl(tmp_path / "c.jsonl", CHAT)), chat_style="template")]).tasks
+
+
+def test_the_benchmark_configs_parse_and_share_their_cuts():
+    import yaml
+
+    from clight.cli import build_fit_parser
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "llm_cl"
+    parser = build_fit_parser()
+    cpu = sorted(root.glob("*.yaml")) + sorted((root / "orders").glob("*.yaml"))
+    assert {p.stem for p in root.glob("*.yaml")} == {
+        "frozen",
+        "seq_full",
+        "seq_lora",
+        "replay",
+        "gere_tm_lora",
+        "spu",
+        "moe_adapters",
+        "joint",
+    }
+    for path in cpu + sorted((root / "gpu").glob("*.yaml")):
+        cfg = parser.parse_args(["--config", str(path), "--data.root=/your/copy"])
+        assert cfg.data.init_args.root == "/your/copy" and cfg.model.init_args.evaluation == "generate", path
+    cuts = {
+        p.stem: (
+            lambda c: (
+                c["data"]["init_args"]["max_length"],
+                c["data"]["init_args"]["max_test_per_task"],
+                c["model"]["init_args"]["max_new_tokens"],
+            )
+        )(yaml.safe_load(p.read_text()))
+        for p in cpu
+    }
+    assert set(cuts.values()) == {(128, 50, 6)}  # every row scored on the same items, the same way
+    orders = {p.stem: yaml.safe_load(p.read_text())["data"]["init_args"]["order"] for p in cpu}
+    assert orders["seq_lora_order2"] == "order2" and orders["replay_order3"] == "order3" and orders["spu"] == "order1"
