@@ -178,3 +178,20 @@ def test_generation_scores_reach_metrics_and_compare_grouped_over_orders(bench, 
     markdown = (tmp_path / "out" / "comparison.md").read_text()
     assert "| method | news | mood | AA | BWT | FWT | forgetting | EM | ROUGE-L | label acc. |" in markdown
     assert "## Mean ± standard deviation over seeds and task orders" in markdown and "| gen | 2 |" in markdown
+
+
+def test_every_score_matrix_is_summarised_like_accuracy():
+    from clight.metrics.scores import summarize_scores
+
+    nan = float("nan")
+    matrices = {
+        "correct": [[1.0, 0.0], [1.0, 1.0]],
+        "rouge_l": [[0.5, 0.1], [0.4, 0.6]],
+        "label_accuracy": [[0.5, nan], [0.25, nan]],  # the second task has no labels
+    }
+    scores = summarize_scores(matrices, {"rouge_l": [0.1, 0.2]})
+    assert set(scores) == {"rouge_l", "label_accuracy"}
+    rouge = scores["rouge_l"]
+    assert rouge["average_accuracy"] == pytest.approx(0.5) and rouge["backward_transfer"] == pytest.approx(0.4 - 0.5)
+    assert rouge["forward_transfer"] == pytest.approx(0.1 - 0.2) and rouge["matrix"] == matrices["rouge_l"]
+    assert scores["label_accuracy"]["average_accuracy"] == 0.25 and scores["label_accuracy"]["matrix"][1] == [0.25, None]

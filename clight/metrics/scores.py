@@ -38,7 +38,16 @@ def summarize_scores(
     for name, matrix in matrices.items():
         if name in PRIMARY:
             continue
-        summary = summarize(np.array(matrix, dtype=float), _initial((initial or {}).get(name)))
+        a = np.array(matrix, dtype=float)
+        if np.isnan(a[np.tril_indices(a.shape[0], m=a.shape[1])]).any():
+            # a score some tasks lack (label accuracy on free-form tasks): its mean over the tasks that have it
+            last = a[-1, : a.shape[0]]
+            summary = {
+                "tasks_finished": int(a.shape[0]),
+                "average_accuracy": float(np.nanmean(last)) if np.isfinite(last).any() else None,
+            }
+        else:
+            summary = summarize(a, _initial((initial or {}).get(name)))
         out[name] = {k: v for k, v in summary.items() if not k.endswith("_convention")} | {"matrix": _rows(matrix)}
     return out
 
