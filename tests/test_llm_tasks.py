@@ -280,3 +280,15 @@ def test_the_benchmark_configs_parse_and_share_their_cuts():
     assert {cuts(p) for p in cpu} == {(128, 160, 50, 6)}
     orders = {p.stem: yaml.safe_load(p.read_text())["data"]["init_args"]["order"] for p in cpu}
     assert orders["seq_lora_order2"] == "order2" and orders["replay_order3"] == "order3" and orders["spu"] == "order1"
+
+
+def test_declared_labels_give_candidates_and_refuse_other_answers(tmp_path):
+    records = [{"instruction": "Is it spam?", "input": f"message {i}", "output": ["spam", "ham"][i % 2]} for i in range(6)]
+    path = jsonl(tmp_path / "spam.jsonl", records)
+    data = sequence([InstructionTask("spam", "alpaca", path=str(path), labels=["ham", "spam"])])
+    item = data.tasks[0].test[0]
+    assert [data.tokenizer.decode(c) for c in item["choices"]] == ["ham<eos>", "spam<eos>"]
+    assert data.tokenizer.decode(item["choices"][item["target"]]) == data.tokenizer.decode(item["answer"])
+    bad = jsonl(tmp_path / "bad.jsonl", records[:3] + [dict(records[3], output="eggs")])
+    with pytest.raises(ValueError, match=r"bad.jsonl line 4 \(record 4\): the answer 'eggs' is not one of the task's labels"):
+        _ = sequence([InstructionTask("spam", "alpaca", path=str(bad), labels=["ham", "spam"])]).tasks
