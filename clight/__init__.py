@@ -57,6 +57,9 @@ _LAZY = {
         [
             "TextTaskSequence",
             "TextTaskSpec",
+            "InstructionSequence",
+            "InstructionTask",
+            "HFSource",
             "JsonlText",
             "CsvText",
             "HFText",

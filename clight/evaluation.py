@@ -16,6 +16,9 @@ def evaluate_tasks(
     """Accuracy of ``module`` on every task's ``split`` (or only ``tasks``; the others get NaN),
     as ``{count name: [acc per task]}``.
 
+    Every count is divided by ``total``, except a count ``X`` for which the module also returns
+    ``X_total``: that is ``X``'s own denominator (a score only some tasks have, NaN on the others).
+
     Each rank scores its own share of every split (no sample twice, none padded) and the summed
     counts are reduced across ranks, so the result is exact and identical on every rank. A task
     the module cannot score yet (no head) gets NaN.
@@ -43,11 +46,11 @@ def evaluate_tasks(
     if strategy is not None and getattr(strategy, "world_size", 1) > 1:
         stacked = strategy.reduce(stacked, reduce_op="sum")
     stacked = stacked.cpu()
-    total = stacked[:, keys.index("total")]
     result = {}
     for i, name in enumerate(keys):
-        if name == "total":
+        if name == "total" or name.endswith("_total"):
             continue
+        total = stacked[:, keys.index(f"{name}_total" if f"{name}_total" in keys else "total")]
         result[name] = [
             math.nan if rows[j] is None or total[j] == 0 else float(stacked[j, i] / total[j]) for j in range(len(rows))
         ]

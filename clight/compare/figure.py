@@ -36,10 +36,14 @@ def run_colours(records: list[RunRecord]) -> dict[str, tuple]:
 def _final_accuracy(ax, records: list[RunRecord], colours: dict) -> None:
     shown = [r for r in records if r.final_accuracy is not None]
     width = 0.8 / len(shown)
+    names = shown[0].task_names
     for i, r in enumerate(shown):
-        x = np.arange(1, r.num_tasks + 1) + (i - (len(shown) - 1) / 2) * width
-        ax.bar(x, 100 * np.nan_to_num(np.asarray(r.final_accuracy)), width, label=r.name, color=colours[r.name])
-    ax.set_xlabel("task")
+        # runs in another task order: each bar over the task's position in the first run's order
+        by_name = r.final_by_task() if r.task_names != names else {}
+        values = [by_name.get(n, math.nan) for n in names] if by_name else r.final_accuracy
+        x = np.arange(1, len(values) + 1) + (i - (len(shown) - 1) / 2) * width
+        ax.bar(x, 100 * np.nan_to_num(np.asarray(values)), width, label=r.name, color=colours[r.name])
+    ax.set_xlabel("task" if len({tuple(r.task_names) for r in shown}) == 1 else f"task ({', '.join(names)})")
     ax.set_ylabel("accuracy after the last task (%)")
     ax.set_ylim(0, 100)
     ax.set_title("final accuracy per task")

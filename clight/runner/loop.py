@@ -201,7 +201,7 @@ class SequenceRunner:
         self.progress.add_row(row, time.perf_counter() - started + _seconds_before(trainer), len(tasks))
         self.logger.step_offset += trainer.global_step
         self.progress.step_offset = self.logger.step_offset
-        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
+        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
         self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
         self._commit_boundary()
@@ -284,7 +284,7 @@ class SequenceRunner:
         self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
 
     def _finish(self) -> RunResult:
-        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
+        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
         metrics.update(
             {
                 "baseline": self.settings.baseline,

@@ -8,7 +8,10 @@ MoEAdapters instance's ``RouteState``:
 - inside a fit, the trained task for every sample (or each sample's own task for a batch that
   carries task ids, e.g. replayed samples);
 - otherwise DDAS: one forward of the network with every adapter off gives the frozen features,
-  each instance's selector turns them into per-sample routes, and the real forward follows.
+  each instance's selector turns them into per-sample routes, and the real forward follows;
+- inside ``hold_routes()``, the routes the first forward got are kept for every later forward
+  (a prompt, then its generated tokens or its candidate answers run from its key/value cache:
+  a batch ``m`` times as large repeats each sample's route ``m`` times, as the cache was repeated).
 
 A sample routed to none gets no adapter contribution at all, so its output is the pretrained
 network's, bit for bit.
@@ -26,6 +29,8 @@ from clight.methods.moe_adapters.ddas import DDAS
 from clight.methods.moe_adapters.layer import RouteState
 from clight.methods.moe_adapters.targets import Target
 
+_NOT_HELD = object()  # module-level, so a deep copy of a network compares against the same object
+
 
 class NetworkRouting(nn.Module):
     """The routing of one network: a DDAS selector and a ``RouteState`` per MoEAdapters instance."""
@@ -42,6 +47,7 @@ class NetworkRouting(nn.Module):
         self._forcing = False
         self._forced: Optional[torch.Tensor] = None
         self._computing = False
+        self._held: Optional[dict[str, Optional[torch.Tensor]]] = None
 
     def add(self, key: str, selector: DDAS, state: RouteState) -> None:
         self.selectors[key] = selector
@@ -56,6 +62,23 @@ class NetworkRouting(nn.Module):
             yield
         finally:
             self._forcing, self._forced = previous
+
+    @contextmanager
+    def hold_routes(self) -> Iterator[None]:
+        """The first forward inside decides the routes; every later one reuses them."""
+        previous, self._held = self._held, {}
+        try:
+            yield
+        finally:
+            self._held = previous
+
+    def _held_rows(self, key: str, batch: int) -> Any:
+        rows = self._held[key] if self._held is not None and key in self._held else _NOT_HELD
+        if rows is None or rows is _NOT_HELD:
+            return rows
+        if batch % len(rows):
+            raise ValueError(f"held MoE routes are for {len(rows)} samples, a later forward got {batch}")
+        return rows.repeat_interleave(batch // len(rows))
 
     @torch.no_grad()
     def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -72,7 +95,10 @@ class NetworkRouting(nn.Module):
         mask = self.target.token_mask(args, kwargs)
         features: Optional[torch.Tensor] = None
         for key, state in self.states.items():
-            if self._forcing:
+            held = self._held_rows(key, batch)
+            if held is not _NOT_HELD:
+                rows = held
+            elif self._forcing:
                 rows = self._forced
             elif state.fit_task is not None:
                 given = state.batch_rows is not None and len(state.batch_rows) == batch
@@ -87,6 +113,8 @@ class NetworkRouting(nn.Module):
                 raise ValueError(f"MoE routes have shape {tuple(rows.shape)}, the network got {batch} samples")
             state.rows, state.token_mask = rows, mask
             self.last_rows[key] = rows
+            if self._held is not None and key not in self._held:
+                self._held[key] = rows
 
     def clear(self) -> None:
         for state in self.states.values():

@@ -206,11 +206,6 @@ def resolve_target(module: Any, owner: str = "MoEAdapters") -> Target:
             raise ConfigError(
                 f"{owner} adds its own adapters to the frozen model; {module.model_name} has LoRA: set model.lora to null"
             )
-        if module.evaluation == "generate":
-            raise ConfigError(
-                f"{owner} routes each sample once by its whole input, but generation calls the network token by "
-                "token: set model.evaluation to likelihood"
-            )
         target = CausalLMTarget()
     elif isinstance(module, ContinualClassifier):
         if not transformer_blocks(module.backbone):
