@@ -267,6 +267,10 @@ def test_the_benchmark_configs_parse_and_share_their_cuts():
         "spu",
         "moe_adapters",
         "joint",
+        "inc_lora",
+        "o_lora",
+        "inflora",
+        "osf",
     }
     for path in cpu + sorted((root / "gpu").glob("*.yaml")):
         cfg = parser.parse_args(["--config", str(path), "--data.root=/your/copy"])
