@@ -28,6 +28,8 @@ class TextTaskSequence(TaskSequence):
     generators seeded by (seed, task, epoch), so all ranks agree.
     """
 
+    serves_method_memory = False  # the replayed stream is the general set
+
     def __init__(
         self,
         tasks: Sequence[Union[str, TextTaskSpec]] = ("rt_sentiment", "tweet_sentiment", "rt_subjectivity"),

@@ -1,0 +1,90 @@
+"""Synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from clight.choices import check_choice
+from clight.contract import RunContext
+from clight.data.task import Task
+from clight.methods.base import ContinualCallback
+from clight.methods.regularization.quadratic import QuadraticPenalty
+
+SIGradient = Literal["unregularized", "total"]
+
+
+class SI(ContinualCallback):
+    """Synaptic intelligence: an online path integral of each parameter's contribution to the
+    drop of the loss, turned into a quadratic penalty at every task's end.
+
+    During task mu, after every optimizer step, ``omega_i -= g_i * (theta_i(after) - theta_i(before))``,
+    where ``g`` is the gradient the step was taken on, without SI's own penalty
+    (``gradient="unregularized"``, the paper and the authors' code) or with it (``"total"``,
+    Avalanche). At the task's end ``Omega_i += omega_i / (Delta_i^2 + xi)`` with ``Delta`` the
+    parameter's total move over the task; ``nonnegative`` clips ``Omega`` at 0 as the authors'
+    code does. Penalty: ``c * sum_i Omega_i (theta_i - theta_i(end of previous task))^2``.
+    Defaults ``c = 1``, ``xi = 1e-3``: the paper's split-MNIST values.
+    """
+
+    def __init__(
+        self, c: float = 1.0, xi: float = 1e-3, gradient: SIGradient = "unregularized", nonnegative: bool = False
+    ) -> None:
+        check_choice("SI.gradient", gradient, SIGradient)
+        if c < 0 or xi <= 0:
+            raise ValueError(f"SI needs c >= 0 and xi > 0, got c={c}, xi={xi}")
+        self.c, self.xi, self.gradient, self.nonnegative = c, xi, gradient, nonnegative
+        self.quadratic = QuadraticPenalty()
+        self.omega: dict[str, torch.Tensor] = {}  # the running path integral of the task being trained
+        self._step: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._tracked: list[tuple[str, torch.nn.Parameter]] = []
+
+    def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
+        module.add_loss_term("si", self.penalty)
+
+    def penalty(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
+        return self.c * self.quadratic.value(module)
+
+    def on_task_start(self, module: Any, task: Task) -> None:
+        self._tracked = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.omega = {n: torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for n, p in self._tracked}
+        self.quadratic.set_anchor(module, {n for n, _ in self._tracked})
+        self._step = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        penalty_grads = self.quadratic.gradients(pl_module) if self.gradient == "unregularized" and self.c else {}
+        self._step = []
+        for name, param in self._tracked:
+            if param.grad is None:
+                continue
+            grad = param.grad.detach()
+            grad = grad - self.c * penalty_grads[name] if name in penalty_grads else grad.clone()
+            self._step.append((name, param, grad, param.detach().clone()))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for name, param, grad, before in self._step:  # empty unless an optimizer step was taken
+            if self.omega[name].device != param.device:  # loaded from a checkpoint onto another device
+                self.omega[name] = self.omega[name].to(param.device)
+            self.omega[name] -= grad * (param.detach() - before)
+        self._step = []
+
+    def on_task_end(self, module: Any, task: Task) -> None:
+        params = dict(module.named_parameters())
+        for name, omega in self.omega.items():
+            delta = params[name].detach() - self.quadratic.anchor[name].to(omega.device)
+            previous = self.quadratic.importance.get(name, torch.zeros_like(omega))
+            importance = previous.to(omega.device) + omega / (delta.pow(2) + self.xi)
+            self.quadratic.importance[name] = importance.clamp_min(0) if self.nonnegative else importance
+        self.quadratic.set_anchor(module)
+        self.omega, self._tracked = {}, []
+
+    def describe(self) -> dict:
+        return {"class": "SI", "c": self.c, "xi": self.xi, "gradient": self.gradient, "nonnegative": self.nonnegative}
+
+    def state_dict(self) -> dict:
+        return {**self.quadratic.state_dict(), "omega": dict(self.omega)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.quadratic.load_state_dict(state)
+        self.omega = {n: v.clone() for n, v in state["omega"].items()}
