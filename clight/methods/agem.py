@@ -47,7 +47,7 @@ class AGEM(ContinualCallback):
     data_protocol = MemoryData
 
     def __init__(
-        self, samples_per_task: int = 256, reference_batch_size: int = 256, reference_sampling: ReferenceSampling = "uniform"
+        self, samples_per_task: int = 250, reference_batch_size: int = 256, reference_sampling: ReferenceSampling = "uniform"
     ) -> None:
         check_choice("AGEM.reference_sampling", reference_sampling, ReferenceSampling)
         if samples_per_task < 1 or reference_batch_size < 1:
