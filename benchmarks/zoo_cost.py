@@ -41,7 +41,9 @@ def arms(smoke: bool) -> dict[str, Callable[[], list]]:
     return {
         "fine-tuning": lambda: [],
         "DER++": lambda: [DERpp(capacity=memory, alpha=1.0, beta=0.5, batch_size=batch)],
+        "DER++ (one memory batch)": lambda: [DERpp(capacity=memory, alpha=1.0, beta=0.5, batch_size=batch, replay_batches="one")],
         "A-GEM": lambda: [AGEM(samples_per_task=memory // 5, reference_batch_size=256 if not smoke else 32)],
+        "A-GEM (reference batch 64)": lambda: [AGEM(samples_per_task=memory // 5, reference_batch_size=batch)],
         "SI": lambda: [SI()],
         "MAS": lambda: [MAS(samples=64 if smoke else None)],
         "iCaRL": lambda: [ICaRL(memory_size=memory)],
@@ -161,7 +163,7 @@ def main() -> None:
     (args.out / "zoo_cost.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in built:
         ratio = "" if name == "fine-tuning" else f"  x{median[name] / base:.2f}"
-        print(f"{name:12s} {1000 * median[name]:7.2f} ms{ratio:8s}  task boundary {boundary_s[name]:.2f} s")
+        print(f"{name:28s} {1000 * median[name]:7.2f} ms{ratio:8s}  task boundary {boundary_s[name]:.2f} s")
 
 
 if __name__ == "__main__":

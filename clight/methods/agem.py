@@ -98,6 +98,8 @@ class AGEM(ContinualCallback):
         """The task loss's gradient on a memory batch, averaged over ranks (zeros where a parameter is unused)."""
         rank, world = global_rank(), world_size()
         rows = self._reference_rows(rank, world)
+        if len(rows) == 0:  # a memory smaller than the number of ranks: the same on every rank
+            return [torch.zeros_like(p) for p in params]
         batch = move_data_to_device(self._memory.__getitems__(rows.tolist()), module.device)
         grads = torch.autograd.grad(module.task_loss(batch)[0], params, allow_unused=True)
         return [sum_across_ranks(torch.zeros_like(p) if g is None else g) / world for p, g in zip(params, grads)]

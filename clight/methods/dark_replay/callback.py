@@ -74,9 +74,13 @@ class DERpp(ContinualCallback):
         rows = memory_batch(len(self.buffer), self.batch_size, self._generator, global_rank(), world_size())
         return move_data_to_device(self.buffer.batch(rows), module.device)
 
+    def _replaying(self) -> bool:
+        """Whether the memory can give every rank a share of a batch (it starts empty)."""
+        return len(self.buffer) >= world_size()
+
     def logit_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         self._seen_batch = (batch, outputs["logits"].detach())  # joins the memory after this step
-        if len(self.buffer) == 0:
+        if not self._replaying():
             return outputs["logits"].new_zeros(())
         memory = self._memory_batch(module)
         stored = memory.pop("logits")
@@ -85,7 +89,7 @@ class DERpp(ContinualCallback):
         return self.alpha * logit_mse(module.output_logits(memory), stored)
 
     def label_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
-        if len(self.buffer) == 0:
+        if not self._replaying():
             return outputs["logits"].new_zeros(())
         memory, self._shared = self._shared, None
         if memory is None:

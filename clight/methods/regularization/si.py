@@ -37,8 +37,10 @@ class SI(ContinualCallback):
         self.c, self.xi, self.gradient, self.nonnegative = c, xi, gradient, nonnegative
         self.quadratic = QuadraticPenalty()
         self.omega: dict[str, torch.Tensor] = {}  # the running path integral of the task being trained
-        self._step: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._tracked: list[tuple[str, torch.nn.Parameter]] = []
+        self._before: dict[str, torch.Tensor] = {}  # the weights before the step; then minus their move
+        self._grad: dict[str, torch.Tensor] = {}  # the gradient the step was taken on
+        self._stepped: list[str] = []
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         module.add_loss_term("si", self.penalty)
@@ -48,26 +50,39 @@ class SI(ContinualCallback):
 
     def on_task_start(self, module: Any, task: Task) -> None:
         self._tracked = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self.omega = {n: torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for n, p in self._tracked}
+        self.omega = {n: torch.zeros_like(p).detach() for n, p in self._tracked}
+        self._before = {n: torch.zeros_like(p).detach() for n, p in self._tracked}
+        self._grad = {n: torch.zeros_like(p).detach() for n, p in self._tracked}
         self.quadratic.set_anchor(module, {n for n, _ in self._tracked})
-        self._step = []
+        self._stepped = []
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        penalty_grads = self.quadratic.gradients(pl_module) if self.gradient == "unregularized" and self.c else {}
-        self._step = []
-        for name, param in self._tracked:
-            if param.grad is None:
-                continue
-            grad = param.grad.detach()
-            grad = grad - self.c * penalty_grads[name] if name in penalty_grads else grad.clone()
-            self._step.append((name, param, grad, param.detach().clone()))
+        self._stepped = [n for n, p in self._tracked if p.grad is not None]
+        if not self._stepped:
+            return
+        params = dict(self._tracked)
+        if self._before[self._stepped[0]].device != params[self._stepped[0]].device:  # the module moved
+            self._before = {n: t.to(params[n].device) for n, t in self._before.items()}
+            self._grad = {n: t.to(params[n].device) for n, t in self._grad.items()}
+        torch._foreach_copy_([self._before[n] for n in self._stepped], [params[n].detach() for n in self._stepped])
+        torch._foreach_copy_([self._grad[n] for n in self._stepped], [params[n].grad for n in self._stepped])
+        # the penalty's gradient is 2 c * importance * (theta - anchor): subtract it for the task's own gradient
+        weighted = self.quadratic.weighted if self.gradient == "unregularized" and self.c else {}
+        penalized = [n for n in self._stepped if n in weighted]
+        if penalized:
+            torch._foreach_add_([self._grad[n] for n in penalized], [weighted[n] for n in penalized], alpha=-2 * self.c)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        for name, param, grad, before in self._step:  # empty unless an optimizer step was taken
-            if self.omega[name].device != param.device:  # loaded from a checkpoint onto another device
-                self.omega[name] = self.omega[name].to(param.device)
-            self.omega[name] -= grad * (param.detach() - before)
-        self._step = []
+        if not self._stepped:  # no optimizer step in this batch
+            return
+        params = dict(self._tracked)
+        for n in self._stepped:
+            if self.omega[n].device != params[n].device:  # loaded from a checkpoint onto another device
+                self.omega[n] = self.omega[n].to(params[n].device)
+        moved = [self._before[n] for n in self._stepped]
+        torch._foreach_sub_(moved, [params[n].detach() for n in self._stepped])  # theta(before) - theta(after)
+        torch._foreach_addcmul_([self.omega[n] for n in self._stepped], [self._grad[n] for n in self._stepped], moved)
+        self._stepped = []
 
     def on_task_end(self, module: Any, task: Task) -> None:
         params = dict(module.named_parameters())
@@ -77,7 +92,7 @@ class SI(ContinualCallback):
             importance = previous.to(omega.device) + omega / (delta.pow(2) + self.xi)
             self.quadratic.importance[name] = importance.clamp_min(0) if self.nonnegative else importance
         self.quadratic.set_anchor(module)
-        self.omega, self._tracked = {}, []
+        self.omega, self._tracked, self._before, self._grad = {}, [], {}, {}
 
     def describe(self) -> dict:
         return {"class": "SI", "c": self.c, "xi": self.xi, "gradient": self.gradient, "nonnegative": self.nonnegative}
