@@ -34,8 +34,8 @@ class DERpp(ContinualCallback):
     memory holds anything: the task loss, plus ``alpha * MSE(logits now, stored logits)`` on one
     memory batch and ``beta * CE(labels)`` on a second, independently drawn memory batch, each of
     ``batch_size`` samples (``replay_batches="two"``, the paper and its authors' code);
-    ``replay_batches="one"`` computes both terms on one memory batch (Avalanche's variant, one
-    forward pass less). ``beta = 0`` is DER. Logged as ``train/derpp_logits``, ``train/derpp_labels``.
+    ``replay_batches="one"`` computes both terms on one memory batch and one forward pass
+    (Avalanche's variant). ``beta = 0`` is DER. Logged as ``train/derpp_logits``, ``train/derpp_labels``.
     The defaults alpha 0.1, beta 0.5 are the paper's choice for Seq-CIFAR-10 with 200 samples (it
     tunes them per benchmark).
     """
@@ -63,7 +63,7 @@ class DERpp(ContinualCallback):
         self.buffer = LogitReservoir(capacity)
         self._generator: Optional[torch.Generator] = None
         self._seen_batch: Optional[tuple[dict, torch.Tensor]] = None
-        self._shared: Optional[dict] = None  # the memory batch both terms use (replay_batches="one")
+        self._shared: Optional[torch.Tensor] = None  # the label loss of the one memory batch (replay_batches="one")
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         self._generator = context.generator(SALT)
@@ -84,18 +84,20 @@ class DERpp(ContinualCallback):
             return outputs["logits"].new_zeros(())
         memory = self._memory_batch(module)
         stored = memory.pop("logits")
+        label_loss, memory_outputs = module.task_loss(memory)  # the logits the stored ones came from
         if self.replay_batches == "one":
-            self._shared = memory
-        return self.alpha * logit_mse(module.output_logits(memory), stored)
+            self._shared = label_loss  # the label term reuses this batch and its forward pass
+        return self.alpha * logit_mse(memory_outputs["logits"], stored)
 
     def label_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         if not self._replaying():
             return outputs["logits"].new_zeros(())
-        memory, self._shared = self._shared, None
-        if memory is None:
+        label_loss, self._shared = self._shared, None
+        if label_loss is None:
             memory = self._memory_batch(module)
             memory.pop("logits")
-        return self.beta * module.task_loss(memory)[0]
+            label_loss = module.task_loss(memory)[0]
+        return self.beta * label_loss
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._seen_batch is not None:

@@ -65,12 +65,15 @@ class SI(ContinualCallback):
             self._before = {n: t.to(params[n].device) for n, t in self._before.items()}
             self._grad = {n: t.to(params[n].device) for n, t in self._grad.items()}
         torch._foreach_copy_([self._before[n] for n in self._stepped], [params[n].detach() for n in self._stepped])
-        torch._foreach_copy_([self._grad[n] for n in self._stepped], [params[n].grad for n in self._stepped])
         # the penalty's gradient is 2 c * importance * (theta - anchor): subtract it for the task's own gradient
         weighted = self.quadratic.weighted if self.gradient == "unregularized" and self.c else {}
         penalized = [n for n in self._stepped if n in weighted]
         if penalized:
-            torch._foreach_add_([self._grad[n] for n in penalized], [weighted[n] for n in penalized], alpha=-2 * self.c)
+            own = torch._foreach_add([params[n].grad for n in penalized], [weighted[n] for n in penalized], alpha=-2 * self.c)
+            self._grad.update(zip(penalized, own))
+        rest = [n for n in self._stepped if n not in weighted]
+        if rest:
+            torch._foreach_copy_([self._grad[n] for n in rest], [params[n].grad for n in rest])
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._stepped:  # no optimizer step in this batch
