@@ -8,10 +8,10 @@ from clight import MLP, ContinualClassifier, RunContext, SplitClasses, TaskSeque
 from clight.methods.regularization import MAS, SI
 
 
-def _setup():
+def _setup(norm=None):
     torch.manual_seed(0)
     data = TaskSequence(SplitClasses("digits", num_tasks=2), batch_size=8, seed=0)
-    model = ContinualClassifier(MLP([8]))
+    model = ContinualClassifier(MLP([8], norm=norm))
     model.setup_sequence(data.info)
     data.set_task(0)
     model.on_task_start(data.tasks[0])
@@ -96,9 +96,14 @@ def _batch_importance(model, data, task, batches, classes):
     return total
 
 
-@pytest.mark.parametrize("importance, accumulate", [("per_sample", "sum"), ("batch", "average")])
-def test_mas_importance_accumulates_over_two_tasks(importance, accumulate):
-    data, model = _setup()
+@pytest.mark.parametrize(
+    "importance, accumulate, norm",
+    [("per_sample", "sum", None), ("per_sample", "sum", "layer"), ("batch", "average", None)],
+    ids=["per_sample-linear", "per_sample-layernorm", "batch-average"],
+)
+def test_mas_importance_accumulates_over_two_tasks(importance, accumulate, norm):
+    # linear layers' sums come from one backward pass (|delta|^T |a|); a LayerNorm's from vmap
+    data, model = _setup(norm)
     mas = MAS(lambda_=2.0, importance=importance, accumulate=accumulate, alpha=0.25, samples=6, batch_size=4)
     mas.setup_sequence(model, data, RunContext(seed=0))
     expected: dict = {}
@@ -122,6 +127,7 @@ def test_mas_importance_accumulates_over_two_tasks(importance, accumulate):
             else:
                 expected[n] = previous + value if accumulate == "sum" else 0.25 * previous + 0.75 * value
             torch.testing.assert_close(mas.quadratic.importance[n], expected[n], rtol=1e-5, atol=1e-7)
+    assert ("vmap" in mas.path) == (norm == "layer") or importance == "batch"
     anchor = {n: p.detach().clone() for n, p in _params(model).items()}
     with torch.no_grad():
         for p in model.parameters():

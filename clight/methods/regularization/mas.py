@@ -12,6 +12,7 @@ from clight.data.task import Task
 from clight.distributed import global_rank, sum_across_ranks, world_size
 from clight.methods.base import ContinualCallback
 from clight.methods.regularization.fisher import fetch_samples, per_sample_sum
+from clight.methods.regularization.linear_sums import abs_gradient_sums
 from clight.methods.regularization.quadratic import QuadraticPenalty
 
 MASImportance = Literal["per_sample", "batch"]
@@ -21,8 +22,12 @@ MASAccumulate = Literal["sum", "average"]
 def squared_output_norm(module: Any, batch: dict) -> torch.Tensor:
     """Mean over the batch of ``||F(x)||^2``, ``F`` the output logits; classes a single head masks
     out (-inf, not seen yet) are not outputs."""
+    return _squared_norms(module, batch).mean()
+
+
+def _squared_norms(module: Any, batch: dict) -> torch.Tensor:
     logits = module.output_logits(batch)
-    return torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits)).pow(2).sum(-1).mean()
+    return torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits)).pow(2).sum(-1)
 
 
 class MAS(ContinualCallback):
@@ -87,13 +92,26 @@ class MAS(ContinualCallback):
         n = len(dataset) if self.samples is None else min(self.samples, len(dataset))
         rank, world = global_rank(), world_size()
         if self.importance == "per_sample":
-            total, self.path = per_sample_sum(module, dataset, range(rank, n, world), squared_output_norm, torch.abs)
+            total, self.path = self._per_sample_sums(module, dataset, range(rank, n, world))
             count = n
         else:
             starts = list(range(0, n, self.batch_size))
             total = self._batch_sums(module, dataset, [range(s, min(n, s + self.batch_size)) for s in starts[rank::world]])
             count, self.path = len(starts), f"one backward pass per batch of {self.batch_size}"
         return {name: sum_across_ranks(value) / count for name, value in total.items()}
+
+    @staticmethod
+    def _per_sample_sums(module: Any, dataset: Any, rows: range) -> tuple[dict[str, torch.Tensor], str]:
+        """Linear layers from one backward pass per chunk (``abs_gradient_sums``), the rest from
+        per-sample gradients."""
+        total = abs_gradient_sums(module, dataset, rows, lambda m, b: _squared_norms(m, b).sum())
+        rest = {n: p for n, p in module.named_parameters() if p.requires_grad and n not in total}
+        path = "linear layers: |delta|^T |a| from one backward pass per chunk"
+        if rest:
+            others, how = per_sample_sum(module, dataset, rows, squared_output_norm, torch.abs, params=rest)
+            total.update(others)
+            path += f"; other parameters: {how}"
+        return total, path
 
     @staticmethod
     def _batch_sums(module: Any, dataset: Any, batches: list[range]) -> dict[str, torch.Tensor]:
