@@ -14,14 +14,18 @@ from typing import Callable
 import torch
 
 from clight import MLP, ContinualClassifier, PermutedInputs, SplitClasses, TaskSequence
+from clight.methods.agem import AGEM
+from clight.methods.dark_replay import DERpp
+from clight.methods.gdumb import GDumb
 from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
+from clight.methods.icarl import ICaRL
 from clight.methods.inc_lora import IncLoRA
 from clight.methods.inflora import InfLoRA
 from clight.methods.moe_adapters import MoEAdapters
 from clight.methods.o_lora import OLoRA
 from clight.methods.osf import OSF
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
-from clight.methods.regularization import EWC, LwF
+from clight.methods.regularization import EWC, MAS, SI, LwF
 from clight.methods.reprogramming import CLRClassifier
 from clight.methods.selective_update import SPU
 from clight.methods.seq_lora import SeqLoRA
@@ -89,6 +93,21 @@ METHOD_EXAMPLES: dict[type, Example] = {
         [EWC(lambda_=100.0, fisher_samples=40), EWC(lambda_=10.0, fisher_samples=20, mode="separate")],
     ),
     LwF: lambda: (classifier(), digits(), [LwF(alpha=1.0), LwF(alpha=0.5, temperature=1.0)]),
+    SI: lambda: (classifier(), digits(), [SI(), SI(c=0.5, gradient="total", nonnegative=True)]),
+    MAS: lambda: (
+        classifier(),
+        digits(),
+        [MAS(samples=64), MAS(importance="batch", accumulate="average", samples=64, batch_size=16)],
+    ),
+    DERpp: lambda: (
+        classifier(),
+        digits(),
+        [DERpp(capacity=50, batch_size=16), DERpp(capacity=30, batch_size=8, replay_batches="one")],
+    ),
+    AGEM: lambda: (classifier(), digits(), [AGEM(samples_per_task=40, reference_batch_size=16), AGEM(20, 8, "per_task")]),
+    # iCaRL and GDumb each replace the replay stream, so a run holds one of them
+    ICaRL: lambda: (classifier(), digits(), [ICaRL(memory_size=60)]),
+    GDumb: lambda: (classifier(), digits(), [GDumb(capacity=200)]),
     ContinualBackprop: lambda: (
         classifier(),
         permuted_digits(),

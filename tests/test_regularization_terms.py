@@ -82,8 +82,8 @@ def test_lwf_term_is_the_distillation_from_the_previous_model(monkeypatch):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     moves = []
-    real_to = type(lwf.previous).to
-    monkeypatch.setattr(type(lwf.previous), "to", lambda self, *a, **k: (moves.append(a), real_to(self, *a, **k))[1])
+    real_to = type(lwf.previous.model).to
+    monkeypatch.setattr(type(lwf.previous.model), "to", lambda self, *a, **k: (moves.append(a), real_to(self, *a, **k))[1])
     old = torch.tensor(data.tasks[0].classes)
     for _ in range(3):
         loss, outputs = model.task_loss(batch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -152,13 +152,21 @@ class ContinualClassifier(ContinualModule):
         loss = F.cross_entropy(logits, self._targets(batch))
         return loss, {"features": features, "logits": logits}
 
+    def set_evaluation_scores(self, scores: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        """Score classes in evaluation with ``scores(features) -> [B, num_classes]`` instead of the
+        head (a method's classifier: iCaRL's nearest mean of exemplars); ``None`` restores the head.
+        Single-head models only: a task-incremental model scores each sample with its task's head."""
+        if scores is not None and self.multi_head:
+            raise ValueError("evaluation scores replace the single head; a task-incremental model has one head per task")
+        self.evaluation_scores = scores
+
     @torch.no_grad()
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
         features = self.features(batch["input"], batch["task_id"])
         if self.multi_head:
             logits = self.logits(features, batch["task_id"])
         else:  # the head once, for both the class-incremental and the task-aware count
-            raw = self.heads["all"](features)
+            raw = self.heads["all"](features) if self.evaluation_scores is None else self.evaluation_scores(features)
             logits = self._mask_unseen(raw)
         correct = (logits.argmax(1) == self._targets(batch)).sum()
         counts = {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}

@@ -68,6 +68,9 @@ class ContinualModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.loss_terms: dict[str, LossTerm] = {}
+        self.task_loss_replaced_by: Optional[str] = None  # a loss term trained on instead of the task loss
+        # a method's classifier used in evaluation instead of the heads (iCaRL's nearest mean of exemplars)
+        self.evaluation_scores: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.current_task = 0
         self.sequence: Optional[SequenceInfo] = None
         # correct / total summed over every rank before dividing (exact under DDP)
@@ -107,6 +110,17 @@ class ContinualModule(L.LightningModule):
             raise ValueError(f"loss term name {name!r} is reserved")
         self.loss_terms[name] = term
 
+    def replace_task_loss(self, name: str, term: LossTerm) -> None:
+        """Train on the loss term ``name`` instead of the task loss (iCaRL's sigmoid loss replaces
+        the cross-entropy). ``task_loss`` still runs, for the outputs the terms read, and is still
+        logged as ``train/task_loss``, but it adds nothing to the loss."""
+        if self.task_loss_replaced_by not in (None, name):
+            raise ValueError(
+                f"the task loss is already replaced by {self.task_loss_replaced_by!r}; {name!r} cannot replace it too"
+            )
+        self.add_loss_term(name, term)
+        self.task_loss_replaced_by = name
+
     # -- what methods may call ------------------------------------------------------------------
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -129,9 +143,9 @@ class ContinualModule(L.LightningModule):
         return True
 
     def frozen_copy(self) -> "ContinualModule":
-        """A deep copy with no gradients, in eval mode, detached from the Trainer and from the
-        loss terms (which belong to the methods that added them)."""
-        memo: dict[int, Any] = {id(self.loss_terms): {}}
+        """A deep copy with no gradients, in eval mode, detached from the Trainer and from what
+        methods attached (loss terms, evaluation scores: they belong to the methods)."""
+        memo: dict[int, Any] = {id(self.loss_terms): {}, id(self.evaluation_scores): None}
         if self._trainer is not None:
             memo[id(self._trainer)] = None
         copied = copy.deepcopy(self, memo)
@@ -141,10 +155,10 @@ class ContinualModule(L.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         task_loss, outputs = self.task_loss(batch)
-        loss, terms = task_loss, {}
+        loss, terms = (task_loss if self.task_loss_replaced_by is None else None), {}
         for name, term in self.loss_terms.items():
             terms[name] = term(self, batch, outputs)
-            loss = loss + terms[name]
+            loss = terms[name] if loss is None else loss + terms[name]
         step = self.global_step
         logged = self._logs_this_step(step)
         self._finite.observe(loss, self.current_task, step, due=logged, every_step=self.check_finite_every_step)

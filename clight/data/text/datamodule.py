@@ -30,6 +30,8 @@ class TextTaskSequence(TaskSequence):
     passages of it), on which ``GeneralPerplexity`` also measures perplexity.
     """
 
+    serves_method_memory = False  # the replayed stream is the general set
+
     def __init__(
         self,
         tasks: Sequence[Union[str, TextTaskSpec]] = ("rt_sentiment", "tweet_sentiment", "rt_subjectivity"),

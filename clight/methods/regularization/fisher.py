@@ -1,21 +1,19 @@
-"""The diagonal empirical Fisher: the mean over samples of squared per-sample gradients.
+"""Per-sample gradient statistics: the diagonal empirical Fisher (EWC) and MAS's importance.
 
-Two ways to the per-sample gradients, which agree to float rounding:
+Both are means over samples of an element-wise function of one sample's gradient: the square of
+the task loss's gradient (Fisher), the absolute value of the gradient of the output's squared
+norm (MAS). Per-sample gradients come from ``torch.func`` (``vmap`` of ``grad`` over one
+sample at a time), a chunk of samples per call. A model whose loss cannot run under ``vmap``
+(data-dependent Python branching, in-place buffer updates) falls back to one backward pass per
+sample; which path ran is returned so the run can record it.
 
-- *batched*: ``torch.func`` (``vmap`` of ``grad`` over the model's own ``task_loss`` on one
-  sample at a time), a chunk of samples per call. It writes every sample's whole gradient, so its
-  cost grows with the parameters; it saves the per-sample Python and dispatch work of the loop.
-- *looped*: one backward pass per sample. Also the fallback for a loss that cannot run under
-  ``vmap`` (data-dependent Python branching, in-place buffer updates).
-
-``path="auto"`` (what EWC uses) picks by ``choose_path``: a rule, not a timing, so every rank and
-every resumed run computes the same Fisher to the last bit. Which path ran is returned so the run
-can record it.
+``path="auto"`` (what EWC uses) picks the faster path by ``choose_path``: a rule, not a timing, so
+every rank and every resumed run computes the same Fisher to the last bit.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,19 +23,26 @@ FisherPath = Literal["auto", "batched", "looped"]
 BATCHED = "per-sample gradients batched with torch.func.vmap"
 LOOPED = "one backward pass per sample"
 
+Objective = Callable[[Any, dict], torch.Tensor]  # (module, batch of one sample) -> scalar
+Statistic = Callable[[torch.Tensor], torch.Tensor]  # element-wise, on one sample's gradient
 
-class _TaskLoss(nn.Module):
-    """``module.task_loss`` as a module's forward, so ``functional_call`` can swap its parameters."""
 
-    def __init__(self, module: nn.Module) -> None:
+def task_loss_objective(module: Any, batch: dict) -> torch.Tensor:
+    return module.task_loss(batch)[0]
+
+
+class _Objective(nn.Module):
+    """An objective of ``module`` as a module's forward, so ``functional_call`` can swap its parameters."""
+
+    def __init__(self, module: nn.Module, objective: Objective) -> None:
         super().__init__()
-        self.m = module
+        self.m, self.objective = module, objective
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.m.task_loss(batch)[0]
+        return self.objective(self.m, batch)
 
 
-def _samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
+def fetch_samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
     batch = (
         dataset.__getitems__(indices)
         if hasattr(dataset, "__getitems__")
@@ -46,38 +51,70 @@ def _samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int, chunk: int) -> dict[str, torch.Tensor]:
+def _batched(
+    module: nn.Module, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic, chunk: int
+) -> dict[str, torch.Tensor]:
     from torch.func import functional_call, grad, vmap
 
-    wrapper = _TaskLoss(module)
+    wrapper = _Objective(module, objective)
     trainable = {f"m.{k}": p.detach() for k, p in params.items()}
     fixed = {f"m.{k}": t for k, t in module.named_parameters() if k not in params}
     fixed.update({f"m.{k}": t for k, t in module.named_buffers()})
 
-    def one_loss(weights: dict, sample: dict) -> torch.Tensor:
+    def one_sample(weights: dict, sample: dict) -> torch.Tensor:
         single = {k: v.unsqueeze(0) for k, v in sample.items()}
         return functional_call(wrapper, {**weights, **fixed}, (single,))
 
-    per_sample = vmap(grad(one_loss), in_dims=(None, 0))
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
-    for start in range(0, n, chunk):
-        batch = _samples(dataset, list(range(start, min(n, start + chunk))), module.device)
+    per_sample = vmap(grad(one_sample), in_dims=(None, 0))
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for start in range(0, len(indices), chunk):
+        batch = fetch_samples(dataset, list(indices[start : start + chunk]), module.device)
         grads = per_sample(trainable, {k: v for k, v in batch.items() if torch.is_tensor(v)})
-        for k in fisher:
-            fisher[k] += grads[f"m.{k}"].pow(2).sum(0) / n
-    return fisher
+        for k in total:
+            total[k] += statistic(grads[f"m.{k}"]).sum(0)
+    return total
 
 
-def _looped(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int) -> dict[str, torch.Tensor]:
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
-    for i in range(n):
+def _looped(
+    module: nn.Module, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic
+) -> dict[str, torch.Tensor]:
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for i in indices:
         module.zero_grad(set_to_none=True)
-        module.task_loss(_samples(dataset, [i], module.device))[0].backward()
+        objective(module, fetch_samples(dataset, [int(i)], module.device)).backward()
         for k, p in params.items():
             if p.grad is not None:
-                fisher[k] += p.grad.detach().pow(2) / n
+                total[k] += statistic(p.grad.detach())
     module.zero_grad(set_to_none=True)
-    return fisher
+    return total
+
+
+def per_sample_sum(
+    module: nn.Module,
+    dataset: Any,
+    indices: Sequence[int],
+    objective: Objective,
+    statistic: Statistic,
+    chunk: int = 64,
+    params: Optional[dict[str, nn.Parameter]] = None,
+    path: FisherPath = "batched",
+) -> tuple[dict[str, torch.Tensor], str]:
+    """``sum over the samples at indices of statistic(d objective / d theta)`` for ``module``'s
+    trainable parameters (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``).
+    ``path``: ``auto`` (``choose_path``), ``batched`` or ``looped``; a loss ``vmap`` cannot run is looped."""
+    params = params if params is not None else {k: p for k, p in module.named_parameters() if p.requires_grad}
+    chosen = {"auto": choose_path(params), "batched": BATCHED, "looped": LOOPED}[path]
+    was_training = module.training
+    module.eval()
+    try:
+        if chosen == BATCHED:
+            try:
+                return _batched(module, params, dataset, indices, objective, statistic, chunk), BATCHED
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                pass
+        return _looped(module, params, dataset, indices, objective, statistic), LOOPED
+    finally:
+        module.train(was_training)
 
 
 #: on a CPU, the loop is faster above this many elements per trainable tensor (on average)
@@ -109,17 +146,6 @@ def diagonal_fisher(
     """Fisher of ``module``'s trainable parameters over the first ``samples`` items of ``dataset``
     (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``). ``path``:
     ``auto`` (``choose_path``), ``batched`` or ``looped``; a loss ``vmap`` cannot run is looped."""
-    params = {k: p for k, p in module.named_parameters() if p.requires_grad}
     n = min(samples, len(dataset))
-    chosen = {"auto": choose_path(params), "batched": BATCHED, "looped": LOOPED}[path]
-    was_training = module.training
-    module.eval()
-    try:
-        if chosen == BATCHED:
-            try:
-                return _batched(module, params, dataset, n, chunk), BATCHED
-            except (RuntimeError, NotImplementedError, TypeError, ValueError):
-                pass
-        return _looped(module, params, dataset, n), LOOPED
-    finally:
-        module.train(was_training)
+    total, how = per_sample_sum(module, dataset, range(n), task_loss_objective, torch.square, chunk, path=path)
+    return {k: v / n for k, v in total.items()}, how
