@@ -59,13 +59,11 @@ class ClassStatisticsMethod(ContinualCallback):
                 f"{name} needs a frozen feature extractor: set model.init_args.train_backbone: false"
                 + (" (the first task's adaptation trains a copy of it)" if self.adaptation else "")
             )
-        owner = getattr(module, OWNER, None)
-        if owner is not None and owner is not self:
-            raise ConfigError(
-                f"{name} and {type(owner).__name__} would both replace the model's classifier: keep one of them in `methods`"
-            )
+        owner = getattr(module, OWNER, None)  # (id, class name) of the method that owns the head
+        if owner is not None and owner[0] != id(self):
+            raise ConfigError(f"{name} and {owner[1]} would both replace the model's classifier: keep one of them in `methods`")
         first_session.check_adaptation(module.backbone, self.adaptation, name)
-        object.__setattr__(module, OWNER, self)
+        object.__setattr__(module, OWNER, (id(self), name))
 
     # -- the sequence -------------------------------------------------------------------------------
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
