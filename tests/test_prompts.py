@@ -5,6 +5,7 @@ frozen ViT (and frozen earlier prompts) bit-identical after training; refusals."
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from clight import ConfigError, ContinualCallback, SequenceRunner, TimmBackbone
 from clight.methods.prompts import L2P, CODAPrompt, DualPrompt, attention_with_prefix
 from clight.methods.prompts.coda import orthonormal_rows
 from clight.models.backbones import SmallCNN
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_vit() -> TimmBackbone:
@@ -183,3 +186,19 @@ def test_prompt_methods_refuse_what_does_not_apply(tmp_path, make, match):
     with pytest.raises(ConfigError, match=match):
         SequenceRunner(make(), digits(), trainer=TRAINER, run_dir=str(tmp_path / "run")).run()
     assert not (tmp_path / "run").exists()
+
+
+CONFIGS = sorted((ROOT / "configs" / "vit_cifar100").glob("*.yaml")) + sorted(
+    (ROOT / "configs" / "pretrained_fmnist").glob("*.yaml")
+)
+
+
+def test_the_paper_setting_and_cpu_configs_parse():
+    """Class paths and init arguments resolve (nothing is built: the ViT-B weights are not offline)."""
+    from clight.cli import build_fit_parser
+
+    parser = build_fit_parser()
+    configs = sorted((ROOT / "configs" / "vit_cifar100").glob("*.yaml"))
+    assert len(configs) == 6
+    for config in configs:
+        assert parser.parse_args(["--config", str(config)]).model.class_path.startswith("clight."), config
