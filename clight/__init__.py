@@ -48,6 +48,8 @@ _LAZY = {
     "ContinualCausalLM": "clight.models.causal_lm",
     "ContinualCLIP": "clight.models.clip",
     "SPU": "clight.methods.selective_update",
+    **dict.fromkeys(["SimpleCIL", "APER", "RanPAC"], "clight.methods.prototypes"),
+    **dict.fromkeys(["L2P", "DualPrompt", "CODAPrompt"], "clight.methods.prompts"),
     **dict.fromkeys(
         [
             "TextTaskSequence",

@@ -48,7 +48,7 @@ class L2P(PromptClassifier):
     the mean of the prompt tokens' outputs. Loss: cross-entropy + ``match_weight`` (lambda) x the
     cosine distances of the query to the chosen keys. ``batchwise_selection`` uses the batch's most
     frequent choices for every sample (the released code); the paper selects per sample. Defaults:
-    M = 10, N = 5, L_p = 5, lambda = 0.5 (the paper's); see ``docs/methods/prompts.md``.
+    M = 10, N = 5, L_p = 5, lambda = 0.5; ``docs/methods/prompts.md`` says where each comes from.
     """
 
     method_name = "L2P (Wang et al., CVPR 2022)"
