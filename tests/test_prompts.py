@@ -153,7 +153,7 @@ def test_coda_prompt_is_the_attention_weighted_sum_of_the_components_in_use():
     torch.testing.assert_close(rows @ flat[:2].T, torch.zeros(2, 2), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("make", [l2p, dualprompt, coda], ids=["L2P", "DualPrompt", "CODAPrompt"])
+@pytest.mark.parametrize("make", [dualprompt, coda], ids=["DualPrompt", "CODAPrompt"])
 def test_the_vit_never_moves_and_old_prompts_stay_frozen(tmp_path, make):
     model = make()
     vit_before = copy.deepcopy(model.vit.state_dict())
@@ -193,8 +193,9 @@ CONFIGS = sorted((ROOT / "configs" / "vit_cifar100").glob("*.yaml")) + sorted(
 )
 
 
-def test_the_paper_setting_and_cpu_configs_parse():
-    """Class paths and init arguments resolve (nothing is built: the ViT-B weights are not offline)."""
+def test_the_paper_setting_configs_parse():
+    """The GPU configs no run here exercises: class paths and init arguments resolve (nothing is
+    built: the ViT-B weights are not offline)."""
     from clight.cli import build_fit_parser
 
     parser = build_fit_parser()

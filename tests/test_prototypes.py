@@ -133,29 +133,6 @@ class Snapshot(ContinualCallback):
             self.state = copy.deepcopy(module.state_dict())
 
 
-def test_aper_adapts_a_copy_on_the_first_task_only_and_the_pretrained_branch_never_moves(tmp_path):
-    model = frozen_mlp()
-    pretrained = copy.deepcopy(model.backbone)
-    snapshot = Snapshot()
-    _, result, data = run(model, APER("finetune"), tmp_path, extra=[snapshot])
-    trained = result.metrics["trainable_parameters_per_task"]
-    assert trained[0] == sum(p.numel() for p in pretrained.parameters()) + 10 * 16 + 1 and trained[1] == 0
-    assert isinstance(model.backbone, FirstSessionBackbone)
-    for name, value in pretrained.state_dict().items():
-        assert torch.equal(model.backbone.pretrained.state_dict()[name], value), name
-    after = model.state_dict()
-    adapted = [k for k in after if k.startswith("backbone.adapted.")]
-    assert any(not torch.equal(after[k], model.backbone.pretrained.state_dict()[k[len("backbone.adapted.") :]]) for k in adapted)
-    assert all(torch.equal(after[k], snapshot.state[k]) for k in adapted)  # frozen after the first task
-    inputs, targets = train_split(data, 0)
-    model.eval()
-    with torch.no_grad():
-        features = torch.cat([pretrained(inputs), model.backbone.adapted(inputs)], 1).double().numpy()
-    prototypes = model.heads["all"].classifier.prototypes.numpy()
-    for c in data.tasks[0].classes:
-        np.testing.assert_allclose(prototypes[c], features[targets.numpy() == c].mean(0), rtol=1e-5, atol=1e-6)
-
-
 def tiny_vit() -> TimmBackbone:
     torch.manual_seed(0)
     return TimmBackbone("vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, image_size=8)
@@ -199,3 +176,42 @@ class FreezeHead(ContinualCallback):
 def test_a_model_with_nothing_to_train_is_still_refused_without_a_gradient_free_method(tmp_path):
     with pytest.raises(ValueError, match="no trainable parameters"):
         run(frozen_mlp(), FreezeHead(), tmp_path)
+
+
+def test_aper_adapts_a_copy_on_the_first_task_only_and_resumes_exactly_from_inside_it(tmp_path):
+    from test_contract import KillAt, SimulatedKill, assert_same
+
+    def start(folder, extra=(), resume=False):
+        model = frozen_mlp()
+        runner = SequenceRunner(
+            model, digits(), methods=[APER("finetune"), *extra], trainer=TRAINER, run_dir=str(folder), seed=0, resume=resume
+        )
+        return runner, runner.run()
+
+    pretrained = frozen_mlp().backbone
+    snapshot = Snapshot()
+    reference, expected = start(tmp_path / "reference", [snapshot])
+    model, data = reference.model, reference.data
+    trained = expected.metrics["trainable_parameters_per_task"]
+    assert trained[0] == sum(p.numel() for p in pretrained.parameters()) + 10 * 16 + 1 and trained[1] == 0
+    assert isinstance(model.backbone, FirstSessionBackbone)
+    for name, value in pretrained.state_dict().items():
+        assert torch.equal(model.backbone.pretrained.state_dict()[name], value), name
+    after = model.state_dict()
+    adapted = [k for k in after if k.startswith("backbone.adapted.")]
+    assert any(not torch.equal(after[k], model.backbone.pretrained.state_dict()[k[len("backbone.adapted.") :]]) for k in adapted)
+    assert all(torch.equal(after[k], snapshot.state[k]) for k in adapted)  # frozen after the first task
+    inputs, targets = train_split(data, 0)
+    model.eval()
+    with torch.no_grad():
+        features = torch.cat([pretrained(inputs), model.backbone.adapted(inputs)], 1).double().numpy()
+    prototypes = model.heads["all"].classifier.prototypes.numpy()
+    for c in data.tasks[0].classes:
+        np.testing.assert_allclose(prototypes[c], features[targets.numpy() == c].mean(0), rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(SimulatedKill):
+        start(tmp_path / "killed", [KillAt(task=0, epoch=1, batch=1)])
+    resumed, result = start(tmp_path / "killed", resume=True)
+    np.testing.assert_array_equal(result.accuracy_matrix, expected.accuracy_matrix)
+    assert_same(reference.model.state_dict(), resumed.model.state_dict(), "model")
+    assert_same(reference.methods[0].state_dict(), resumed.methods[0].state_dict(), "APER")

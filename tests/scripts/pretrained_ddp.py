@@ -13,19 +13,13 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ddp_helpers import rank_inverted  # noqa: E402
 
 from clight import MLP, ContinualClassifier, SequenceRunner, SplitClasses, TaskSequence, TimmBackbone  # noqa: E402
-from clight.data.views import collate_dict_batch  # noqa: E402
 from clight.methods.prompts import L2P  # noqa: E402
 from clight.methods.prototypes import RanPAC, SimpleCIL  # noqa: E402
-
-
-def rank_inverted(items):
-    batch = collate_dict_batch(items)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
-        batch["input"] = 1.0 - batch["input"]
-    return batch
-
 
 out, devices = sys.argv[1], int(sys.argv[2])
 trainer = dict(accelerator="cpu", devices=devices, max_epochs=1, limit_train_batches=3, enable_progress_bar=False)

@@ -21,13 +21,16 @@ class SimpleCIL(ClassStatisticsMethod):
     After each task, every class of the task gets its prototype: the mean feature of its training
     samples (summed over every task it occurs in, for domain-incremental sequences). A sample is
     scored by the cosine similarity of its feature to every prototype. Nothing is trained.
-    ``adaptation`` (``finetune``, ``ssf``, ``adapter``) is APER's first-session adaptation; see ``APER``.
+    ``APER`` adds first-session adaptation.
     """
 
     salt = 0x53434C  # "SCL"
 
-    def __init__(self, adaptation: Optional[first_session.Adaptation] = None) -> None:
-        super().__init__(adaptation)
+    def __init__(self) -> None:
+        self._init_statistics(None)
+
+    def _init_statistics(self, adaptation: Optional[first_session.Adaptation]) -> None:
+        ClassStatisticsMethod.__init__(self, adaptation)
         self.sums = torch.zeros(0, dtype=torch.float64)
         self.counts = torch.zeros(0, dtype=torch.float64)
 
@@ -80,4 +83,4 @@ class APER(SimpleCIL):
     def __init__(self, adaptation: first_session.Adaptation = "finetune") -> None:
         if adaptation is None:
             raise ValueError("APER needs an adaptation (finetune, ssf or adapter); without one it is SimpleCIL")
-        super().__init__(adaptation)
+        self._init_statistics(adaptation)
