@@ -26,7 +26,7 @@ def orthonormal_rows(existing: torch.Tensor, count: int) -> torch.Tensor:
     dim = existing.shape[1]
     if existing.shape[0] + count > dim:
         raise ValueError(f"cannot place {existing.shape[0] + count} orthogonal rows in {dim} dimensions")
-    rows = torch.randn(count, dim, dtype=torch.float64)
+    rows = torch.randn(count, dim, dtype=torch.float64).to(existing.device)  # the CPU generator on any device
     basis = existing.double()
     rows = rows - (rows @ basis.T) @ basis
     q, r = torch.linalg.qr(rows.T)
