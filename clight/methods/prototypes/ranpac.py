@@ -110,7 +110,8 @@ class RanPAC(ClassStatisticsMethod):
             "projection": "relu(f W_rand), W_rand ~ N(0, 1), frozen" if self.projection_dim else "none (h = f)",
             "ridge": (
                 f"chosen per task from {len(self.ridge_grid)} values ({min(self.ridge_grid):g} ... {max(self.ridge_grid):g}) "
-                f"by the validation MSE of a fit on the task's other rows ({self.validation_fraction:g} held out)"
+                f"by the validation MSE of a fit on the task's other rows ({self.validation_fraction:g} held out): the "
+                "released code's optimise_ridge_parameter, with a seeded row split"
                 if self.ridge == "validation"
                 else f"fixed at {self.ridge:g}"
             ),
