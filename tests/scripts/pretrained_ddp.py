@@ -30,8 +30,8 @@ for name, method in (("simplecil", SimpleCIL()), ("ranpac", RanPAC(projection_di
     torch.manual_seed(0)
     model = ContinualClassifier(MLP([16], in_features=64), train_backbone=False)
     data = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, collate_fn=rank_inverted)
-    SequenceRunner(model, data, methods=[method], trainer=trainer, run_dir=os.path.join(out, name), seed=0).run()
-    dump[name] = {"method": method.state_dict(), "model": model.state_dict()}
+    result = SequenceRunner(model, data, methods=[method], trainer=trainer, run_dir=os.path.join(out, name), seed=0).run()
+    dump[name] = {"method": method.state_dict(), "model": model.state_dict(), "initial": result.metrics["initial_accuracy"]}
 torch.manual_seed(0)
 vit = TimmBackbone("vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, image_size=8)
 model = L2P(vit, lambda p: torch.optim.Adam(p, lr=0.01), pool_size=4, length=2, top_k=2)
