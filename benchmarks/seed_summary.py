@@ -35,7 +35,12 @@ def run_metrics(run_dir: Path) -> dict:
     if manifest.get("status") != "finished":
         raise ValueError(f"{run_dir} is not finished (status {manifest.get('status')!r}); finish it first")
     out: dict = {"wall_time_seconds": float(sum(manifest["wall_time_per_task"]))}
-    for key, label in MATRICES.items():
+    metrics_file = run_dir / "metrics.json"
+    setting = json.loads(metrics_file.read_text()).get("data", {}).get("setting") if metrics_file.is_file() else None
+    kinds = dict(MATRICES)
+    if setting == "task_incremental":  # a task id is given at test: its accuracy is task-aware (CLR)
+        kinds = {"correct": "task-aware"}
+    for key, label in kinds.items():
         if key in manifest["matrices"]:
             matrix = np.array(manifest["matrices"][key], dtype=float)
             out[label] = {
@@ -62,7 +67,7 @@ def summarize(groups: dict[str, list[Path]]) -> dict:
         entry: dict = {"runs": [str(f) for f in folders], "per_run": runs}
         entry["wall_time_seconds"] = mean_std([r["wall_time_seconds"] for r in runs])
         for label in MATRICES.values():
-            if all(label in r for r in runs):
+            if runs and all(label in r for r in runs):
                 entry[label] = {
                     m: mean_std([r[label][m] for r in runs]) for m in ("average_accuracy", "backward_transfer", "forgetting")
                 }
