@@ -68,6 +68,8 @@ _LAZY = {
     "OLoRA": "clight.methods.o_lora",
     "InfLoRA": "clight.methods.inflora",
     "OSF": "clight.methods.osf",
+    **dict.fromkeys(["SimpleCIL", "APER", "RanPAC"], "clight.methods.prototypes"),
+    **dict.fromkeys(["L2P", "DualPrompt", "CODAPrompt"], "clight.methods.prompts"),
     **dict.fromkeys(
         [
             "TextTaskSequence",

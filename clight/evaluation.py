@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
+from clight.distributed import world_size
+
 
 @torch.no_grad()
 def evaluate_tasks(
@@ -45,6 +47,8 @@ def evaluate_tasks(
     stacked = torch.stack([r if r is not None else torch.zeros(len(keys), dtype=torch.float64, device=device) for r in rows])
     if strategy is not None and getattr(strategy, "world_size", 1) > 1:
         stacked = strategy.reduce(stacked, reduce_op="sum")
+    elif strategy is None and world_size() > 1:  # before the first fit: the process group the runner started
+        torch.distributed.all_reduce(stacked)
     stacked = stacked.cpu()
     result = {}
     for i, name in enumerate(keys):

@@ -25,6 +25,8 @@ from clight.methods.moe_adapters import MoEAdapters
 from clight.methods.o_lora import OLoRA
 from clight.methods.osf import OSF
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
+from clight.methods.prompts import L2P, CODAPrompt, DualPrompt
+from clight.methods.prototypes import APER, RanPAC, SimpleCIL
 from clight.methods.regularization import EWC, MAS, SI, LwF
 from clight.methods.reprogramming import CLRClassifier
 from clight.methods.selective_update import SPU
@@ -79,6 +81,22 @@ def tiny_lm(**kwargs) -> ContinualCausalLM:
 
 def tiny_clip() -> ContinualCLIP:
     return ContinualCLIP("tiny", class_names="digits", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.2))
+
+
+def frozen_classifier() -> ContinualClassifier:
+    torch.manual_seed(0)
+    return ContinualClassifier(MLP([32]), train_backbone=False)
+
+
+def tiny_vit() -> "object":
+    from clight import TimmBackbone
+
+    torch.manual_seed(0)
+    return TimmBackbone("vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, image_size=8)
+
+
+def adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=0.01)
 
 
 def clr() -> CLRClassifier:
@@ -144,6 +162,10 @@ METHOD_EXAMPLES: dict[type, Example] = {
             ),
         ],
     ),
+    # one instance each: a second would replace the head the first owns, and is refused
+    SimpleCIL: lambda: (frozen_classifier(), digits(), [SimpleCIL()]),
+    APER: lambda: (frozen_classifier(), digits(), [APER("finetune")]),
+    RanPAC: lambda: (frozen_classifier(), digits(), [RanPAC(projection_dim=24, ridge_grid=[0.1, 1.0, 10.0])]),
 }
 
 # The LoRA family: one method per model (two would fight over the active adapters), so one instance each.
@@ -163,4 +185,7 @@ MODEL_EXAMPLES: dict[type, Example] = {
     CLRClassifier: lambda: (clr(), digits(setting="task_incremental"), []),
     ContinualCausalLM: lambda: (tiny_lm(lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}), text(), []),
     ContinualCLIP: lambda: (tiny_clip(), digits(), []),
+    L2P: lambda: (L2P(tiny_vit(), adam, pool_size=4, length=2, top_k=2), digits(), []),
+    DualPrompt: lambda: (DualPrompt(tiny_vit(), adam, g_layers=[0], e_layers=[1], g_length=2, e_length=2), digits(), []),
+    CODAPrompt: lambda: (CODAPrompt(tiny_vit(), adam, pool_size=4, length=2, layers=[0, 1], init="per_task"), digits(), []),
 }

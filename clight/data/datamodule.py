@@ -15,6 +15,7 @@ from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import Scenario, SplitClasses
 from clight.data.task import SequenceInfo, Task
 from clight.data.views import ConcatViews, TaskView, collate_dict_batch
+from clight.distributed import global_rank, world_size
 
 #: how a memory joins the training stream: ``only`` trains on the memory alone (GDumb)
 StreamMode = Literal["mix", "uniform", "only"]
@@ -160,8 +161,8 @@ class TaskSequence(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
-        if trainer is None:
-            return 0, 1
+        if trainer is None:  # before the first fit, or a run whose fits are all gradient-free
+            return global_rank(), world_size()
         return trainer.global_rank, trainer.world_size
 
     def _loader(self, dataset, batch_sampler, collate_fn: Optional[Callable] = None) -> DataLoader:
@@ -221,7 +222,8 @@ class TaskSequence(L.LightningDataModule):
         return self._eval_loader(self.tasks[self.current_task].val)
 
     def evaluation_loader(self, task: int, split: str = "test") -> DataLoader:
-        """Task ``task``'s ``test`` (or ``val``) split, this rank's share of it, in order."""
+        """Task ``task``'s ``test`` (or ``val``, or ``train``) split, this rank's share of it, in order
+        (gradient-free methods read a task's training split this way)."""
         return self._eval_loader(getattr(self.tasks[task], split))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

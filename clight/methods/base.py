@@ -48,6 +48,9 @@ class ContinualCallback(Callback):
     settings: ClassVar[tuple[str, ...]] = SETTINGS
     module_protocol: ClassVar[Optional[type]] = None
     data_protocol: ClassVar[Optional[type]] = None
+    #: the method learns without gradient steps (class statistics gathered in ``on_task_end``):
+    #: a fit in which nothing is trainable is then skipped instead of refused as a misconfiguration
+    gradient_free: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "ContinualCallback":
         obj = super().__new__(cls)

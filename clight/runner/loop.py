@@ -169,7 +169,8 @@ class SequenceRunner:
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)
-        self.trainable_per_fit[fit.index :] = [sum(p.numel() for p in self.model.trainable_parameters())]
+        trainable = sum(p.numel() for p in self.model.trainable_parameters())
+        self.trainable_per_fit[fit.index :] = [trainable]
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
             self.folder.save_progress(self.progress)
@@ -190,8 +191,13 @@ class SequenceRunner:
             fit.index,
             self.stop,
         )
-        self.model.train()  # Lightning keeps a module's eval mode when a fit starts
-        self._fit(trainer, point)
+        if trainable == 0 and any(m.gradient_free for m in self.methods):
+            # nothing to step (a prototype classifier on a frozen backbone): no Lightning fit, whose DDP
+            # wrapper refuses a model without trainable parameters; the methods learn in on_task_end
+            self.model.to(trainer.strategy.root_device)
+        else:
+            self.model.train()  # Lightning keeps a module's eval mode when a fit starts
+            self._fit(trainer, point)
         for task in tasks:
             self.model.on_task_end(task)
             for method in self.methods:
