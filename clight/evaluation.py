@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
+from clight.distributed import shards_parameters
+
 
 @torch.no_grad()
 def evaluate_tasks(
@@ -18,7 +20,9 @@ def evaluate_tasks(
 
     Each rank scores its own share of every split (no sample twice, none padded) and the summed
     counts are reduced across ranks, so the result is exact and identical on every rank. A task
-    the module cannot score yet (no head) gets NaN.
+    the module cannot score yet (no head) gets NaN. With sharded parameters every rank takes part
+    in every forward, so every rank scores every sample (the data module's loaders are unsharded
+    then) and nothing is reduced.
     """
     device = strategy.root_device if strategy is not None else module.device
     module.to(device)
@@ -40,7 +44,7 @@ def evaluate_tasks(
     if keys is None:
         return {"correct": [math.nan] * len(rows)}
     stacked = torch.stack([r if r is not None else torch.zeros(len(keys), dtype=torch.float64, device=device) for r in rows])
-    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1 and not shards_parameters(strategy):
         stacked = strategy.reduce(stacked, reduce_op="sum")
     stacked = stacked.cpu()
     total = stacked[:, keys.index("total")]

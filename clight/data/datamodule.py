@@ -13,6 +13,7 @@ from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import Scenario, SplitClasses
 from clight.data.task import SequenceInfo, Task
 from clight.data.views import ConcatViews, TaskView, collate_dict_batch
+from clight.distributed import shards_parameters
 
 
 class TaskSequence(L.LightningDataModule):
@@ -152,6 +153,8 @@ class TaskSequence(L.LightningDataModule):
 
     def _eval_loader(self, dataset) -> DataLoader:
         rank, world = self._rank_world()
+        if self.trainer is not None and shards_parameters(self.trainer.strategy):
+            rank, world = 0, 1  # sharded parameters: every rank runs every forward, so every rank scores every sample
         return self._loader(dataset, evaluation_batches(len(dataset), self.eval_batch_size, rank, world))
 
     def val_dataloader(self) -> DataLoader:

@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from clight.io import UnreadableFileError, commit_file, load_checkpoint
+from clight.io import UnreadableFileError
+from clight.runner.sharded_checkpoints import commit_checkpoint, read_epoch_checkpoint, remove_checkpoint
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
 KEPT = 2
@@ -77,7 +78,7 @@ def find_resume_point(folder: Path) -> Optional[ResumePoint]:
     """The newest readable epoch checkpoint in ``folder``; damaged ones are skipped with a warning."""
     for path in epoch_checkpoints(folder):
         try:
-            checkpoint = load_checkpoint(path, mmap=True)
+            checkpoint = read_epoch_checkpoint(path)  # a file, or a sharded run's folder
             missing = [k for k in _REQUIRED if k not in checkpoint]
             if missing:
                 raise UnreadableFileError(path, f"not a clight epoch checkpoint (no {missing})")
@@ -139,11 +140,12 @@ class EpochCheckpoint(Checkpoint):
         tmp = self.folder / f".epoch_{epoch}.ckpt.tmp"
         if trainer.is_global_zero:
             self.folder.mkdir(parents=True, exist_ok=True)
+            remove_checkpoint(tmp)  # a sharded run writes a folder: no stale shards of a killed write in it
         trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes; ends with a barrier
         if trainer.is_global_zero:
-            commit_file(tmp, self.folder / f"epoch_{epoch}.ckpt")
+            commit_checkpoint(tmp, self.folder / f"epoch_{epoch}.ckpt")
             for old in epoch_checkpoints(self.folder)[KEPT:]:
-                old.unlink(missing_ok=True)
+                remove_checkpoint(old)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         # written at the end of the epoch: record the epoch as completed (Lightning counts it

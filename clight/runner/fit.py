@@ -13,9 +13,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from clight.choices import check_choice
+from clight.distributed import world_size
 from clight.runner.checkpoints import EpochCheckpoint
 from clight.runner.interrupt import StopOnSignal, StopRequest
 from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
+from clight.runner.sharding import fit_strategy
 from clight.seeding import reseed_globals
 
 RESERVED_TRAINER_KEYS = ("callbacks", "logger", "default_root_dir", "use_distributed_sampler")
@@ -114,6 +116,8 @@ def make_trainer(
 ) -> L.Trainer:
     """A fresh Trainer for one fit: the run's methods and logger, fresh per-fit callbacks."""
     kwargs = copy.deepcopy(trainer_kwargs)
+    if "strategy" in kwargs:
+        kwargs["strategy"] = fit_strategy(kwargs["strategy"], world_size())
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("log_every_n_steps", 10)
     if settings.max_steps_per_task is not None:

@@ -26,6 +26,7 @@ from clight.runner.preflight import check_finite, check_optimizer, check_trainin
 from clight.runner.processes import start_processes
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, CONFIG_CHANGES, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
+from clight.runner.sharding import check_sharding
 from clight.seeding import reseed_globals
 
 
@@ -144,6 +145,7 @@ class SequenceRunner:
         check_finite(self.trainer_kwargs, "trainer")
         check_training_length(self.trainer_kwargs, self.settings)
         check_optimizer(self.model)
+        check_sharding(self.trainer_kwargs, self.methods)
         return info
 
     def _open_folder(self) -> Optional[Resume]:

@@ -5,7 +5,8 @@ Lightning starts the other DDP processes (and the process group) inside the firs
 broadcasts its thresholds there), so the runner starts them first, with Fabric and the same
 accelerator, devices, strategy and number of nodes as the Trainer section. Each later
 Trainer then finds the processes running (``LOCAL_RANK`` is set) and the group initialised,
-and reuses both.
+and reuses both. A sharded run (``strategy: sharded``, Lightning's ModelParallelStrategy) starts
+the same processes as DDP: Fabric takes only its own strategy classes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clight.distributed import global_rank, world_size
+from clight.runner.sharding import launch_strategy
 
 LAUNCH_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
 
@@ -29,7 +31,10 @@ def start_processes(trainer_kwargs: dict) -> World:
         return World(global_rank(), world_size())
     from lightning.fabric import Fabric
 
-    fabric = Fabric(**{k: trainer_kwargs[k] for k in LAUNCH_KEYS if k in trainer_kwargs})
+    kwargs = {k: trainer_kwargs[k] for k in LAUNCH_KEYS if k in trainer_kwargs}
+    if "strategy" in kwargs:
+        kwargs["strategy"] = launch_strategy(kwargs["strategy"])
+    fabric = Fabric(**kwargs)
     if fabric.world_size > 1:
         fabric.launch()
     return World(fabric.global_rank, fabric.world_size)

@@ -17,9 +17,10 @@ from typing import Any, Optional
 import yaml
 
 from clight.distributed import is_rank_zero
-from clight.io import UnreadableFileError, load_checkpoint, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
+from clight.io import UnreadableFileError, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.runner.sharded_checkpoints import BOUNDARY_FOLDER, holds_dtensors, read_boundary, save_sharded_boundary
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -125,7 +126,7 @@ class RunFolder:
         manifest = self._read(MANIFEST, read_json)
         progress = self._progress(manifest, num_tasks, schedule)
         changes = self._check_config(config, allow_config_change)
-        boundary = self._read(BOUNDARY_CHECKPOINT, load_checkpoint) if progress.finished_fits else None
+        boundary = self._read(BOUNDARY_CHECKPOINT, read_boundary) if progress.finished_fits else None
         point = find_resume_point(self.fit_checkpoint_dir(progress.finished_fits))
         self.check_writable()
         return Resume(progress, str(manifest.get("status", "running")), boundary, point, changes)
@@ -215,10 +216,15 @@ class RunFolder:
             write_json_atomic(self.manifest_path, progress.manifest(status, **extra))
 
     def save_boundary(self, state: dict[str, Any], progress: Progress) -> None:
-        """The state after the last finished fit, then the manifest that points past it (rank 0)."""
+        """The state after the last finished fit, then the manifest that points past it (rank 0; a
+        sharded model's shards by every rank, so every rank calls it)."""
+        sharded = holds_dtensors(state["model"])
+        if sharded:
+            save_sharded_boundary(self.path / BOUNDARY_FOLDER, state)
         if not is_rank_zero():
             return
-        save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, state)
+        if not sharded:
+            save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, state)
         write_json_atomic(self.manifest_path, progress.manifest("running"))
         shutil.rmtree(self.fit_checkpoint_dir(progress.finished_fits - 1), ignore_errors=True)
 
