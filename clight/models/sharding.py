@@ -8,6 +8,8 @@ heads). A parameter is in exactly one unit, so FSDP2 gathers, reduces and shards
 On a later fit the model is already sharded: only the submodules holding parameters that are
 still plain tensors (added by a task since: a new head) are sharded, each as a unit of its own.
 A parameter added directly to an already-sharded module cannot be sharded that way and is refused.
+Modules a method fits itself, outside the optimizer (MoE adapters' DDAS autoencoders), are marked
+with ``keep_whole`` and stay whole (replicated) on every rank.
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+KEEP_WHOLE = "_clight_keep_whole"
+
+
+def keep_whole(module: nn.Module) -> nn.Module:
+    """Mark ``module`` to stay whole on every rank when the model around it is sharded (a module a
+    method fits itself between fits, which FSDP must neither shard nor reduce)."""
+    setattr(module, KEEP_WHOLE, True)
+    return module
+
+
+def _kept_whole(module: nn.Module) -> set[nn.Parameter]:
+    return {p for m in module.modules() if getattr(m, KEEP_WHOLE, False) for p in m.parameters()}
 
 
 def is_dtensor(tensor: Any) -> bool:
@@ -50,18 +65,19 @@ class ShardingRecord:
         return {"units_sharded_per_fit": list(self.units), "seconds_per_fit": [round(s, 4) for s in self.seconds]}
 
 
-def _plain_parameter_owners(module: nn.Module) -> list[nn.Module]:
-    """The topmost submodules of ``module`` whose parameters are all plain tensors (not yet sharded)."""
+def _plain_parameter_owners(module: nn.Module, whole_params: set[nn.Parameter]) -> list[nn.Module]:
+    """The topmost submodules of ``module`` whose parameters are all plain tensors (not yet sharded),
+    leaving out those kept whole."""
     owners: list[nn.Module] = []
 
     def visit(m: nn.Module, name: str) -> None:
-        params = list(m.parameters())
+        params = [p for p in m.parameters() if p not in whole_params]
         if not params:
             return
         if not any(is_dtensor(p) for p in params):
             owners.append(m)
             return
-        direct = [n for n, p in m.named_parameters(recurse=False) if not is_dtensor(p)]
+        direct = [n for n, p in m.named_parameters(recurse=False) if not is_dtensor(p) and p not in whole_params]
         if direct:
             raise RuntimeError(
                 f"parameters {direct} were added directly to {name or 'the model'} ({type(m).__name__}) after it was "
@@ -82,21 +98,21 @@ def shard(module: nn.Module, mesh: Any, units: Iterable[nn.Module]) -> int:
     own = [n for n, _ in module.named_parameters(recurse=False)]
     if own:
         raise RuntimeError(f"{type(module).__name__} holds parameters {own} itself: keep them in a submodule to shard it")
+    whole_params = _kept_whole(module)
+
+    def unit(m: nn.Module) -> None:
+        fully_shard(m, mesh=mesh, ignored_params={p for p in m.parameters() if p in whole_params} or None)
+
     if is_sharded(module):
-        new = _plain_parameter_owners(module)
+        new = _plain_parameter_owners(module, whole_params)
         for m in new:
-            fully_shard(m, mesh=mesh)
+            unit(m)
         return len(new)
-    count = 0
-    for unit in units:
-        if not isinstance(unit, FSDPModule):
-            fully_shard(unit, mesh=mesh)
-            count += 1
-    for child in module.children():
-        if any(True for _ in child.parameters()) and not isinstance(child, FSDPModule):
-            fully_shard(child, mesh=mesh)
-            count += 1
-    return count
+    todo = [u for u in units if not isinstance(u, FSDPModule)]
+    todo += [c for c in module.children() if any(p not in whole_params for p in c.parameters()) and not isinstance(c, FSDPModule)]
+    for m in todo:
+        unit(m)
+    return len(todo)
 
 
 def shard_for_fit(module: Any, record: ShardingRecord) -> None:
