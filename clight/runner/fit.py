@@ -33,6 +33,8 @@ class RunnerSettings:
     fixes a compute budget in optimizer steps. ``early_stopping_patience`` and ``select_best``
     watch ``monitor`` on the validation split. ``checkpoint_every_epoch`` keeps a checkpoint
     after every epoch of the running task, so a killed run resumes from its last epoch.
+    ``check_rank_consistency`` compares every rank's parameters and methods' state after every
+    task and stops on any difference (``clight.rank_check``; it costs a pass over the model).
     """
 
     baseline: Baseline = "sequential"
@@ -42,6 +44,7 @@ class RunnerSettings:
     monitor: str = "val/acc"
     select_best: bool = False
     checkpoint_every_epoch: bool = True
+    check_rank_consistency: bool = False
 
     def __post_init__(self) -> None:
         check_choice("runner.baseline", self.baseline, Baseline)

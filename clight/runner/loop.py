@@ -14,11 +14,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.evaluation import evaluate_tasks
+from clight.export import export_model
 from clight.io import read_json
 from clight.logger import SequenceCSVLogger
 from clight.methods.base import ContinualCallback, RunContext, assign_state_keys
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
+from clight.rank_check import check_rank_consistency
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
@@ -26,7 +28,7 @@ from clight.runner.preflight import check_finite, check_optimizer, check_trainin
 from clight.runner.processes import start_processes
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, CONFIG, CONFIG_CHANGES, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
-from clight.runner.sharding import check_sharding
+from clight.runner.sharding import check_sharding, shards_parameters
 from clight.seeding import reseed_globals
 
 
@@ -145,7 +147,7 @@ class SequenceRunner:
         check_finite(self.trainer_kwargs, "trainer")
         check_training_length(self.trainer_kwargs, self.settings)
         check_optimizer(self.model)
-        check_sharding(self.trainer_kwargs, self.methods)
+        check_sharding(self.trainer_kwargs, self.model, self.methods)
         return info
 
     def _open_folder(self) -> Optional[Resume]:
@@ -189,6 +191,8 @@ class SequenceRunner:
             for method in self.methods:
                 method.on_task_end(self.model, task)
             self.data.on_task_end(task.index)
+        if self.settings.check_rank_consistency:
+            check_rank_consistency(self.model, self.methods, self.data, fit.index)
         row = evaluate_tasks(self.model, self.data, trainer.strategy, tasks=self.schedule.tasks_to_evaluate(fit))
         self.progress.add_row(row, time.perf_counter() - started + _seconds_before(trainer), len(tasks))
         self.logger.step_offset += trainer.global_step
@@ -277,6 +281,8 @@ class SequenceRunner:
                 "methods": [m.describe() for m in self.methods],
             }
         )
+        if shards_parameters(self.trainer_kwargs.get("strategy", "auto")):  # DCP checkpoints: one plain copy anyone can load
+            export_model(self.model, self.run_dir / "final")
         self.folder.finish(metrics, self.progress)
         return self._result(metrics)
 

@@ -102,18 +102,18 @@ def launch_strategy(strategy: Any) -> Any:
     return strategy
 
 
-def check_sharding(trainer: dict, methods: list) -> None:
+def check_sharding(trainer: dict, model: Any, methods: list) -> None:
     """The strategy (``check_strategy``) and every method's ability to run under it, before anything runs."""
     check_strategy(trainer)
-    check_methods_shard(methods, trainer.get("strategy", "auto"))
+    check_methods_shard(methods, model, trainer.get("strategy", "auto"))
 
 
-def check_methods_shard(methods: list, strategy: Any) -> None:
+def check_methods_shard(methods: list, model: Any, strategy: Any) -> None:
     """A method that cannot run with sharded parameters is refused before the run starts."""
     if not shards_parameters(strategy):
         return
     for method in methods:
-        reason = getattr(method, "unshardable", None)
+        reason = method.sharding_refusal(model)
         if reason:
             raise ConfigError(
                 f"{type(method).__name__} cannot run under trainer.strategy={strategy_name(strategy)!r} (parameters sharded "

@@ -53,6 +53,9 @@ class MoEAdapters(ContinualCallback):
     threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
     """
 
+    # experts and routers are model parameters (sharded with their block); DDAS stays whole
+    state_layout = {"usage": "reduced", "history": "replicated"}
+
     def __init__(
         self,
         num_experts: int = 22,

@@ -26,6 +26,12 @@ class EWC(ContinualCallback):
     Penalty: ``lambda_ / 2 * sum_i F[i] (theta_i - anchor_i)^2``.
     """
 
+    state_layout = {"anchors": "sharded", "fishers": "sharded"}  # computed alike on every rank from the same samples
+    unshardable = (
+        "its Fisher takes per-sample gradients with torch.func.vmap over the whole model and its penalty reads whole "
+        "parameters; neither is written for FSDP's sharded parameters yet"
+    )
+
     def __init__(self, lambda_: float = 100.0, fisher_samples: int = 200, mode: EWCMode = "online", gamma: float = 1.0) -> None:
         check_choice("EWC.mode", mode, EWCMode)
         if lambda_ < 0 or fisher_samples < 1:

@@ -59,6 +59,10 @@ class SPU(ContinualCallback):
 
     module_protocol = LabelFreeOutputs
 
+    # masks: rank 0's top-k on every rank, saved whole at 1 bit per entry; in use (with sharded
+    # parameters) each rank keeps its shard of them and of the task-start weights
+    state_layout = {"mask_task": "replicated", "masks": "replicated", "shapes": "replicated", "records": "replicated"}
+
     def __init__(
         self,
         fraction: float = 0.1,
