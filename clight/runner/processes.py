@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clight.distributed import global_rank, world_size
+from clight.distributed import barrier, global_rank, world_size
 from clight.runner.sharding import launch_strategy
 
 LAUNCH_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
@@ -27,7 +27,8 @@ class World:
 
 def start_processes(trainer_kwargs: dict) -> World:
     """Launch the other processes (if the Trainer section asks for several) and set up the group."""
-    if world_size() > 1:
+    if world_size() > 1:  # a later run in the same processes: every rank has read the run folder before rank 0 writes
+        barrier()
         return World(global_rank(), world_size())
     from lightning.fabric import Fabric
 
