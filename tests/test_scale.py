@@ -2,8 +2,9 @@
 CPU processes against DDP, the rank-consistency check on every stateful method, a killed sharded
 run resumed, the consolidated model in plain transformers, and the refusals.
 
-The 2-process runs are four launches of tests/scripts/scale_runs.py (the DDP one also runs every
-other stateful method with the check on). Stated tolerance between sharded and DDP weights: 1e-6
+The 2-process runs are four launches of tests/scripts/scale_runs.py: DDP (LoRA + GeRe TM + general
+perplexity, SPU, MoE adapters, and every other stateful method with the rank check on), sharded
+(the first three), a sharded run killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
 absolute (both average the same per-rank gradients, FSDP by reduce-scatter, DDP by all-reduce);
 SPU's masks and every entry they leave frozen must be identical.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_on_two_ranks
-from contract_examples import TRAINER, classifier, digits, tiny_lm
+from contract_examples import TRAINER, classifier, clr, digits, tiny_lm
 
 from clight import ConfigError, SequenceRunner
 from clight.distributed_state import LAYOUTS
@@ -41,8 +42,8 @@ def _launch(out: Path, *args: str) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scale")
     (root / "ddp").mkdir(), (root / "sharded").mkdir()
-    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,methods,mismatch", timeout=600)
-    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu", timeout=600)
+    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,methods,mismatch", timeout=600)
+    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe", timeout=600)
     return {"root": root, "ddp": ddp, "sharded": sharded}
 
 
@@ -64,6 +65,7 @@ def test_sharded_lora_gere_ends_with_the_weights_and_thresholds_of_ddp(runs):
     assert sharded["mu"].dtype == torch.float32
     assert torch.equal(sharded["matrix"], ddp["matrix"])
     assert torch.allclose(sharded["logits"], ddp["logits"], atol=1e-5)
+    assert len(sharded["perplexity"]) == 3 and torch.allclose(sharded["perplexity"], ddp["perplexity"], rtol=1e-6)
 
 
 @pytest.mark.ddp
@@ -84,19 +86,24 @@ def test_sharded_spu_selects_the_masks_of_ddp_and_keeps_the_same_entries_frozen(
 
 
 @pytest.mark.ddp
+def test_sharded_moe_adapters_route_freeze_and_end_as_under_ddp(runs):
+    ddp, sharded = runs["ddp"][0]["moe"], runs["sharded"][0]["moe"]
+    assert sharded["frozen"] == ddp["frozen"] and any(any(f.values()) for f in sharded["frozen"])
+    for block, usage in sharded["usage"].items():
+        assert torch.equal(usage, ddp["usage"][block]) and usage.sum() > 0, block  # picks summed over both ranks
+    _close(sharded["params"], ddp["params"])  # experts, routers and the DDAS autoencoders (kept whole)
+    assert any("autoencoders" in k for k in sharded["params"])
+    assert torch.equal(sharded["matrix"], ddp["matrix"])
+
+
+@pytest.mark.ddp
 def test_the_rank_check_runs_after_every_task_for_every_stateful_method_and_stops_a_difference(runs):
     ddp, sharded = runs["ddp"][0], runs["sharded"][0]
-    assert ddp["lora"]["checks"] == ddp["spu"]["checks"] == sharded["lora"]["checks"] == sharded["spu"]["checks"] == 2
-    assert {name: r["checks"] for name, r in ddp["methods"].items()} == {"classifier": 2, "permuted": 2, "clr": 2, "moe": 2}
+    assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe"))
+    assert {name: r["checks"] for name, r in ddp["methods"].items()} == {"classifier": 2, "permuted": 2, "clr": 2}
     message = ddp["mismatch"]
     assert message is not None and "after task 0" in message and "RankSkew" in message and "counts" in message
     assert "rank 1" in message
-    from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
-    from clight.methods.regularization import EWC
-
-    classes = {c.__name__: c for c in (EWC, LwF, ShrinkPerturb, PlasticityMonitor, ContinualBackprop, ReDo)}
-    for name, keys in ddp["state_keys"].items():  # every entry a method keeps has a declared layout
-        assert set(keys) <= set(classes[name].state_layout), name
 
 
 @pytest.mark.ddp
@@ -164,6 +171,8 @@ def test_a_method_that_cannot_run_sharded_is_refused_before_the_run_naming_the_s
     lora = tiny_lm(lora={"r": 2, "target_modules": ["q_proj"]})
     check_methods_shard([GeneralReplay("feature_l2"), GeneralReplay("tm")], lora, "sharded")  # adapters disabled: no copy
     check_methods_shard([LwF()], classifier(), "ddp")  # DDP keeps whole parameters
+    with pytest.raises(ConfigError, match="CLRClassifier cannot be trained under trainer.strategy='sharded'"):
+        check_methods_shard([], clr(), "sharded")
 
 
 def test_every_method_declares_valid_layouts():

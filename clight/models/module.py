@@ -59,6 +59,8 @@ class ContinualModule(L.LightningModule):
     settings_reason: ClassVar[str] = ""
     #: check the loss for NaN / inf on every step (None: on the CPU only, where it costs nothing)
     check_finite_every_step: Optional[bool] = None
+    #: why the model cannot be trained with sharded parameters (None: it can; ``clight.models.sharding``)
+    unshardable: ClassVar[Optional[str]] = None
 
     def __init__(
         self,

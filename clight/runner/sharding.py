@@ -112,6 +112,12 @@ def check_methods_shard(methods: list, model: Any, strategy: Any) -> None:
     """A method that cannot run with sharded parameters is refused before the run starts."""
     if not shards_parameters(strategy):
         return
+    reason = getattr(model, "unshardable", None)
+    if reason:
+        raise ConfigError(
+            f"{type(model).__name__} cannot be trained under trainer.strategy={strategy_name(strategy)!r} (parameters "
+            f"sharded across ranks): {reason}. Use strategy: ddp (or one device)."
+        )
     for method in methods:
         reason = method.sharding_refusal(model)
         if reason:

@@ -4,10 +4,12 @@ consistency check on; each rank saves the whole weights and the methods' state o
 usage: python scale_runs.py OUT_DIR STRATEGY RUNS [--stop-at TASK,EPOCH,BATCH] [--resume]
 
 STRATEGY: ``sharded`` or ``ddp``. RUNS, comma-separated:
-- ``lora``: LoRA + GeRe TM (weights, GeRe's thresholds, the logits of a fixed input);
+- ``lora``: LoRA + GeRe TM + general perplexity (weights, GeRe's thresholds, the perplexities,
+  the logits of a fixed input);
 - ``spu``: full fine-tuning with SPU (weights, masks);
+- ``moe``: MoE adapters with DDAS (weights, expert picks, the frozen experts);
 - ``methods`` (DDP): every other stateful method (EWC, LwF, continual backprop, ReDo, shrink &
-  perturb, the plasticity monitor, replay, CLR, MoE adapters, general perplexity), each run checked;
+  perturb, the plasticity monitor, replay, CLR), each run checked;
 - ``mismatch`` (DDP): a method whose state differs on rank 1 must be stopped by the check.
 ``--stop-at``: every rank raises tests/kills.py's SimulatedKill before that training batch of
 the ``lora`` run. ``--resume``: resume OUT_DIR's ``lora`` run.
@@ -99,10 +101,10 @@ class RankSkew(ContinualCallback):
 saved: dict = {}
 if "lora" in runs:
     model = tiny_lm(lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
-    gere = GeneralReplay("tm")
-    methods = [gere] + ([StopAt(*map(int, args.stop_at.split(",")))] if args.stop_at else [])
+    gere, perplexity = GeneralReplay("tm"), GeneralPerplexity(batch_size=2)
+    methods = [gere, perplexity] + ([StopAt(*map(int, args.stop_at.split(",")))] if args.stop_at else [])
     saved["lora"] = run("lora", model, text(), methods, resume=args.resume)
-    saved["lora"].update(gere.state_dict())
+    saved["lora"].update(gere.state_dict(), perplexity=torch.tensor(perplexity.history))
     ids = torch.arange(24).view(2, 12) % 40 + 3
     model.eval()
     with torch.no_grad():  # every rank takes part in the sharded forward
@@ -111,6 +113,12 @@ if "spu" in runs:
     model, spu = tiny_lm(), SPU(importance_batches=1.0)
     saved["spu"] = run("spu", model, text(), [spu])
     saved["spu"]["masks"] = dict(spu.masks)
+if "moe" in runs:
+    moe = MoEAdapters(num_experts=4, bottleneck=8, ae_steps=10)
+    strategy = "ddp_find_unused_parameters_true" if args.strategy == "ddp" else args.strategy
+    saved["moe"] = run("moe", tiny_lm(), text(), [moe], strategy=strategy)
+    saved["moe"]["usage"] = moe.state_dict()["usage"]
+    saved["moe"]["frozen"] = [h["frozen_experts"] for h in moe.history]
 if "methods" in runs:
     torch.manual_seed(0)
     replayed = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16))
@@ -126,15 +134,7 @@ if "methods" in runs:
         "classifier": run("classifier", ContinualClassifier(MLP([32, 32])), replayed, classifier_methods),
         "permuted": run("permuted", ContinualClassifier(MLP([32])), permuted_digits(), [EWC(fisher_samples=20, mode="separate")]),
         "clr": run("clr", clr(), digits(setting="task_incremental"), []),
-        "moe": run(
-            "moe",
-            tiny_lm(),
-            text(),
-            [MoEAdapters(num_experts=4, bottleneck=8, ae_steps=10), GeneralPerplexity(batch_size=2)],
-            strategy="ddp_find_unused_parameters_true",
-        ),
     }
-    saved["state_keys"] = {type(m).__name__: sorted(m.state_dict()) for m in classifier_methods}
 if "mismatch" in runs:
     try:
         run("mismatch", ContinualClassifier(MLP([16])), digits(), [RankSkew()], max_epochs=1)
