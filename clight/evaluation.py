@@ -9,6 +9,7 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 
 from clight.distributed import shards_parameters
+from clight.models.sharding import reshard
 
 
 @torch.no_grad()
@@ -41,6 +42,7 @@ def evaluate_tasks(
         keys = keys or sorted(sums)
         rows.append(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in keys]))
     module.train(was_training)
+    reshard(module)
     if keys is None:
         return {"correct": [math.nan] * len(rows)}
     stacked = torch.stack([r if r is not None else torch.zeros(len(keys), dtype=torch.float64, device=device) for r in rows])

@@ -14,7 +14,7 @@ from clight.choices import SETTINGS
 from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
 from clight.models.finite import FiniteLossCheck, NonFiniteLossError
-from clight.models.sharding import ShardingRecord, shard_for_fit, transformer_blocks
+from clight.models.sharding import ShardingRecord, reshard, shard_for_fit, transformer_blocks
 
 __all__ = ["ContinualModule", "NonFiniteLossError", "default_optimizer"]
 
@@ -204,6 +204,9 @@ class ContinualModule(L.LightningModule):
         """Under a sharded strategy, FSDP2 on the first fit and on what later tasks add only
         (``clight.models.sharding``); nothing under any other strategy."""
         shard_for_fit(self, self.sharding)
+
+    def on_fit_end(self) -> None:
+        reshard(self)  # a sharded model leaves every fit as its shards
 
     def shard_units(self) -> list[torch.nn.Module]:
         """The blocks sharded one by one before the rest (default: Hugging Face transformer blocks)."""

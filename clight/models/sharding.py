@@ -128,6 +128,17 @@ def shard_for_fit(module: Any, record: ShardingRecord) -> None:
     record.seconds.append(time.perf_counter() - started)
 
 
+def reshard(module: nn.Module) -> None:
+    """Free every gathered block of a sharded ``module`` (FSDP keeps the root's gathered after a
+    forward without backward): between fits the parameters are their shards, as checkpoints and
+    methods expect."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of ``tensor``: the local shard of a DTensor, the tensor itself otherwise."""
     return tensor.to_local() if is_dtensor(tensor) else tensor
