@@ -3,8 +3,9 @@ CPU processes against DDP, the rank-consistency check on every stateful method, 
 run resumed, the consolidated model in plain transformers, and the refusals.
 
 The 2-process runs are four launches of tests/scripts/scale_runs.py: DDP (LoRA + GeRe TM + general
-perplexity, SPU, MoE adapters, and every other stateful method with the rank check on), sharded
-(the first three), a sharded run killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
+perplexity, SPU, MoE adapters, a task-incremental classifier whose second task adds a head, and
+every other stateful method with the rank check on), sharded (the first four), a sharded run
+killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
 absolute (both average the same per-rank gradients, FSDP by reduce-scatter, DDP by all-reduce);
 SPU's masks and every entry they leave frozen must be identical.
 """
@@ -42,8 +43,8 @@ def _launch(out: Path, *args: str) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scale")
     (root / "ddp").mkdir(), (root / "sharded").mkdir()
-    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,methods,mismatch", timeout=600)
-    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe", timeout=600)
+    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,heads,methods,mismatch", timeout=600)
+    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe,heads", timeout=600)
     return {"root": root, "ddp": ddp, "sharded": sharded}
 
 
@@ -97,9 +98,19 @@ def test_sharded_moe_adapters_route_freeze_and_end_as_under_ddp(runs):
 
 
 @pytest.mark.ddp
+def test_a_head_added_by_a_later_task_is_sharded_then_and_trains_as_under_ddp(runs):
+    ddp, sharded = runs["ddp"][0]["heads"], runs["sharded"][0]["heads"]
+    assert sharded["sharding"] == [2, 1]  # the backbone and head 0 in the first fit; head 1 alone in the second
+    assert ddp["sharding"] == []  # DDP shards nothing
+    assert {"heads.0.weight", "heads.1.weight"} <= set(sharded["params"])
+    _close(sharded["params"], ddp["params"])
+    assert torch.equal(sharded["matrix"], ddp["matrix"])
+
+
+@pytest.mark.ddp
 def test_the_rank_check_runs_after_every_task_for_every_stateful_method_and_stops_a_difference(runs):
     ddp, sharded = runs["ddp"][0], runs["sharded"][0]
-    assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe"))
+    assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe", "heads"))
     assert {name: r["checks"] for name, r in ddp["methods"].items()} == {"classifier": 2, "permuted": 2, "clr": 2}
     message = ddp["mismatch"]
     assert message is not None and "after task 0" in message and "RankSkew" in message and "counts" in message

@@ -90,6 +90,21 @@ def _plain_parameter_owners(module: nn.Module, whole_params: set[nn.Parameter]) 
     return owners
 
 
+def _called_parts(module: nn.Module) -> list[nn.Module]:
+    """The top-level parts of ``module`` that are called through their forward: its children, and
+    the members of children that are containers (heads in a ``ModuleDict``), which FSDP can only
+    gather inside a forward of their own."""
+    parts: list[nn.Module] = []
+    for child in module.children():
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            parts += _called_parts(child)
+        elif isinstance(child, (nn.ParameterDict, nn.ParameterList)):
+            raise RuntimeError(f"{type(module).__name__} keeps parameters in a {type(child).__name__}: FSDP cannot shard them")
+        else:
+            parts.append(child)
+    return parts
+
+
 def shard(module: nn.Module, mesh: Any, units: Iterable[nn.Module]) -> int:
     """Shard ``module`` with FSDP2 over ``mesh`` (blocks ``units`` first); on an already sharded
     module, only what was added since. Returns the number of units sharded now."""
@@ -109,7 +124,9 @@ def shard(module: nn.Module, mesh: Any, units: Iterable[nn.Module]) -> int:
             unit(m)
         return len(new)
     todo = [u for u in units if not isinstance(u, FSDPModule)]
-    todo += [c for c in module.children() if any(p not in whole_params for p in c.parameters()) and not isinstance(c, FSDPModule)]
+    todo += [
+        c for c in _called_parts(module) if any(p not in whole_params for p in c.parameters()) and not isinstance(c, FSDPModule)
+    ]
     for m in todo:
         unit(m)
     return len(todo)

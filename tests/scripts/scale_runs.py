@@ -8,6 +8,7 @@ STRATEGY: ``sharded`` or ``ddp``. RUNS, comma-separated:
   the logits of a fixed input);
 - ``spu``: full fine-tuning with SPU (weights, masks);
 - ``moe``: MoE adapters with DDAS (weights, expert picks, the frozen experts);
+- ``heads``: a task-incremental MLP classifier, whose second task adds a head (sharded on its own);
 - ``methods`` (DDP): every other stateful method (EWC, LwF, continual backprop, ReDo, shrink &
   perturb, the plasticity monitor, replay, CLR), each run checked;
 - ``mismatch`` (DDP): a method whose state differs on rank 1 must be stopped by the check.
@@ -27,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contract_examples import clr, digits, permuted_digits, text, tiny_lm  # noqa: E402
+from contract_examples import classifier, clr, digits, permuted_digits, text, tiny_lm  # noqa: E402
 from kills import StopAt  # noqa: E402
 
 import clight.runner.loop  # noqa: E402
@@ -121,6 +122,10 @@ if "moe" in runs:
     saved["moe"] = run("moe", tiny_lm(), text(), [moe], strategy=strategy)
     saved["moe"]["usage"] = moe.state_dict()["usage"]
     saved["moe"]["frozen"] = [h["frozen_experts"] for h in moe.history]
+if "heads" in runs:
+    model = classifier()
+    saved["heads"] = run("heads", model, digits(setting="task_incremental"), [], limit_train_batches=3)
+    saved["heads"]["sharding"] = model.sharding.describe()["units_sharded_per_fit"]
 if "methods" in runs:
     torch.manual_seed(0)
     replayed = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16))
