@@ -3,8 +3,8 @@ CPU processes against DDP, the rank-consistency check on every stateful method, 
 run resumed, the consolidated model in plain transformers, and the refusals.
 
 The 2-process runs are four launches of tests/scripts/scale_runs.py: DDP (LoRA + GeRe TM + general
-perplexity, SPU, MoE adapters, a task-incremental classifier whose second task adds a head, and
-every other stateful method with the rank check on), sharded (the first four), a sharded run
+perplexity, SPU, MoE adapters, a task-incremental classifier whose second task adds a head, EWC,
+and every other stateful method with the rank check on), sharded (the first five), a sharded run
 killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
 absolute (both average the same per-rank gradients, FSDP by reduce-scatter, DDP by all-reduce);
 SPU's masks and every entry they leave frozen must be identical.
@@ -43,8 +43,8 @@ def _launch(out: Path, *args: str) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scale")
     (root / "ddp").mkdir(), (root / "sharded").mkdir()
-    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,heads,methods,mismatch", timeout=600)
-    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe,heads", timeout=600)
+    ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,heads,ewc,methods,mismatch", timeout=600)
+    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe,heads,ewc", timeout=600)
     return {"root": root, "ddp": ddp, "sharded": sharded}
 
 
@@ -108,9 +108,23 @@ def test_a_head_added_by_a_later_task_is_sharded_then_and_trains_as_under_ddp(ru
 
 
 @pytest.mark.ddp
+def test_sharded_ewc_keeps_its_fisher_and_anchor_in_shards_and_ends_as_under_ddp(runs):
+    ddp, sharded = runs["ddp"][0]["ewc"], runs["sharded"][0]["ewc"]
+    # DDP takes per-sample gradients with torch.func, sharded runs one backward pass per sample:
+    # the same Fisher up to float rounding (stated: 1e-6 of its largest entry)
+    assert "vmap" in ddp["fisher_path"] and "one backward pass" in sharded["fisher_path"]
+    for key, fisher in ddp["fishers"][0].items():
+        assert sharded["fishers"][0][key].dtype == torch.float32
+        assert torch.allclose(sharded["fishers"][0][key], fisher, atol=1e-6 * float(fisher.abs().max()), rtol=0), key
+        assert torch.allclose(sharded["anchors"][0][key], ddp["anchors"][0][key], atol=TOLERANCE, rtol=0), key
+    _close(sharded["params"], ddp["params"])
+    assert torch.equal(sharded["matrix"], ddp["matrix"])
+
+
+@pytest.mark.ddp
 def test_the_rank_check_runs_after_every_task_for_every_stateful_method_and_stops_a_difference(runs):
     ddp, sharded = runs["ddp"][0], runs["sharded"][0]
-    assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe", "heads"))
+    assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe", "heads", "ewc"))
     assert {name: r["checks"] for name, r in ddp["methods"].items()} == {"classifier": 2, "permuted": 2, "clr": 2}
     message = ddp["mismatch"]
     assert message is not None and "after task 0" in message and "RankSkew" in message and "counts" in message

@@ -173,3 +173,20 @@ def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+def shard_of(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor`` (whole, or a DTensor), laid out as ``param`` is: a state kept
+    per parameter (a Fisher, an anchor) read next to the parameter's shard."""
+    if is_dtensor(tensor):
+        return local(tensor)
+    return local_part(tensor, param)
+
+
+def laid_out_like(tensor: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (whole) as a DTensor sharded like ``ref`` when ``ref`` is one (no communication)."""
+    if is_dtensor(tensor) or not is_dtensor(ref):
+        return tensor
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(tensor.to(local(ref).device), ref.device_mesh, ref.placements, src_data_rank=None)

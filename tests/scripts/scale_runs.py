@@ -9,6 +9,7 @@ STRATEGY: ``sharded`` or ``ddp``. RUNS, comma-separated:
 - ``spu``: full fine-tuning with SPU (weights, masks);
 - ``moe``: MoE adapters with DDAS (weights, expert picks, the frozen experts);
 - ``heads``: a task-incremental MLP classifier, whose second task adds a head (sharded on its own);
+- ``ewc``: an MLP classifier on permuted digits with EWC (weights, Fisher and anchor, whole);
 - ``methods`` (DDP): every other stateful method (EWC, LwF, continual backprop, ReDo, shrink &
   perturb, the plasticity monitor, replay, CLR), each run checked;
 - ``mismatch`` (DDP): a method whose state differs on rank 1 must be stopped by the check.
@@ -126,6 +127,10 @@ if "heads" in runs:
     model = classifier()
     saved["heads"] = run("heads", model, digits(setting="task_incremental"), [], limit_train_batches=3)
     saved["heads"]["sharding"] = model.sharding.describe()["units_sharded_per_fit"]
+if "ewc" in runs:
+    ewc = EWC(fisher_samples=16)
+    saved["ewc"] = run("ewc", classifier(), permuted_digits(), [ewc], limit_train_batches=3)
+    saved["ewc"].update(ewc.state_dict(), fisher_path=ewc.fisher_path)
 if "methods" in runs:
     torch.manual_seed(0)
     replayed = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16))

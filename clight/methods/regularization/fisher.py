@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from clight.models.sharding import is_sharded
+
 BATCHED = "per-sample gradients batched with torch.func.vmap"
 LOOPED = "one backward pass per sample"
 
@@ -50,35 +52,40 @@ def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n
         return functional_call(wrapper, {**weights, **fixed}, (single,))
 
     per_sample = vmap(grad(one_loss), in_dims=(None, 0))
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+    fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for start in range(0, n, chunk):
         batch = _samples(dataset, list(range(start, min(n, start + chunk))), module.device)
         grads = per_sample(trainable, {k: v for k, v in batch.items() if torch.is_tensor(v)})
         for k in fisher:
-            fisher[k] += grads[f"m.{k}"].pow(2).sum(0) / n
+            fisher[k] += grads[f"m.{k}"].float().pow(2).sum(0) / n
     return fisher
 
 
 def _looped(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int) -> dict[str, torch.Tensor]:
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+    fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for i in range(n):
         module.zero_grad(set_to_none=True)
         module.task_loss(_samples(dataset, [i], module.device))[0].backward()
         for k, p in params.items():
             if p.grad is not None:
-                fisher[k] += p.grad.detach().pow(2) / n
+                fisher[k] += p.grad.detach().float().pow(2) / n
     module.zero_grad(set_to_none=True)
     return fisher
 
 
 def diagonal_fisher(module: nn.Module, dataset: Any, samples: int, chunk: int = 64) -> tuple[dict[str, torch.Tensor], str]:
     """Fisher of ``module``'s trainable parameters over the first ``samples`` items of ``dataset``
-    (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``)."""
+    (model in eval mode; float32 whatever the parameters' dtype), and how it was computed
+    (``BATCHED`` or ``LOOPED``). With sharded parameters every rank runs the same per-sample
+    backward passes (FSDP averages identical gradients: each rank gets its shard of the Fisher);
+    ``torch.func`` does not run through FSDP's sharded parameters."""
     params = {k: p for k, p in module.named_parameters() if p.requires_grad}
     n = min(samples, len(dataset))
     was_training = module.training
     module.eval()
     try:
+        if is_sharded(module):
+            return _looped(module, params, dataset, n), LOOPED
         try:
             return _batched(module, params, dataset, n, chunk), BATCHED
         except (RuntimeError, NotImplementedError, TypeError, ValueError):
