@@ -9,8 +9,9 @@ library baseline), on CUDA ``torch.cuda.max_memory_allocated``. Besides the peak
 up what it holds after its first optimizer step: its parameters, their gradients and the
 optimizer's state (its own shards when sharded). Throughput: the real tokens of all ranks' batches
 per second, over the timed steps (after ``--warmup``), medians of the step times. The set-up of
-each task's fit (from the Trainer's ``setup`` to its first batch: sharding, optimizer, the method's
-fit-start work) is timed for both tasks: the second task reuses the sharded model.
+each task's fit (from ``Trainer.fit`` to its first batch: the strategy's set-up, sharding, the
+optimizer, the method's fit-start work) is timed for both tasks, and the sharding alone: the
+second task reuses the sharded model.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py                          # CPU, a small Llama (minutes)
     python benchmarks/scale.py --device cuda --model smollm2 --precision bf16-mixed   # GPUs
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,9 +74,10 @@ def _meter_class():
 
         def __init__(self, warmup: int) -> None:
             self.warmup, self.fits, self.held = warmup, [], None
+            self.fit_called = 0.0  # set by the worker when each Trainer.fit is called
 
         def setup(self, trainer, pl_module, stage):
-            self.fits.append({"setup_started": time.perf_counter(), "steps": [], "tokens": []})
+            self.fits.append({"setup_started": self.fit_called, "steps": [], "tokens": []})
 
         def on_train_start(self, trainer, pl_module):
             fit = self.fits[-1]
@@ -141,6 +145,15 @@ def worker(args) -> None:
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4),
     )
     meter = _meter_class()(args.warmup)
+    import lightning as L
+
+    fit = L.Trainer.fit
+
+    def timed_fit(trainer, *a, **k):  # a fit's set-up is timed from here: process group, mesh, sharding, optimizer
+        meter.fit_called = time.perf_counter()
+        return fit(trainer, *a, **k)
+
+    L.Trainer.fit = timed_fit
     strategy = {"single": "auto", "ddp": "ddp", "sharded": "sharded"}[layout]
     if layout == "ddp" and args.variant == "moe":
         strategy = "ddp_find_unused_parameters_true"  # top-k routing leaves some experts without a gradient
@@ -201,7 +214,8 @@ def summarize(raw: dict, warmup: int) -> dict:
         "parameters_and_optimizer_mib_per_rank": [round(r["held"]["parameters_and_optimizer"] / mib, 3) for r in ranks],
         "held_mib_rank0": {k: round(v / mib, 3) for k, v in ranks[0]["held"].items()},
         "setup_seconds_per_task": [round(max(rank_fits[f]["setup_seconds"] for rank_fits in fits), 3) for f in range(2)],
-        "sharding": raw["sharding"],
+        "sharding_seconds_per_task": raw["sharding"]["seconds_per_fit"],
+        "units_sharded_per_task": raw["sharding"]["units_sharded_per_fit"],
     }
 
 
@@ -273,6 +287,7 @@ def main() -> None:
         "skipped": {},
         "results": {},
     }
+    run_root = tempfile.mkdtemp(prefix="clight_scale_")  # the runs' folders: not results
     env = dict(os.environ, PL_DISABLE_FORK="1")
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
@@ -281,9 +296,9 @@ def main() -> None:
             report["skipped"][name] = f"needs {LAYOUTS[name][1]} GPUs; this machine has {gpus}"
             continue
         for variant in args.variants.split(","):
-            result_file = out / f".scale_{LAYOUTS[name][0]}_{variant}.json"
+            result_file = Path(run_root) / f"{LAYOUTS[name][0]}_{variant}.json"
             command = [sys.executable, __file__, "--worker", name, variant, "--result-file", str(result_file)]
-            command += ["--run-root", str(out / ".scale_runs")] + _passed_on(args)
+            command += ["--run-root", run_root] + _passed_on(args)
             started = time.perf_counter()
             run = subprocess.run(command, env=env, capture_output=True, text=True)
             if run.returncode != 0:
@@ -292,9 +307,7 @@ def main() -> None:
             result_file.unlink()
             report["results"].setdefault(name, {})[variant] = summarize(raw, args.warmup)
             print(f"{name:>16} {variant:>5}: {time.perf_counter() - started:.0f} s", flush=True)
-    import shutil
-
-    shutil.rmtree(out / ".scale_runs", ignore_errors=True)
+    shutil.rmtree(run_root, ignore_errors=True)
     report = {"ratios": ratios(report["results"]), **report}
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     path = out / f"scale{suffix}.json"
