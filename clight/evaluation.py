@@ -37,7 +37,10 @@ def evaluate_tasks(
             continue
         sums: dict[str, torch.Tensor] = {}
         for batch in datamodule.evaluation_loader(j, split):
-            for name, value in module.evaluation_counts(move_data_to_device(batch, device)).items():
+            batch = move_data_to_device(batch, device)
+            if strategy is not None:  # floating inputs in the weights' dtype (bf16-true), as the Trainer gives them
+                batch = strategy.precision_plugin.convert_input(batch)
+            for name, value in module.evaluation_counts(batch).items():
                 sums[name] = sums.get(name, 0) + value.detach().double()
         keys = keys or sorted(sums)
         rows.append(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in keys]))

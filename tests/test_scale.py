@@ -4,8 +4,8 @@ run resumed, the consolidated model in plain transformers, and the refusals.
 
 The 2-process runs are four launches of tests/scripts/scale_runs.py: DDP (LoRA + GeRe TM + general
 perplexity, SPU, MoE adapters, a task-incremental classifier whose second task adds a head, EWC,
-and every other stateful method with the rank check on), sharded (the first five), a sharded run
-killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
+and every other stateful method with the rank check on), sharded (the first five, and GeRe + SPU and
+EWC under bf16-true and bf16-mixed), a sharded run killed inside its second task, and its resume. Stated tolerance between sharded and DDP weights: 1e-6
 absolute (both average the same per-rank gradients, FSDP by reduce-scatter, DDP by all-reduce);
 SPU's masks and every entry they leave frozen must be identical.
 """
@@ -44,7 +44,7 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scale")
     (root / "ddp").mkdir(), (root / "sharded").mkdir()
     ddp = run_on_two_ranks(SCRIPT, root / "ddp", "ddp", "lora,spu,moe,heads,ewc,methods,mismatch", timeout=600)
-    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe,heads,ewc", timeout=600)
+    sharded = run_on_two_ranks(SCRIPT, root / "sharded", "sharded", "lora,spu,moe,heads,ewc,bf16", timeout=600)
     return {"root": root, "ddp": ddp, "sharded": sharded}
 
 
@@ -119,6 +119,17 @@ def test_sharded_ewc_keeps_its_fisher_and_anchor_in_shards_and_ends_as_under_ddp
         assert torch.allclose(sharded["anchors"][0][key], ddp["anchors"][0][key], atol=TOLERANCE, rtol=0), key
     _close(sharded["params"], ddp["params"])
     assert torch.equal(sharded["matrix"], ddp["matrix"])
+
+
+@pytest.mark.ddp
+def test_bf16_runs_sharded_and_the_methods_statistics_stay_float32(runs):
+    for precision, weights in (("bf16-true", torch.bfloat16), ("bf16-mixed", torch.float32)):
+        run = runs["sharded"][0][precision]
+        assert run["checks"] == 2 and set(run["params"].values()) == {weights}, precision
+        assert run["mu"] == torch.float32  # GeRe's thresholds
+        assert set(run["ewc"]["fishers"].values()) == {torch.float32}, precision  # EWC's Fisher
+        assert set(run["ewc"]["anchors"].values()) == {weights}  # a copy of the weights, in their dtype
+        assert run["selected"] and all(n == int(0.1 * 64 * 32) for n in run["selected"].values())  # SPU's top-k
 
 
 @pytest.mark.ddp

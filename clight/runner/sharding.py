@@ -57,41 +57,23 @@ def check_strategy(trainer: dict) -> None:
             stacklevel=2,
         )
     if not isinstance(strategy, str) and is_model_parallel(strategy):
-        tp = getattr(strategy, "_tensor_parallel_size", 1)
-        if tp not in (1, "auto") or (tp == "auto" and getattr(strategy, "_data_parallel_size", None) == "auto"):
+        tp = getattr(strategy, "_tensor_parallel_size", "auto")
+        if isinstance(tp, int) and tp > 1:
             raise ConfigError(
-                f"{name} with tensor_parallel_size={tp!r}: clight shards parameters across data-parallel ranks only. "
-                f"Use strategy: {SHARDED}, or ModelParallelStrategy(data_parallel_size=<all processes>, tensor_parallel_size=1)."
+                f"{name} with tensor_parallel_size={tp}: clight shards parameters across data-parallel ranks only. "
+                f"Use strategy: {SHARDED} (every process in one data-parallel group)."
             )
 
 
 def fit_strategy(strategy: Any, processes: int) -> Any:
     """The strategy object one fit's Trainer gets: ``sharded`` or a ModelParallelStrategy -> a fresh
-    ``ShardedStrategy`` over all ``processes``."""
-    if strategy == SHARDED:
-        return sharded_strategy_class()(data_parallel_size=processes, tensor_parallel_size=1)
-    if isinstance(strategy, str) or not is_model_parallel(strategy):
+    ``ShardedStrategy`` over all ``processes`` (data-parallel only)."""
+    if strategy != SHARDED and (isinstance(strategy, str) or not is_model_parallel(strategy)):
         return strategy
-    return sharded_strategy_class()(
-        data_parallel_size=processes,
-        tensor_parallel_size=1,
-        process_group_backend=strategy._process_group_backend,
-        timeout=strategy._timeout,
-    )
+    from clight.runner.sharded_strategy import ShardedStrategy  # imports Lightning: only when a run shards
 
-
-def sharded_strategy_class() -> type:
-    """Lightning's ModelParallelStrategy, reading back clight's epoch checkpoints (made here, so
-    that importing this module does not import Lightning)."""
-    global _ShardedStrategy
-    if _ShardedStrategy is None:
-        from clight.runner.sharded_strategy import ShardedStrategy
-
-        _ShardedStrategy = ShardedStrategy
-    return _ShardedStrategy
-
-
-_ShardedStrategy: Any = None
+    given = {} if isinstance(strategy, str) else {"process_group_backend": strategy.process_group_backend}
+    return ShardedStrategy(data_parallel_size=processes, tensor_parallel_size=1, **given)
 
 
 def launch_strategy(strategy: Any) -> Any:

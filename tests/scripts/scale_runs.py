@@ -10,6 +10,8 @@ STRATEGY: ``sharded`` or ``ddp``. RUNS, comma-separated:
 - ``moe``: MoE adapters with DDAS (weights, expert picks, the frozen experts);
 - ``heads``: a task-incremental MLP classifier, whose second task adds a head (sharded on its own);
 - ``ewc``: an MLP classifier on permuted digits with EWC (weights, Fisher and anchor, whole);
+- ``bf16`` (sharded): GeRe TM + SPU on the tiny Llama and EWC on an MLP classifier, under
+  ``bf16-true`` and ``bf16-mixed`` (the dtypes of the weights and of the methods' statistics);
 - ``methods`` (DDP): every other stateful method (EWC, LwF, continual backprop, ReDo, shrink &
   perturb, the plasticity monitor, replay, CLR), each run checked;
 - ``mismatch`` (DDP): a method whose state differs on rank 1 must be stopped by the check.
@@ -131,6 +133,19 @@ if "ewc" in runs:
     ewc = EWC(fisher_samples=16)
     saved["ewc"] = run("ewc", classifier(), permuted_digits(), [ewc], limit_train_batches=3)
     saved["ewc"].update(ewc.state_dict(), fisher_path=ewc.fisher_path)
+if "bf16" in runs:
+    for precision in ("bf16-true", "bf16-mixed"):
+        gere, spu, ewc = GeneralReplay("tm"), SPU(importance_batches=1.0), EWC(fisher_samples=8)
+        model = tiny_lm()
+        result = run(precision, model, text(), [gere, spu], precision=precision)
+        run(f"{precision}-ewc", classifier(), permuted_digits(), [ewc], precision=precision)
+        saved[precision] = {
+            "checks": result["checks"],
+            "params": {k: v.dtype for k, v in result["params"].items()},
+            "mu": gere.state_dict()["mu"].dtype,
+            "ewc": {k: {n: t.dtype for n, t in v[0].items()} for k, v in ewc.state_dict().items()},
+            "selected": {k: int(m.sum()) for k, m in spu.masks.items()},
+        }
 if "methods" in runs:
     torch.manual_seed(0)
     replayed = TaskSequence(SplitClasses("digits", 2), batch_size=64, seed=0, replay=Replay("reservoir", 40, 16))

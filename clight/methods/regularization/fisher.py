@@ -30,13 +30,22 @@ class _TaskLoss(nn.Module):
         return self.m.task_loss(batch)[0]
 
 
-def _samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
+def _samples(dataset: Any, indices: list[int], module: nn.Module) -> dict:
+    """The samples as a batch on the module's device, floating inputs in its weights' dtype (the
+    Trainer's precision plugin does that for training batches; under bf16-true the weights are bfloat16)."""
     batch = (
         dataset.__getitems__(indices)
         if hasattr(dataset, "__getitems__")
         else torch.utils.data.default_collate([dataset[i] for i in indices])
     )
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    dtype = next(module.parameters()).dtype
+
+    def place(v: Any) -> Any:
+        if not torch.is_tensor(v):
+            return v
+        return v.to(module.device, dtype=dtype) if v.is_floating_point() else v.to(module.device)
+
+    return {k: place(v) for k, v in batch.items()}
 
 
 def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int, chunk: int) -> dict[str, torch.Tensor]:
@@ -54,7 +63,7 @@ def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n
     per_sample = vmap(grad(one_loss), in_dims=(None, 0))
     fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for start in range(0, n, chunk):
-        batch = _samples(dataset, list(range(start, min(n, start + chunk))), module.device)
+        batch = _samples(dataset, list(range(start, min(n, start + chunk))), module)
         grads = per_sample(trainable, {k: v for k, v in batch.items() if torch.is_tensor(v)})
         for k in fisher:
             fisher[k] += grads[f"m.{k}"].float().pow(2).sum(0) / n
@@ -65,7 +74,7 @@ def _looped(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n:
     fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for i in range(n):
         module.zero_grad(set_to_none=True)
-        module.task_loss(_samples(dataset, [i], module.device))[0].backward()
+        module.task_loss(_samples(dataset, [i], module))[0].backward()
         for k, p in params.items():
             if p.grad is not None:
                 fisher[k] += p.grad.detach().float().pow(2) / n
