@@ -194,6 +194,9 @@ def worker(args) -> None:
         torch.distributed.all_gather_object(ranks, mine)
     if rank == 0:
         Path(args.result_file).write_text(json.dumps({"ranks": ranks, "sharding": model.sharding.describe()}))
+    if torch.distributed.is_initialized():  # not left to interpreter shutdown, where gloo's threads can abort the process
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 # -- the comparison -----------------------------------------------------------------------------
@@ -285,6 +288,7 @@ def main() -> None:
         "max_length": args.max_length,
         "timed_steps_per_task": args.steps,
         "skipped": {},
+        "failed": {},
         "results": {},
     }
     run_root = tempfile.mkdtemp(prefix="clight_scale_")  # the runs' folders: not results
@@ -301,8 +305,10 @@ def main() -> None:
             command += ["--run-root", run_root] + _passed_on(args)
             started = time.perf_counter()
             run = subprocess.run(command, env=env, capture_output=True, text=True)
-            if run.returncode != 0:
-                sys.exit(f"{name} / {variant} failed:\n{run.stderr[-4000:]}")
+            if run.returncode != 0:  # reported in the JSON, and the other runs go on
+                report["failed"][f"{name} / {variant}"] = run.stderr[-2000:]
+                print(f"{name} / {variant} failed:\n{run.stderr[-4000:]}", file=sys.stderr, flush=True)
+                continue
             raw = json.loads(result_file.read_text())
             result_file.unlink()
             report["results"].setdefault(name, {})[variant] = summarize(raw, args.warmup)

@@ -172,3 +172,5 @@ rank = torch.distributed.get_rank()
 usage = resource.getrusage(resource.RUSAGE_SELF)
 saved["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # this rank's process, for the test-time budget
 torch.save(saved, out / f"rank{rank}.pt")
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # not left to interpreter shutdown (gloo's threads)
