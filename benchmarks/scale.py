@@ -266,7 +266,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="global batch")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--smoke", action="store_true", help="full fine-tuning on 1 rank and 2 sharded ranks, 2 steps")
-    parser.add_argument("--out", default=None, help="folder of the JSON (default benchmarks/results)")
+    parser.add_argument(
+        "--out", default=None, help="folder of the JSON (default benchmarks/results; a smoke run: a temporary one)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("LAYOUT", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--run-root", help=argparse.SUPPRESS)
@@ -277,7 +279,10 @@ def main() -> None:
         args.layout, args.variant = args.worker
         worker(args)
         return
-    out = Path(args.out or "benchmarks/results")
+    results = Path(__file__).resolve().parent / "results"
+    if args.smoke and args.out and Path(args.out).resolve() == results:
+        sys.exit(f"a smoke run never writes into {results}: pass another --out")
+    out = Path(args.out or (tempfile.mkdtemp(prefix="clight_scale_smoke_") if args.smoke else results))
     out.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count() if args.device == "cuda" else None
     report: dict = {
@@ -287,6 +292,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "timed_steps_per_task": args.steps,
+        "load_average_at_start": os.getloadavg()[0],  # other jobs on the machine: step times are only as good as this
         "skipped": {},
         "failed": {},
         "results": {},
@@ -314,6 +320,7 @@ def main() -> None:
             report["results"].setdefault(name, {})[variant] = summarize(raw, args.warmup)
             print(f"{name:>16} {variant:>5}: {time.perf_counter() - started:.0f} s", flush=True)
     shutil.rmtree(run_root, ignore_errors=True)
+    report["load_average_at_end"] = os.getloadavg()[0]
     report = {"ratios": ratios(report["results"]), **report}
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     path = out / f"scale{suffix}.json"
