@@ -36,6 +36,8 @@ _LAZY = {
         "clight.contract",
     ),
     "evaluate_tasks": "clight.evaluation",
+    "export_model": "clight.export",
+    "RankMismatchError": "clight.rank_check",
     "ContinualCallback": "clight.methods",
     **dict.fromkeys(
         ["average_accuracy", "average_incremental_accuracy", "backward_transfer", "forgetting", "forward_transfer", "summarize"],

@@ -80,3 +80,21 @@ def broadcast_from_rank_zero_(value: torch.Tensor) -> torch.Tensor:
     if _several():
         torch.distributed.broadcast(value, src=0)
     return value
+
+
+def strategy_name(strategy: Any) -> str:
+    """The strategy as a config names it: the string itself, or the class name of an instance."""
+    return strategy if isinstance(strategy, str) else type(strategy).__name__
+
+
+def is_model_parallel(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """Whether ``strategy`` (a config value or a Trainer's strategy) keeps each parameter in shards."""
+    if isinstance(strategy, str):
+        return strategy == "sharded" or strategy.startswith(("fsdp", "deepspeed"))
+    return is_model_parallel(strategy) or strategy_name(strategy) in ("FSDPStrategy", "DeepSpeedStrategy")

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
-from clight.distributed import world_size
+from clight.distributed import shards_parameters, world_size
+from clight.models.sharding import reshard
 
 
 @torch.no_grad()
@@ -23,7 +24,9 @@ def evaluate_tasks(
 
     Each rank scores its own share of every split (no sample twice, none padded) and the summed
     counts are reduced across ranks, so the result is exact and identical on every rank. A task
-    the module cannot score yet (no head) gets NaN.
+    the module cannot score yet (no head) gets NaN. With sharded parameters every rank takes part
+    in every forward, so every rank scores every sample (the data module's loaders are unsharded
+    then) and nothing is reduced.
     """
     device = strategy.root_device if strategy is not None else module.device
     module.to(device)
@@ -37,15 +40,19 @@ def evaluate_tasks(
             continue
         sums: dict[str, torch.Tensor] = {}
         for batch in datamodule.evaluation_loader(j, split):
-            for name, value in module.evaluation_counts(move_data_to_device(batch, device)).items():
+            batch = move_data_to_device(batch, device)
+            if strategy is not None:  # floating inputs in the weights' dtype (bf16-true), as the Trainer gives them
+                batch = strategy.precision_plugin.convert_input(batch)
+            for name, value in module.evaluation_counts(batch).items():
                 sums[name] = sums.get(name, 0) + value.detach().double()
         keys = keys or sorted(sums)
         rows.append(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in keys]))
     module.train(was_training)
+    reshard(module)
     if keys is None:
         return {"correct": [math.nan] * len(rows)}
     stacked = torch.stack([r if r is not None else torch.zeros(len(keys), dtype=torch.float64, device=device) for r in rows])
-    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1 and not shards_parameters(strategy):
         stacked = strategy.reduce(stacked, reduce_op="sum")
     elif strategy is None and world_size() > 1:  # before the first fit: the process group the runner started
         torch.distributed.all_reduce(stacked)

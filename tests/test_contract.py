@@ -110,6 +110,7 @@ def test_state_resume_and_description(tmp_path, cls):
     for method in methods:
         assert_same(saved["methods"][method.state_key], method.state_dict(), method.state_key)
         json.dumps(method.describe())
+        assert set(method.state_dict()) <= set(type(method).state_layout), f"declare {method.state_key}'s state_layout"
     json.dumps(reference.model.describe())
 
     with pytest.raises(SimulatedKill):

@@ -15,7 +15,7 @@ from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import Scenario, SplitClasses
 from clight.data.task import SequenceInfo, Task
 from clight.data.views import ConcatViews, TaskView, collate_dict_batch
-from clight.distributed import global_rank, world_size
+from clight.distributed import global_rank, shards_parameters, world_size
 
 #: how a memory joins the training stream: ``only`` trains on the memory alone (GDumb)
 StreamMode = Literal["mix", "uniform", "only"]
@@ -214,6 +214,8 @@ class TaskSequence(L.LightningDataModule):
 
     def _eval_loader(self, dataset) -> DataLoader:
         rank, world = self._rank_world()
+        if self.trainer is not None and shards_parameters(self.trainer.strategy):
+            rank, world = 0, 1  # sharded parameters: every rank runs every forward, so every rank scores every sample
         return self._loader(dataset, evaluation_batches(len(dataset), self.eval_batch_size, rank, world))
 
     def val_dataloader(self) -> DataLoader:

@@ -44,6 +44,11 @@ class AGEM(ContinualCallback):
     over them, so every rank projects alike.
     """
 
+    state_layout = {"entries": "replicated", "projected": "replicated", "steps": "replicated", "generator": "replicated"}
+    unshardable = (
+        "its projection takes dot products of whole gradients, and with sharded parameters each rank holds a shard of each"
+    )
+
     data_protocol = MemoryData
 
     def __init__(

@@ -51,6 +51,9 @@ class GDumb(ContinualCallback):
     than the stream methods get.
     """
 
+    state_layout = {"entries": "replicated", "labels": "replicated", "seen": "replicated", "initial": "sharded"}
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     data_protocol = MemoryData
 
     def __init__(self, capacity: int = 1000, reinit: Reinit = "reset") -> None:

@@ -14,6 +14,7 @@ from clight.choices import SETTINGS
 from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
 from clight.models.finite import FiniteLossCheck, NonFiniteLossError
+from clight.models.sharding import ShardingRecord, reshard, shard_for_fit, transformer_blocks
 
 __all__ = ["ContinualModule", "NonFiniteLossError", "default_optimizer"]
 
@@ -58,6 +59,8 @@ class ContinualModule(L.LightningModule):
     settings_reason: ClassVar[str] = ""
     #: check the loss for NaN / inf on every step (None: on the CPU only, where it costs nothing)
     check_finite_every_step: Optional[bool] = None
+    #: why the model cannot be trained with sharded parameters (None: it can; ``clight.models.sharding``)
+    unshardable: ClassVar[Optional[str]] = None
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class ContinualModule(L.LightningModule):
         # correct / total summed over every rank before dividing (exact under DDP)
         self.val_accuracy = MeanMetric()
         self._finite = FiniteLossCheck()
+        self.sharding = ShardingRecord()
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets this around each of the dozens of hook calls of a step; it is never a
@@ -208,6 +212,19 @@ class ContinualModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # -- sharding (trainer.strategy: sharded) ----------------------------------------------------
+    def configure_model(self) -> None:
+        """Under a sharded strategy, FSDP2 on the first fit and on what later tasks add only
+        (``clight.models.sharding``); nothing under any other strategy."""
+        shard_for_fit(self, self.sharding)
+
+    def on_fit_end(self) -> None:
+        reshard(self)  # a sharded model leaves every fit as its shards
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The blocks sharded one by one before the rest (default: Hugging Face transformer blocks)."""
+        return transformer_blocks(self)
 
     def describe(self) -> dict:
         """Hyper-parameters worth recording in the run folder."""

@@ -25,7 +25,9 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from clight.io import UnreadableFileError, load_checkpoint, save_tensors_atomic
+from clight.distributed import shards_parameters
+from clight.io import UnreadableFileError, save_tensors_atomic
+from clight.runner.sharded_checkpoints import commit_checkpoint, read_epoch_checkpoint, remove_checkpoint
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
 KEPT = 2
@@ -79,7 +81,7 @@ def find_resume_point(folder: Path) -> Optional[ResumePoint]:
     """The newest readable epoch checkpoint in ``folder``; damaged ones are skipped with a warning."""
     for path in epoch_checkpoints(folder):
         try:
-            checkpoint = load_checkpoint(path, mmap=True)
+            checkpoint = read_epoch_checkpoint(path)  # a file, or a sharded run's folder
             missing = [k for k in _REQUIRED if k not in checkpoint]
             if missing:
                 raise UnreadableFileError(path, f"not a clight epoch checkpoint (no {missing})")
@@ -138,11 +140,23 @@ class EpochCheckpoint(Checkpoint):
         logger = trainer.logger
         if logger is not None and hasattr(logger, "flush"):
             self.log_rows = logger.flush()
-        # every rank takes part; rank 0 writes (RunFolderCheckpointIO: atomic); ends with a barrier
-        trainer.save_checkpoint(self.folder / f"epoch_{epoch}.ckpt", weights_only=False)
+        path = self.folder / f"epoch_{epoch}.ckpt"
+        if shards_parameters(trainer.strategy):
+            # a folder the strategy writes in place (DCP shards from every rank): staged, then renamed whole
+            tmp = self.folder / f".epoch_{epoch}.ckpt.tmp"
+            if trainer.is_global_zero:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                remove_checkpoint(tmp)  # no stale shards of a killed write in it
+            trainer.strategy.barrier()
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; ends with a barrier
+            if trainer.is_global_zero:
+                commit_checkpoint(tmp, path)
+        else:
+            # every rank takes part; rank 0 writes (RunFolderCheckpointIO: atomic); ends with a barrier
+            trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             for old in epoch_checkpoints(self.folder)[KEPT:]:
-                old.unlink(missing_ok=True)
+                remove_checkpoint(old)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         # written at the end of the epoch: record the epoch as completed (Lightning counts it

@@ -16,11 +16,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from clight.data.datamodule import TaskSequence
 from clight.distributed import broadcast_from_rank_zero
 from clight.evaluation import evaluate_tasks
+from clight.export import export_model
 from clight.io import StorageError, read_json
 from clight.logger import SequenceCSVLogger
 from clight.methods.base import ContinualCallback, RunContext
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
+from clight.rank_check import check_rank_consistency
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
@@ -30,6 +32,7 @@ from clight.runner.preflight import check_run
 from clight.runner.processes import start_processes
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
+from clight.runner.sharding import shards_parameters
 from clight.seeding import reseed_globals
 from clight.shorten import shorten
 
@@ -203,6 +206,8 @@ class SequenceRunner:
             for method in self.methods:
                 method.on_task_end(self.model, task)
             self.data.on_task_end(task.index)
+        if self.settings.check_rank_consistency:
+            check_rank_consistency(self.model, self.methods, self.data, fit.index)
         row = evaluate_tasks(self.model, self.data, trainer.strategy, tasks=self.schedule.tasks_to_evaluate(fit))
         self.progress.add_row(row, time.perf_counter() - started + _seconds_before(trainer), len(tasks))
         self.logger.step_offset += trainer.global_step
@@ -307,6 +312,8 @@ class SequenceRunner:
                 "methods": [m.describe() for m in self.methods],
             }
         )
+        if shards_parameters(self.trainer_kwargs.get("strategy", "auto")):  # DCP checkpoints: one plain copy anyone can load
+            export_model(self.model, self.run_dir / "final")
         self.folder.finish(metrics, self.progress)
         return self._result(metrics)
 

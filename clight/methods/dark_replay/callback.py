@@ -40,6 +40,9 @@ class DERpp(ContinualCallback):
     tunes them per benchmark).
     """
 
+    state_layout = {"seen": "replicated", "fields": "replicated", "generator": "replicated"}
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     module_protocol = LabelFreeOutputs
 
     def __init__(

@@ -51,6 +51,17 @@ class ICaRL(ContinualCallback):
     means are computed on every rank and rank 0's are kept, so all ranks agree.
     """
 
+    state_layout = {
+        "entries": "replicated",
+        "labels": "replicated",
+        "seen": "replicated",
+        "old_classes": "replicated",
+        "previous": "sharded",
+        "means": "replicated",
+        "has_mean": "replicated",
+    }
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     settings = ("class_incremental",)
     module_protocol = ExemplarClassifier
     data_protocol = MemoryData

@@ -17,7 +17,7 @@ import torch
 from clight.choices import check_choice
 from clight.contract import ConfigError, RunContext
 from clight.data.task import SequenceInfo, Task
-from clight.distributed import broadcast_from_rank_zero, sum_across_ranks
+from clight.distributed import broadcast_from_rank_zero, shards_parameters, sum_across_ranks
 from clight.methods.base import ContinualCallback
 from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
 from clight.methods.moe_adapters.follower import install_follower
@@ -45,6 +45,13 @@ class MoEAdapters(ContinualCallback):
     on the frozen model's features of ``ddas_samples`` training samples (all by default), and a
     threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
     """
+
+    # experts and routers are model parameters (sharded with their block); DDAS stays whole
+    state_layout = {
+        "usage": "reduced",
+        "history": "replicated",
+        "routing_shares": "replicated",
+    }  # every rank routes every test sample
 
     def __init__(
         self,
@@ -192,6 +199,22 @@ class MoEAdapters(ContinualCallback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         for state in (self.state, self.follower_state):
             state.fit_task = state.count_task = int(pl_module.current_task)
+        for layer in self.layers.values():
+            layer.lockstep = shards_parameters(trainer.strategy)
+            layer.step_picked.zero_()
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """Sharded: an expert no row picked on any rank has no gradient, as on one device (it ran
+        on no rows only so that every rank reduces the same set)."""
+        layers = [layer for layer in self.layers.values() if layer.lockstep]
+        if not layers:
+            return
+        picked = sum_across_ranks(torch.stack([layer.step_picked.float() for layer in layers]))
+        for layer, row in zip(layers, picked):
+            for e in (row == 0).nonzero().flatten().tolist():
+                for p in layer.experts[e].parameters():
+                    p.grad = None
+            layer.step_picked.zero_()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         ids = batch.get("task_id") if isinstance(batch, dict) else None
@@ -217,6 +240,8 @@ class MoEAdapters(ContinualCallback):
     def _leave_fit(self) -> None:
         for state in (self.state, self.follower_state):
             state.fit_task = state.count_task = state.batch_rows = None
+        for layer in self.layers.values():
+            layer.lockstep = False
 
     def _balance_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         losses = [layer.balance_loss for layer in self.layers.values() if layer.balance_loss is not None]

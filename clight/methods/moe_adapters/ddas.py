@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from clight.choices import check_choice
 from clight.methods.moe_adapters.experts import init_linear_
+from clight.models.sharding import keep_whole
 
 FeatureTransform = Literal["standardize", "sigmoid", "none"]
 Threshold = Union[float, Literal["auto"]]
@@ -87,6 +88,7 @@ class DDAS(nn.Module):
         calibration_fraction: float = 0.25,
     ) -> None:
         super().__init__()
+        keep_whole(self)  # fitted by the method between fits: whole on every rank when the model is sharded
         check_choice("DDAS.transform", transform, FeatureTransform)
         if not (threshold == "auto" or (isinstance(threshold, (int, float)) and threshold > 0)):
             raise ValueError(f"DDAS.threshold must be 'auto' or a positive number, got {threshold!r}")

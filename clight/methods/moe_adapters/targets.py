@@ -119,9 +119,14 @@ class CausalLMTarget(Target):
 
     def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         from clight.models.causal_lm import routing_tokens
+        from clight.models.sharding import is_sharded
 
         ids, mask = self._ids_mask(args, kwargs)
-        hidden = network.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        if is_sharded(network):  # a sharded network gathers its parameters only when called through its own forward
+            out = network(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()  # the final norm's output, as last_hidden_state
+        else:
+            hidden = network.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
         tokens = routing_tokens()
         if tokens is None or tokens.shape != ids.shape:
             tokens = mask

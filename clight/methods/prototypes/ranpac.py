@@ -30,6 +30,9 @@ class RanPAC(ClassStatisticsMethod):
     ``finetune``), then frozen; ``None`` (default) uses the pretrained backbone as it is.
     """
 
+    state_layout = {"gram": "reduced", "class_features": "reduced", "history": "replicated"}
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     salt = 0x52504143  # "RPAC"
 
     def __init__(

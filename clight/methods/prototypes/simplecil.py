@@ -24,6 +24,9 @@ class SimpleCIL(ClassStatisticsMethod):
     ``APER`` adds first-session adaptation.
     """
 
+    state_layout = {"sums": "reduced", "counts": "reduced", "history": "replicated"}
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     salt = 0x53434C  # "SCL"
 
     def __init__(self) -> None:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import torch
 from torch import nn
 
+from clight.models.sharding import is_sharded
+
 FisherPath = Literal["auto", "batched", "looped"]
 
 BATCHED = "per-sample gradients batched with torch.func.vmap"
@@ -42,13 +44,26 @@ class _Objective(nn.Module):
         return self.objective(self.m, batch)
 
 
-def fetch_samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
+def fetch_samples(dataset: Any, indices: list[int], device: torch.device, dtype: Optional[torch.dtype] = None) -> dict:
+    """The samples as a batch on ``device``; floating inputs in ``dtype`` if given (the weights'
+    dtype: the Trainer's precision plugin does that for training batches, and under bf16-true the
+    weights are bfloat16)."""
     batch = (
         dataset.__getitems__(indices)
         if hasattr(dataset, "__getitems__")
         else torch.utils.data.default_collate([dataset[i] for i in indices])
     )
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def place(v: Any) -> Any:
+        if not torch.is_tensor(v):
+            return v
+        return v.to(device, dtype=dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+
+    return {k: place(v) for k, v in batch.items()}
+
+
+def _weights_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 def _batched(
@@ -66,25 +81,25 @@ def _batched(
         return functional_call(wrapper, {**weights, **fixed}, (single,))
 
     per_sample = vmap(grad(one_sample), in_dims=(None, 0))
-    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for start in range(0, len(indices), chunk):
-        batch = fetch_samples(dataset, list(indices[start : start + chunk]), module.device)
+        batch = fetch_samples(dataset, list(indices[start : start + chunk]), module.device, _weights_dtype(module))
         grads = per_sample(trainable, {k: v for k, v in batch.items() if torch.is_tensor(v)})
         for k in total:
-            total[k] += statistic(grads[f"m.{k}"]).sum(0)
+            total[k] += statistic(grads[f"m.{k}"].float()).sum(0)
     return total
 
 
 def _looped(
     module: nn.Module, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic
 ) -> dict[str, torch.Tensor]:
-    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for i in indices:
         module.zero_grad(set_to_none=True)
-        objective(module, fetch_samples(dataset, [int(i)], module.device)).backward()
+        objective(module, fetch_samples(dataset, [int(i)], module.device, _weights_dtype(module))).backward()
         for k, p in params.items():
             if p.grad is not None:
-                total[k] += statistic(p.grad.detach())
+                total[k] += statistic(p.grad.detach().float())
     module.zero_grad(set_to_none=True)
     return total
 
@@ -101,9 +116,14 @@ def per_sample_sum(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``sum over the samples at indices of statistic(d objective / d theta)`` for ``module``'s
     trainable parameters (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``).
-    ``path``: ``auto`` (``choose_path``), ``batched`` or ``looped``; a loss ``vmap`` cannot run is looped."""
+    ``path``: ``auto`` (``choose_path``), ``batched`` or ``looped``; a loss ``vmap`` cannot run is looped,
+    and so are sharded parameters (every rank runs the same per-sample backward passes; FSDP
+    averages identical gradients, so each rank gets its shard of the statistic). Sums are float32
+    whatever the parameters' dtype."""
     params = params if params is not None else {k: p for k, p in module.named_parameters() if p.requires_grad}
     chosen = {"auto": choose_path(params), "batched": BATCHED, "looped": LOOPED}[path]
+    if is_sharded(module):  # torch.func does not run through FSDP's sharded parameters
+        chosen = LOOPED
     was_training = module.training
     module.eval()
     try:

@@ -32,6 +32,9 @@ class LwF(ContinualCallback):
 
     module_protocol = DistillableClassifier
 
+    state_layout = {"old_tasks": "replicated", "previous": "sharded"}
+    unshardable = "it keeps a deep copy of the whole model (the previous task's), which clight does not shard"
+
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
         if alpha < 0 or temperature <= 0:
             raise ValueError(f"LwF needs alpha >= 0 and temperature > 0, got {alpha}, {temperature}")

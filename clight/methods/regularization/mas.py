@@ -43,6 +43,9 @@ class MAS(ContinualCallback):
     shared out across ranks and the sums reduced, so every rank holds the same importance.
     """
 
+    state_layout = {"importance": "sharded", "anchor": "sharded"}
+    unshardable = "its importance comes from forward hooks on linear layers and torch.func per-sample gradients, which do not run through FSDP's sharded parameters"
+
     module_protocol = LabelFreeOutputs
 
     def __init__(

@@ -28,6 +28,9 @@ class SI(ContinualCallback):
     Defaults ``c = 1``, ``xi = 1e-3``: the paper's split-MNIST values.
     """
 
+    state_layout = {"importance": "sharded", "anchor": "sharded", "omega": "sharded"}
+    unshardable = "its path integral keeps per-step copies of whole parameters and gradients (foreach ops on local tensors), not yet made to work on FSDP shards"
+
     def __init__(
         self, c: float = 1.0, xi: float = 1e-3, gradient: SIGradient = "unregularized", nonnegative: bool = False
     ) -> None:

@@ -46,6 +46,8 @@ class CLRClassifier(ContinualClassifier):
     settings = ("task_incremental",)
     settings_reason = " (CLR: each task has its own reprogramming and head, chosen by the task id at test time)"
 
+    unshardable = "it adds each task's kernels inside layers that are already sharded, and reads parameters by task directly"
+
     def __init__(
         self,
         backbone: Optional[nn.Module] = None,
