@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from clight.io import UnreadableFileError, commit_file, load_checkpoint
+from clight.runner.errors import RunFolderError
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
 KEPT = 2
@@ -54,8 +55,6 @@ class ResumePoint:
 
     def check_fits(self, module: torch.nn.Module) -> None:
         """Refuse a checkpoint written for another model (before Lightning loads it without ``strict``)."""
-        from clight.runner.run_folder import RunFolderError
-
         state = module.state_dict()
         expected = {k: tuple(state[k].shape) for k in changing_state_keys(module)}
         if expected == self.shapes:

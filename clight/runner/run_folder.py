@@ -20,16 +20,13 @@ from clight.distributed import is_rank_zero
 from clight.io import UnreadableFileError, load_checkpoint, read_json, save_tensors_atomic, write_json_atomic, write_text_atomic
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.runner.errors import RunFolderError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 CONFIG_CHANGES = "config_changes.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
 MANIFEST_FORMAT = 3
-
-
-class RunFolderError(RuntimeError):
-    pass
 
 
 @dataclass
