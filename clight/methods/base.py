@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from clight.choices import SETTINGS
 from clight.contract import ConfigError, RunContext, require
 from clight.data.task import SequenceInfo, Task
+from clight.lightning_internals import callback_state_key
 
 
 def _stable(value: Any) -> Any:
@@ -94,7 +95,7 @@ class ContinualCallback(Callback):
         # Lightning reads the key on every hook call (to name profiler sections): build it once.
         base = self.__dict__.get("_state_key_base")
         if base is None:
-            base = self._state_key_base = self._generate_state_key(**_stable(self.init_arguments()))
+            base = self._state_key_base = callback_state_key(self, **_stable(self.init_arguments()))
         return base + getattr(self, "_state_key_suffix", "")
 
     def disambiguate(self, occurrence: int) -> None:

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from clight.io import UnreadableFileError, commit_file, load_checkpoint
+from clight.lightning_internals import start_next_epoch_afresh
 from clight.runner.errors import RunFolderError
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
@@ -119,13 +120,11 @@ class EpochCheckpoint(Checkpoint):
         # The checkpoint is at an epoch boundary: nothing is left to finish mid-epoch. Lightning
         # treats every resume of a max_steps fit as one, and would end the saved epoch again
         # (its epoch-end hooks twice) and skip the first batch; start the next epoch afresh.
-        trainer.fit_loop.epoch_loop.restarting = False
-        trainer.fit_loop._restarting = False
         # Afresh also for the data iterator: a resuming fit would keep the one made before the
         # epoch-start hooks, so EpochSeed's reseed would come before its draw of the loader's base
         # seed from the global generator instead of after it, as in a run never stopped: dropout
         # and all other global draws of the epoch (and any workers' seeds) would differ.
-        trainer.fit_loop._resuming_from_checkpoint = False
+        start_next_epoch_afresh(trainer)
         if self.should_stop:  # early stopping had asked to stop when the checkpoint was written
             trainer.should_stop = True
 

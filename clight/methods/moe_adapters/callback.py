@@ -19,6 +19,7 @@ from clight.choices import check_choice
 from clight.contract import ConfigError, RunContext
 from clight.data.task import SequenceInfo, Task
 from clight.distributed import broadcast_from_rank_zero, is_rank_zero
+from clight.lightning_internals import finds_unused_parameters
 from clight.methods.base import ContinualCallback
 from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
 from clight.methods.moe_adapters.follower import install_follower
@@ -133,11 +134,7 @@ class MoEAdapters(ContinualCallback):
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = trainer.strategy
-        if (
-            isinstance(strategy, DDPStrategy)
-            and trainer.world_size > 1
-            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
-        ):
+        if isinstance(strategy, DDPStrategy) and trainer.world_size > 1 and not finds_unused_parameters(strategy):
             raise ConfigError(
                 "MoEAdapters sends each sample to its top-k experts, so in a step some trainable experts get no "
                 "gradient: under DDP set trainer.strategy to ddp_find_unused_parameters_true"
