@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 # The config's parser and runner live in clight.fit_config (clight compare builds runs with them
 # too); notebooks and scripts import them from here. Lightning and jsonargparse are imported by
 # the commands that use them: `clight --help` starts at once.
 from clight.fit_config import build_fit_parser, runner_from_args, runner_from_config  # noqa: F401
+
+if TYPE_CHECKING:
+    from clight.runner.interrupt import RunInterrupted
 
 USAGE = """usage: clight {fit,report,compare} ... [--debug]
 
@@ -108,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         return 2
     except Exception as exc:
-        interrupted = _loaded("clight.runner.interrupt", "RunInterrupted")
+        interrupted: Optional[type[RunInterrupted]] = _loaded("clight.runner.interrupt", "RunInterrupted")
         if interrupted and isinstance(exc, interrupted):
             print(f"clight {command}: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Callable, Optional
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def default_window(num_tasks: int) -> int:
 def joint_reference(records: list[RunRecord]) -> tuple[Optional[RunRecord], Optional[IntransigenceReference], str]:
     """The first joint run, as an intransigence reference, with its provenance written out."""
     joint = next((r for r in records if r.schedule == "joint"), None)
-    if joint is None:
+    if joint is None or joint.final_accuracy is None:
         return None, None, ""
     others = [r.name for r in records if r.schedule == "joint" and r is not joint]
     provenance = (
@@ -57,7 +58,7 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
     for r in records:
         row: dict[str, Any] = {"method": r.name, "schedule": r.schedule, "status": r.status, "run_dir": str(r.run_dir)}
         if with_matrix:
-            final = r.final_accuracy or [None] * num_tasks
+            final: Sequence[Optional[float]] = r.final_accuracy or [None] * num_tasks
             row.update({f"task_{j + 1}": final[j] if j < len(final) else None for j in range(num_tasks)})
             for key in ("average_accuracy", "backward_transfer", "forgetting"):
                 row[key] = r.metrics.get(key)
@@ -114,13 +115,17 @@ def _control(row: dict, name: str) -> str:
     return f"{start:.4g} → {after:.4g} ({change:+.3g})"
 
 
+def _cell(key: str, show: Callable[[Any], str]) -> Callable[[dict], str]:
+    return lambda row: show(row[key])
+
+
 def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     columns: list[tuple[str, Callable[[dict], str]]] = [("method", lambda row: row["method"])]
     if layout["with_matrix"]:
         if layout["num_tasks"] <= MAX_TASK_COLUMNS:
-            columns += [(f"task {j + 1}", lambda row, j=j: _percent(1)(row[f"task_{j + 1}"])) for j in range(layout["num_tasks"])]
+            columns += [(f"task {j + 1}", _cell(f"task_{j + 1}", _percent(1))) for j in range(layout["num_tasks"])]
         columns += [
-            (header, lambda row, key=key: _percent(2)(row[key]))
+            (header, _cell(key, _percent(2)))
             for header, key in (("AA", "average_accuracy"), ("BWT", "backward_transfer"), ("forgetting", "forgetting"))
         ]
     if layout["intransigence_reference"]:
@@ -131,9 +136,7 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
             (f"new-task acc., first {w}", lambda row: _percent(1)(row[f"new_task_accuracy_first_{w}"])),
             (f"new-task acc., last {w}", lambda row: _percent(1)(row[f"new_task_accuracy_last_{w}"])),
         ]
-    columns += [
-        (f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]
-    ]
+    columns += [(f"{name.replace('_', ' ')}: start → end (change)", partial(_control, name=name)) for name in layout["controls"]]
     columns += [
         ("wall time", lambda row: "n/a" if _missing(row["wall_time_seconds"]) else f"{row['wall_time_seconds']:.0f} s"),
         ("trainable / task", lambda row: _trainable(row["trainable_per_task"])),
@@ -169,7 +172,8 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
         out.append(f"Intransigence: {layout['intransigence_reference']}.")
     seen: dict[str, str] = {}
     for c in (c for r in records for c in r.controls):
-        direction = {True: "lower is better", False: "higher is better"}.get(c.lower_is_better, "no better direction")
+        directions: dict[Optional[bool], str] = {True: "lower is better", False: "higher is better"}
+        direction = directions.get(c.lower_is_better, "no better direction")
         seen.setdefault(
             c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} (from {c.source})."
         )

@@ -49,6 +49,8 @@ class ContinualCallback(Callback):
     settings: ClassVar[tuple[str, ...]] = SETTINGS
     module_protocol: ClassVar[Optional[type]] = None
     data_protocol: ClassVar[Optional[type]] = None
+    _init_arguments: tuple[tuple, dict]  # set in __new__
+    _state_key_suffix: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "ContinualCallback":
         obj = super().__new__(cls)

@@ -142,7 +142,8 @@ class ContinualCausalLM(ContinualModule):
             raise ValueError(f"unknown lora keys {sorted(unknown)}: use r, alpha, dropout, target_modules")
         config = LoraConfig(
             r=int(cfg.get("r", 8)),
-            lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),
+            # peft annotates lora_alpha as int; it only divides it by r, so a float alpha scales as meant
+            lora_alpha=float(cfg.get("alpha", 2 * int(cfg.get("r", 8)))),  # type: ignore[arg-type]
             lora_dropout=float(cfg.get("dropout", 0.0)),
             target_modules=list(cfg.get("target_modules", ["q_proj", "v_proj"])),
             task_type="CAUSAL_LM",

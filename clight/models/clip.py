@@ -128,6 +128,11 @@ class ContinualCLIP(ContinualModule):
 
     settings = ("class_incremental", "domain_incremental")
     settings_reason = " (an image is scored against the prompts of the classes seen so far)"
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    seen_mask: torch.Tensor
 
     def __init__(
         self,
@@ -250,6 +255,7 @@ class ContinualCLIP(ContinualModule):
         else:
             correct = torch.zeros((), dtype=torch.long, device=target.device)
         own = torch.zeros_like(logits, dtype=torch.bool)
+        assert self.sequence is not None, "setup_sequence comes first"
         for t in batch["task_id"].unique().tolist():
             rows = (batch["task_id"] == t).nonzero().flatten()
             own[rows.unsqueeze(1), torch.tensor(self.sequence.task_classes[t], device=own.device).unsqueeze(0)] = True

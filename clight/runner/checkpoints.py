@@ -84,7 +84,9 @@ def find_resume_point(folder: Path) -> Optional[ResumePoint]:
         except UnreadableFileError as exc:
             warnings.warn(f"{exc}; falling back to the checkpoint before it", stacklevel=2)
             continue
-        epoch = int(EPOCH_FILE.fullmatch(path.name).group(1))
+        name = EPOCH_FILE.fullmatch(path.name)
+        assert name is not None  # epoch_checkpoints lists only these
+        epoch = int(name.group(1))
         own = checkpoint["callbacks"].get(EpochCheckpoint.__qualname__, {})
         shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
         return ResumePoint(path, epoch, shapes, own.get("log_rows"))

@@ -31,8 +31,9 @@ class GeneralPerplexity(ContinualCallback):
     def _measure(self, module: Any) -> None:
         held = self._datamodule.heldout_set
         self.history.append(module.perplexity(self._datamodule.general_loader(held, self.batch_size)))
-        path = self._context.path("general_perplexity.json") if self._context else None
-        if path is not None and self._context.is_rank_zero:
+        context = self._context
+        path = context.path("general_perplexity.json") if context else None
+        if context is not None and path is not None and context.is_rank_zero:
             write_json_atomic(path, {"before_first_task": self.history[0], "after_task": self.history[1:]})
 
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:

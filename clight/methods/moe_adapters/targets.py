@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -121,7 +121,8 @@ class CausalLMTarget(Target):
         from clight.models.causal_lm import routing_tokens
 
         ids, mask = self._ids_mask(args, kwargs)
-        hidden = network.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        base = cast(nn.Module, network.base_model)  # a transformers model's body, without its head
+        hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
         tokens = routing_tokens()
         if tokens is None or tokens.shape != ids.shape:
             tokens = mask

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from clight.models.module import ContinualModule
+
 BATCHED = "per-sample gradients batched with torch.func.vmap"
 LOOPED = "one backward pass per sample"
 
@@ -20,7 +22,7 @@ LOOPED = "one backward pass per sample"
 class _TaskLoss(nn.Module):
     """``module.task_loss`` as a module's forward, so ``functional_call`` can swap its parameters."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: ContinualModule) -> None:
         super().__init__()
         self.m = module
 
@@ -37,12 +39,14 @@ def _samples(dataset: Any, indices: list[int], device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int, chunk: int) -> dict[str, torch.Tensor]:
+def _batched(
+    module: ContinualModule, params: dict[str, nn.Parameter], dataset: Any, n: int, chunk: int
+) -> dict[str, torch.Tensor]:
     from torch.func import functional_call, grad, vmap
 
     wrapper = _TaskLoss(module)
     trainable = {f"m.{k}": p.detach() for k, p in params.items()}
-    fixed = {f"m.{k}": t for k, t in module.named_parameters() if k not in params}
+    fixed: dict[str, torch.Tensor] = {f"m.{k}": t for k, t in module.named_parameters() if k not in params}
     fixed.update({f"m.{k}": t for k, t in module.named_buffers()})
 
     def one_loss(weights: dict, sample: dict) -> torch.Tensor:
@@ -59,7 +63,7 @@ def _batched(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n
     return fisher
 
 
-def _looped(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n: int) -> dict[str, torch.Tensor]:
+def _looped(module: ContinualModule, params: dict[str, nn.Parameter], dataset: Any, n: int) -> dict[str, torch.Tensor]:
     fisher = {k: torch.zeros_like(p) for k, p in params.items()}
     for i in range(n):
         module.zero_grad(set_to_none=True)
@@ -71,7 +75,7 @@ def _looped(module: nn.Module, params: dict[str, nn.Parameter], dataset: Any, n:
     return fisher
 
 
-def diagonal_fisher(module: nn.Module, dataset: Any, samples: int, chunk: int = 64) -> tuple[dict[str, torch.Tensor], str]:
+def diagonal_fisher(module: ContinualModule, dataset: Any, samples: int, chunk: int = 64) -> tuple[dict[str, torch.Tensor], str]:
     """Fisher of ``module``'s trainable parameters over the first ``samples`` items of ``dataset``
     (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``)."""
     params = {k: p for k, p in module.named_parameters() if p.requires_grad}

@@ -60,8 +60,9 @@ class LwF(ContinualCallback):
 
     def on_task_start(self, module: Any, task: Task) -> None:
         if self._pending is not None:
-            self._set_previous(module.frozen_copy())
-            self.previous.load_state_dict(self._pending, strict=False)
+            previous = module.frozen_copy()
+            previous.load_state_dict(self._pending, strict=False)
+            self._set_previous(previous)
             self._pending = None
 
     def on_task_end(self, module: Any, task: Task) -> None:

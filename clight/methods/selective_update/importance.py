@@ -14,6 +14,8 @@ from typing import Any, Callable, Collection, Iterable, Optional
 import torch
 from torch import nn
 
+from clight.models.module import ContinualModule
+
 
 def task_rows(batch: dict, tasks: Collection[int]) -> Optional[dict]:
     """The rows of ``batch`` from ``tasks`` that are not general samples (``None`` when there are none)."""
@@ -39,7 +41,7 @@ def label_free_objective(logits: torch.Tensor) -> torch.Tensor:
 
 
 def summed_gradients(
-    module: nn.Module,
+    module: ContinualModule,
     batches: Iterable[dict],
     weights: dict[str, nn.Parameter],
     tasks: Collection[int],
@@ -57,11 +59,11 @@ def summed_gradients(
     module.zero_grad(set_to_none=True)
     try:
         for batch in batches:
-            batch = task_rows(to_device(batch), tasks)
-            if batch is None:
+            rows_of_tasks = task_rows(to_device(batch), tasks)
+            if rows_of_tasks is None:
                 continue
             with torch.enable_grad(), forward_context():
-                logits = module.output_logits(batch)
+                logits = module.output_logits(rows_of_tasks)
                 loss = label_free_objective(logits)
             loss.backward()
             rows += len(logits)
