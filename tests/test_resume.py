@@ -17,6 +17,8 @@ from clight import SequenceRunner
 from clight.io import load_checkpoint
 from clight.runner import RunInterrupted
 
+pytestmark = pytest.mark.xdist_group("test_resume.reference")  # its tests share the module's reference runs
+
 EPOCHS = 3
 TRAINER = dict(QUIET_TRAINER, max_epochs=EPOCHS)
 SCRIPT = Path(__file__).parent / "scripts" / "killed_run.py"
@@ -164,6 +166,7 @@ def load_manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("commit", [3, 6], ids=["writing-an-epoch-checkpoint", "writing-the-task-boundary"])
 def test_sigkill_while_writing_loses_nothing_written_before(tmp_path, reference, commit):
     # A real SIGKILL (no Python clean-up) just before the n-th atomic rename. The renames: the
