@@ -15,6 +15,8 @@ from clight.compare import SequenceMismatch, compare_configs, compare_runs, conf
 from clight.compare.record import trainable_per_task
 from clight.contract import ConfigError
 
+pytestmark = pytest.mark.xdist_group("test_compare.finished")  # its tests share the module's finished runs
+
 CONFIG = """seed_everything: {seed}
 run_dir: {run_dir}
 model:

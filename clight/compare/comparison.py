@@ -138,7 +138,9 @@ def compare_configs(
     returns the comparison (the others return an empty one)."""
     check_output(Path(out))
     plans = plan_runs([str(c) for c in configs], overrides, None if run_root is None else str(run_root), names)
-    check_same_sequence([(p.name, p.sequence) for p in plans])
+    sequences = [(p.name, p.sequence) for p in plans if p.sequence is not None]
+    assert len(sequences) == len(plans)  # plan_runs reads every run's sequence
+    check_same_sequence(sequences)
     execute(plans)
     if not is_rank_zero():  # rank 0 writes the run folders and the comparison; the others would race it
         return Comparison([], [], {}, "", Path(out))

@@ -4,8 +4,9 @@ sequence (running mean) where runs scored only the new task, and every control o
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -78,14 +79,14 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
     """One panel per view; one colour per run in every panel."""
     plt = _pyplot()
     num_tasks = max(r.num_tasks for r in records)
-    panels = []
+    panels: list[Callable[[Any, list[RunRecord], dict], None]] = []
     if any(r.final_accuracy is not None for r in records):
         panels.append(_final_accuracy)
     if any(r.schedule == "sequential_current" for r in records):
         window = smooth or (5 if num_tasks >= 20 else 1)
-        panels.append(lambda ax, rs, cs: _new_task_accuracy(ax, rs, cs, window))
+        panels.append(partial(_new_task_accuracy, smooth=window))
     names = list(dict.fromkeys(c.name for r in records for c in r.controls))
-    panels += [lambda ax, rs, cs, n=n: _control(ax, rs, cs, n) for n in names]
+    panels += [partial(_control, name=n) for n in names]
     columns = min(PANELS_PER_ROW, len(panels))
     rows = math.ceil(len(panels) / columns)
     legend_height = 0.25 * math.ceil(len(records) / LEGEND_COLUMNS) + 0.2  # inches, below the panels, so no panel is covered

@@ -29,7 +29,7 @@ def default_window(num_tasks: int) -> int:
 def joint_reference(records: list[RunRecord]) -> tuple[Optional[RunRecord], Optional[IntransigenceReference], str]:
     """The first joint run, as an intransigence reference, with its provenance written out."""
     joint = next((r for r in records if r.schedule == "joint"), None)
-    if joint is None:
+    if joint is None or joint.final_accuracy is None:
         return None, None, ""
     others = [r.name for r in records if r.schedule == "joint" and r is not joint]
     provenance = (
@@ -229,7 +229,8 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
         out.append(f"Intransigence: {layout['intransigence_reference']}.")
     seen: dict[str, str] = {}
     for c in (c for r in records for c in r.controls):
-        direction = {True: "lower is better", False: "higher is better"}.get(c.lower_is_better, "no better direction")
+        directions: dict[Optional[bool], str] = {True: "lower is better", False: "higher is better"}
+        direction = directions.get(c.lower_is_better, "no better direction")
         seen.setdefault(
             c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} (from {c.source})."
         )

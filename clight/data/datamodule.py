@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
+from collections.abc import Sized
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence, cast
 
 import lightning as L
 import torch
@@ -14,7 +15,7 @@ from clight.data.replay import Replay, ReplayMemory
 from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import Scenario, SplitClasses
 from clight.data.task import SequenceInfo, Task
-from clight.data.views import ConcatViews, TaskView, collate_dict_batch
+from clight.data.views import ConcatViews, TaskView, collate_dict_batch, dataset_targets
 from clight.distributed import global_rank, shards_parameters, world_size
 
 #: how a memory joins the training stream: ``only`` trains on the memory alone (GDumb)
@@ -119,7 +120,7 @@ class TaskSequence(L.LightningDataModule):
     def on_task_end(self, task: int) -> None:
         """Offer the finished task's training samples to the replay memory (not to a method's)."""
         if self.memory is not None and self.memory_owner is None:
-            self.memory.add_task(task, self.tasks[task].train.targets)
+            self.memory.add_task(task, dataset_targets(self.tasks[task].train))
 
     # -- a method's own memory ----------------------------------------------------------------
     def claim_training_memory(self, method: object, name: str) -> None:
@@ -259,9 +260,9 @@ class TaskSequence(L.LightningDataModule):
                     "index": t.index,
                     "name": t.name,
                     "classes": t.classes,
-                    "train": len(t.train),
-                    "val": len(t.val),
-                    "test": len(t.test),
+                    "train": len(cast(Sized, t.train)),
+                    "val": len(cast(Sized, t.val)),
+                    "test": len(cast(Sized, t.test)),
                 }
                 for t in self.tasks
             ],

@@ -72,7 +72,7 @@ class ReservoirMemory(ReplayMemory):
         entries, labels = self.entries.tolist(), self.labels.tolist()
         draws = torch.rand(len(targets), generator=g, dtype=torch.float64)
         for i, y in enumerate(targets.tolist()):
-            if len(entries) < self.capacity:
+            if self.capacity is None or len(entries) < self.capacity:  # None: unbounded
                 entries.append([task_id, i])
                 labels.append(y)
             else:
@@ -95,15 +95,18 @@ class ClassBalancedMemory(ReplayMemory):
         entries = torch.cat([self.entries, new])
         labels = torch.cat([self.labels, targets.long()])
         self.seen += n
+        if self.capacity is None:  # unbounded: every sample stays
+            self.entries, self.labels = entries, labels
+            return
         classes = labels.unique()
         quota, extra = divmod(self.capacity, len(classes))
         g = seeded_generator(self.seed, 11, task_id)
-        keep = []
+        kept = []
         for rank, c in enumerate(classes.tolist()):
             members = (labels == c).nonzero().flatten()
             share = quota + (1 if rank < extra else 0)
-            keep.append(members[torch.randperm(len(members), generator=g)[:share]])
-        keep = torch.cat(keep).sort().values
+            kept.append(members[torch.randperm(len(members), generator=g)[:share]])
+        keep = torch.cat(kept).sort().values
         self.entries, self.labels = entries[keep], labels[keep]
 
 

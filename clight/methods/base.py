@@ -11,6 +11,7 @@ from clight.choices import SETTINGS
 from clight.contract import ConfigError, RunContext, require
 from clight.data.task import SequenceInfo, Task
 from clight.distributed_state import StateLayout
+from clight.lightning_internals import callback_state_key
 
 
 def _stable(value: Any) -> Any:
@@ -59,6 +60,8 @@ class ContinualCallback(Callback):
     state_layout: ClassVar[dict[str, StateLayout]] = {}
     #: why the method cannot run with sharded parameters (``None``: it can); refused before the run
     unshardable: ClassVar[Optional[str]] = None
+    _init_arguments: tuple[tuple, dict]  # set in __new__
+    _state_key_suffix: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "ContinualCallback":
         obj = super().__new__(cls)
@@ -109,7 +112,7 @@ class ContinualCallback(Callback):
         # Lightning reads the key on every hook call (to name profiler sections): build it once.
         base = self.__dict__.get("_state_key_base")
         if base is None:
-            base = self._state_key_base = self._generate_state_key(**_stable(self.init_arguments()))
+            base = self._state_key_base = callback_state_key(self, **_stable(self.init_arguments()))
         return base + getattr(self, "_state_key_suffix", "")
 
     def disambiguate(self, occurrence: int) -> None:

@@ -13,6 +13,7 @@ from torchmetrics.aggregation import MeanMetric
 from clight.choices import SETTINGS
 from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
+from clight.lightning_internals import CURRENT_HOOK_ATTRIBUTE, attached_trainer, logger_writes_this_step
 from clight.models.finite import FiniteLossCheck, NonFiniteLossError
 from clight.models.sharding import ShardingRecord, reshard, shard_for_fit, transformer_blocks
 
@@ -84,7 +85,7 @@ class ContinualModule(L.LightningModule):
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets this around each of the dozens of hook calls of a step; it is never a
         # parameter, buffer or submodule, so nn.Module's checks for those are skipped.
-        if name == "_current_fx_name":
+        if name == CURRENT_HOOK_ATTRIBUTE:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -150,8 +151,8 @@ class ContinualModule(L.LightningModule):
         """A deep copy with no gradients, in eval mode, detached from the Trainer and from what
         methods attached (loss terms, evaluation scores: they belong to the methods)."""
         memo: dict[int, Any] = {id(self.loss_terms): {}, id(self.evaluation_scores): None}
-        if self._trainer is not None:
-            memo[id(self._trainer)] = None
+        if (trainer := attached_trainer(self)) is not None:
+            memo[id(trainer)] = None
         copied = copy.deepcopy(self, memo)
         copied.requires_grad_(False)
         return copied.eval()
@@ -179,10 +180,10 @@ class ContinualModule(L.LightningModule):
         """Whether Lightning's logger writes this step's metrics, or it ends the epoch or the fit.
         A ``self.log`` call costs about a tenth of a small model's step, and what is handed over
         on the steps in between is never written."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return False
-        return trainer._logger_connector.should_update_logs or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
+        return logger_writes_this_step(trainer) or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
 
     # Non-finite losses not yet read back from an accelerator are checked before anything is saved.
     def on_train_epoch_end(self) -> None:

@@ -27,6 +27,8 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from clight.distributed import shards_parameters
 from clight.io import UnreadableFileError, save_tensors_atomic
+from clight.lightning_internals import start_next_epoch_afresh
+from clight.runner.errors import RunFolderError
 from clight.runner.sharded_checkpoints import commit_checkpoint, read_epoch_checkpoint, remove_checkpoint
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
@@ -58,8 +60,6 @@ class ResumePoint:
 
     def check_fits(self, module: torch.nn.Module) -> None:
         """Refuse a checkpoint written for another model (before Lightning loads it without ``strict``)."""
-        from clight.runner.run_folder import RunFolderError
-
         state = module.state_dict()
         expected = {k: tuple(state[k].shape) for k in changing_state_keys(module)}
         if expected == self.shapes:
@@ -88,7 +88,9 @@ def find_resume_point(folder: Path) -> Optional[ResumePoint]:
         except UnreadableFileError as exc:
             warnings.warn(f"{exc}; falling back to the checkpoint before it", stacklevel=2)
             continue
-        epoch = int(EPOCH_FILE.fullmatch(path.name).group(1))
+        name = EPOCH_FILE.fullmatch(path.name)
+        assert name is not None  # epoch_checkpoints lists only these
+        epoch = int(name.group(1))
         own = checkpoint["callbacks"].get(EpochCheckpoint.__qualname__, {})
         shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
         return ResumePoint(path, epoch, shapes, own.get("log_rows"))
@@ -124,13 +126,11 @@ class EpochCheckpoint(Checkpoint):
         # The checkpoint is at an epoch boundary: nothing is left to finish mid-epoch. Lightning
         # treats every resume of a max_steps fit as one, and would end the saved epoch again
         # (its epoch-end hooks twice) and skip the first batch; start the next epoch afresh.
-        trainer.fit_loop.epoch_loop.restarting = False
-        trainer.fit_loop._restarting = False
         # Afresh also for the data iterator: a resuming fit would keep the one made before the
         # epoch-start hooks, so EpochSeed's reseed would come before its draw of the loader's base
         # seed from the global generator instead of after it, as in a run never stopped: dropout
         # and all other global draws of the epoch (and any workers' seeds) would differ.
-        trainer.fit_loop._resuming_from_checkpoint = False
+        start_next_epoch_afresh(trainer)
         if self.should_stop:  # early stopping had asked to stop when the checkpoint was written
             trainer.should_stop = True
 

@@ -61,11 +61,12 @@ class KeepBestWeights(Callback):
     restores them when the fit ends (frozen parameters cannot change, so they are not copied)."""
 
     def __init__(self, monitor: str) -> None:
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
+        self.monitor, self.best = monitor, -float("inf")
+        self.state: Optional[dict[str, torch.Tensor]] = None
 
     @staticmethod
     def _changing_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        state = {k: p for k, p in module.named_parameters() if p.requires_grad}
+        state: dict[str, torch.Tensor] = {k: p for k, p in module.named_parameters() if p.requires_grad}
         state.update(module.named_buffers())
         return state
 

@@ -89,8 +89,8 @@ class SequenceRunner:
         self.seed, self.resume, self.config = seed, resume, config
         self.allow_config_change = allow_config_change
         self.schedule = self.settings.schedule()
-        self.progress: Optional[Progress] = None
-        self.logger: Optional[SequenceCSVLogger] = None
+        self.progress: Progress  # both set by run()
+        self.logger: SequenceCSVLogger
         self.trainable_per_fit: list[int] = []  # counted after each fit's on_task_start hooks
         self.stop = StopRequest()
         self._resume_point: Optional[ResumePoint] = None
@@ -324,7 +324,8 @@ class SequenceRunner:
 
 def _seconds_before(trainer: L.Trainer) -> float:
     """The seconds a fit resumed from an epoch checkpoint had run before it was killed."""
-    return sum(c.seconds_before for c in trainer.callbacks if isinstance(c, EpochCheckpoint))
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set on every Trainer by Lightning's callback connector, not declared
+    return sum(c.seconds_before for c in callbacks if isinstance(c, EpochCheckpoint))
 
 
 def _row_log(fit: Fit, row: list[float], metrics: dict) -> dict:

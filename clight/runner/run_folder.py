@@ -31,6 +31,7 @@ from clight.io import (
 from clight.runner.boundary import committed_state, reconcile
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.runner.errors import RunFolderError
 from clight.runner.sharded_checkpoints import BOUNDARY_FOLDER, holds_dtensors, read_boundary, save_sharded_boundary
 from clight.shorten import shorten
 
@@ -39,10 +40,6 @@ CONFIG = "config.yaml"
 CONFIG_CHANGES = "config_changes.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
 MANIFEST_FORMAT = 3
-
-
-class RunFolderError(RuntimeError):
-    pass
 
 
 @dataclass

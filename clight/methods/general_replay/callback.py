@@ -116,6 +116,7 @@ class GeneralReplay(ContinualCallback):
         """Compute the base reference now (each forward inside ``forward_context()``) if it is needed and missing."""
         if not self.variant.needs_reference or self.reference is not None:
             return
+        assert self.fingerprint is not None, "setup_sequence comes first"
         self.reference = BaseReference.compute(
             module,
             self._datamodule,

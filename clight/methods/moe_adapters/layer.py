@@ -47,6 +47,8 @@ class MoELayer(nn.Module):
     all of its tokens (per-token routing: each token its own experts).
     """
 
+    frozen: torch.Tensor  # buffer
+
     def __init__(
         self,
         dim: int,

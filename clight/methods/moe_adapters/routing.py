@@ -20,7 +20,7 @@ network's, bit for bit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 from torch import nn
@@ -52,6 +52,9 @@ class NetworkRouting(nn.Module):
     def add(self, key: str, selector: DDAS, state: RouteState) -> None:
         self.selectors[key] = selector
         self.states[key] = state
+
+    def selector(self, key: str) -> DDAS:
+        return cast(DDAS, self.selectors[key])
 
     @contextmanager
     def forced(self, rows: Optional[torch.Tensor]) -> Iterator[None]:
@@ -108,7 +111,7 @@ class NetworkRouting(nn.Module):
             else:
                 if features is None:
                     features = self.frozen_features(network, args, kwargs)
-                rows = self.selectors[key].route(features)
+                rows = self.selector(key).route(features)
             if rows is not None and rows.shape != (batch,):
                 raise ValueError(f"MoE routes have shape {tuple(rows.shape)}, the network got {batch} samples")
             state.rows, state.token_mask = rows, mask
@@ -122,17 +125,17 @@ class NetworkRouting(nn.Module):
 
     def route(self, features: torch.Tensor, key: Optional[str] = None) -> torch.Tensor:
         """DDAS routes of ``features`` by instance ``key``'s selector (the first one by default)."""
-        return self.selectors[key if key is not None else next(iter(self.selectors))].route(features)
+        return self.selector(key if key is not None else next(iter(self.selectors))).route(features)
 
 
 def _before_forward(network: nn.Module, args: tuple, kwargs: dict) -> None:
-    routing: NetworkRouting = network.moe_routing
+    routing = cast(NetworkRouting, network.moe_routing)
     if not routing._computing:
         routing.decide(network, args, kwargs)
 
 
 def _after_forward(network: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    routing: NetworkRouting = network.moe_routing
+    routing = cast(NetworkRouting, network.moe_routing)
     if not routing._computing:
         routing.clear()
 

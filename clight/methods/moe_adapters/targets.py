@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,9 @@ class CausalLMTarget(Target):
             out = network(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
             hidden = out.hidden_states[-1].float()  # the final norm's output, as last_hidden_state
         else:
-            hidden = network.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+            hidden = cast(nn.Module, network.base_model)(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state.float()
         tokens = routing_tokens()
         if tokens is None or tokens.shape != ids.shape:
             tokens = mask

@@ -73,7 +73,7 @@ def _batched(
 
     wrapper = _Objective(module, objective)
     trainable = {f"m.{k}": p.detach() for k, p in params.items()}
-    fixed = {f"m.{k}": t for k, t in module.named_parameters() if k not in params}
+    fixed: dict[str, torch.Tensor] = {f"m.{k}": t for k, t in module.named_parameters() if k not in params}
     fixed.update({f"m.{k}": t for k, t in module.named_buffers()})
 
     def one_sample(weights: dict, sample: dict) -> torch.Tensor:

@@ -147,9 +147,11 @@ class SPU(ContinualCallback):
         self._hooks = [optimizer.register_step_post_hook(self._after_step) for optimizer in trainer.optimizers]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        assert self.selection is not None  # checked in on_train_start
         self.variant.mask_gradients(self.selection.masked, self._device_masks)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
+        assert self.selection is not None
         self.variant.after_step(self.selection.masked, self._device_masks, self._anchors)
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -206,6 +208,7 @@ class SPU(ContinualCallback):
         self.importance_seconds[task] = time.perf_counter() - started
 
     def _record(self, module: nn.Module, task: int, batches: int, rows: int) -> dict:
+        assert self.selection is not None
         params = dict(module.named_parameters())
         selected = sum(int(m.sum()) for m in self.masks.values())
         full = sum(p.numel() for p in self.selection.full.values())

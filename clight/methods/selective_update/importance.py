@@ -14,6 +14,8 @@ from typing import Any, Callable, Collection, Iterable, Optional
 import torch
 from torch import nn
 
+from clight.models.module import ContinualModule
+
 
 def task_rows(batch: dict, tasks: Collection[int]) -> Optional[dict]:
     """The rows of ``batch`` from ``tasks`` that are not general samples (``None`` when there are none)."""
@@ -39,7 +41,7 @@ def label_free_objective(logits: torch.Tensor) -> torch.Tensor:
 
 
 def summed_gradients(
-    module: nn.Module,
+    module: ContinualModule,
     batches: Iterable[dict],
     weights: dict[str, nn.Parameter],
     tasks: Collection[int],
