@@ -44,6 +44,7 @@ class PromptClassifier(ContinualClassifier):
 
     settings = ("class_incremental", "domain_incremental")
     settings_reason = " (prompt methods choose prompts without a task id at test time)"
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the models and methods that are)"
     method_name = "prompt method"
 
     def __init__(

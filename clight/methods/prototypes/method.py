@@ -29,6 +29,11 @@ OWNER = "_classifier_method"  # the attribute that marks which method owns a mod
 class ClassStatisticsMethod(ContinualCallback):
     """Base of SimpleCIL, APER and RanPAC (see ``docs/methods/prototypes.md``)."""
 
+    unshardable = (
+        "its class statistics are summed over each rank's share of a task's training split, and with sharded "
+        "parameters every rank reads the whole split; not yet made to work with sharding"
+    )
+
     settings = ("class_incremental", "domain_incremental")
     gradient_free = True
     #: APER concatenates the pretrained and the adapted features; RanPAC adapts the backbone itself
