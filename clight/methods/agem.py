@@ -85,7 +85,7 @@ class AGEM(ContinualCallback):
         self.steps.append(0)
 
     def on_task_end(self, module: Any, task: Task) -> None:
-        n = len(task.train)
+        n = task.train_size
         chosen = torch.randperm(n, generator=self._context.generator(SALT, 1, task.index))[: self.samples_per_task]
         new = torch.stack([torch.full_like(chosen, task.index), chosen.sort().values], 1)
         self.entries = torch.cat([self.entries, new])
