@@ -66,6 +66,11 @@ class RanPAC(ClassStatisticsMethod):
             self.class_features = torch.zeros(head.width, num_classes, dtype=torch.float64)
         return head
 
+    def classifier(self, module: Any) -> RandomProjectionHead:
+        head = super().classifier(module)
+        assert isinstance(head, RandomProjectionHead), "make_classifier built it"
+        return head
+
     def learn_task(self, module: Any, task: Task) -> None:
         head, device = self.classifier(module), module.device
         width, num_classes = self.class_features.shape
