@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -32,7 +32,10 @@ def consolidated_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # a full state dict holds plain tensors (torch types it as any state value: DTensor, list, dict...)
+    return cast(
+        dict[str, torch.Tensor], get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    )
 
 
 def export_model(module: Any, folder: Path) -> None:

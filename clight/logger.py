@@ -29,6 +29,8 @@ class SequenceCSVLogger(CSVLogger):
     returns the number of rows in the file.
     """
 
+    _experiment: Optional[CrashSafeWriter]
+
     def __init__(self, save_dir: str, name: str = "logs", keep_rows: Optional[int] = None, new_run: bool = False) -> None:
         super().__init__(save_dir=save_dir, name=name, version="")
         self.step_offset = 0

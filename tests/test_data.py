@@ -17,6 +17,7 @@ from clight.data import (
     evaluation_batches,
     sources,
 )
+from clight.data.replay import GreedyClassBalancedMemory
 from clight.data.views import ArrayDataset
 
 
@@ -147,7 +148,7 @@ def test_unbounded_memory_keeps_everything_and_round_trips():
     assert torch.equal(twin.entries, m.entries)
 
 
-@pytest.mark.parametrize("memory", [ReservoirMemory, ClassBalancedMemory])
+@pytest.mark.parametrize("memory", [ReservoirMemory, ClassBalancedMemory, GreedyClassBalancedMemory])
 def test_a_memory_without_capacity_keeps_everything(memory):
     m = memory(capacity=None, seed=0)  # "null (unbounded)", as the capacity check says
     m.add_task(0, torch.tensor([0, 1, 1]))

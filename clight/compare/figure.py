@@ -41,6 +41,7 @@ def _final_accuracy(ax, records: list[RunRecord], colours: dict) -> None:
     for i, r in enumerate(shown):
         # runs in another task order: each bar over the task's position in the first run's order
         by_name = r.final_by_task() if r.task_names != names else {}
+        assert r.final_accuracy is not None, "shown holds the runs with a final accuracy"
         values = [by_name.get(n, math.nan) for n in names] if by_name else r.final_accuracy
         x = np.arange(1, len(values) + 1) + (i - (len(shown) - 1) / 2) * width
         ax.bar(x, 100 * np.nan_to_num(np.asarray(values)), width, label=r.name, color=colours[r.name])

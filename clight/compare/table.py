@@ -9,9 +9,10 @@ of ``a[t][t]``), intransigence against the joint run, a control's change (after 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
     for r in records:
         row: dict[str, Any] = {"method": r.name, "schedule": r.schedule, "status": r.status, "run_dir": str(r.run_dir)}
         if with_matrix:
-            final = r.final_accuracy or [None] * num_tasks
+            final: Sequence[Optional[float]] = r.final_accuracy or [None] * num_tasks
             by_name = r.final_by_task() if r.final_accuracy is not None else {}
             for j, (key, header) in enumerate(columns):
                 row[key] = by_name.get(header) if key == f"task_{header}" else (final[j] if j < len(final) else None)
@@ -156,13 +157,18 @@ def _routing(row: dict, num_tasks: int) -> str:
     return ", ".join(f"{100 * own:.0f}/{100 * pre:.0f}" for own, pre in cells)
 
 
+def _percent_of(key: str, digits: int) -> Callable[[dict], str]:
+    """The cell of column ``key`` as a percentage with ``digits`` decimals."""
+    return lambda row: _percent(digits)(row[key])
+
+
 def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     columns: list[tuple[str, Callable[[dict], str]]] = [("method", lambda row: row["method"])]
     if layout["with_matrix"]:
         if layout["num_tasks"] <= MAX_TASK_COLUMNS:
-            columns += [(header, lambda row, key=key: _percent(1)(row[key])) for key, header in layout["task_columns"]]
+            columns += [(header, _percent_of(key, 1)) for key, header in layout["task_columns"]]
         columns += [
-            (header, lambda row, key=key: _percent(2)(row[key]))
+            (header, _percent_of(key, 2))
             for header, key in (
                 ("AA", "average_accuracy"),
                 ("BWT", "backward_transfer"),
@@ -170,9 +176,7 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
                 ("forgetting", "forgetting"),
             )
         ]
-        columns += [
-            (SCORE_NAMES.get(name, name), lambda row, key=f"{name}_average": _percent(2)(row[key])) for name in layout["scores"]
-        ]
+        columns += [(SCORE_NAMES.get(name, name), _percent_of(f"{name}_average", 2)) for name in layout["scores"]]
     if layout["intransigence_reference"]:
         columns.append(("intransigence", lambda row: _percent(2)(row["intransigence"])))
     if layout["new_task_only"]:
@@ -182,7 +186,7 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
             (f"new-task acc., last {w}", lambda row: _percent(1)(row[f"new_task_accuracy_last_{w}"])),
         ]
     columns += [
-        (f"{name.replace('_', ' ')}: start → end (change)", lambda row, n=name: _control(row, n)) for name in layout["controls"]
+        (f"{name.replace('_', ' ')}: start → end (change)", functools.partial(_control, name=name)) for name in layout["controls"]
     ]
     if layout.get("routing"):
         columns.append(("routing: own task / pretrained (%)", lambda row: _routing(row, layout["num_tasks"])))

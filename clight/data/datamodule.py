@@ -287,7 +287,7 @@ def _subset(view: TaskView, rows: torch.Tensor, entries: torch.Tensor) -> TaskVi
 class _Reordered(Dataset):
     """``dataset`` with its items at new positions: item i is ``dataset[position[i]]``."""
 
-    def __init__(self, dataset: Dataset, position: torch.Tensor) -> None:
+    def __init__(self, dataset: ConcatViews, position: torch.Tensor) -> None:
         self.dataset, self.position = dataset, position
 
     def __len__(self) -> int:

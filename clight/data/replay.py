@@ -126,11 +126,12 @@ class GreedyClassBalancedMemory(ReplayMemory):
         for entry, y in zip(self.entries.tolist(), self.labels.tolist()):
             by_class.setdefault(y, []).append(entry)
         stored = len(self.entries)
+        capacity = float("inf") if self.capacity is None else self.capacity  # None: unbounded, every sample stays
         for i, y in enumerate(targets.tolist()):
             members = by_class.setdefault(y, [])
-            if len(members) >= self.capacity / len(by_class):
+            if len(members) >= capacity / len(by_class):
                 continue
-            if stored >= self.capacity:
+            if stored >= capacity:
                 largest = max(by_class, key=lambda c: (len(by_class[c]), -c))
                 crowded = by_class[largest]
                 j = int(draws[i] * len(crowded))

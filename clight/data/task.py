@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sized, cast
 
 from torch.utils.data import Dataset
 
@@ -25,6 +25,11 @@ class Task:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def train_size(self) -> int:
+        """The number of training items (a task's data sets are map-style; torch's ``Dataset`` declares no ``__len__``)."""
+        return len(cast(Sized, self.train))
 
 
 @dataclass

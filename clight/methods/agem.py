@@ -85,7 +85,8 @@ class AGEM(ContinualCallback):
         self.steps.append(0)
 
     def on_task_end(self, module: Any, task: Task) -> None:
-        n = len(task.train)
+        assert self._context is not None, "setup_sequence comes first"
+        n = task.train_size
         chosen = torch.randperm(n, generator=self._context.generator(SALT, 1, task.index))[: self.samples_per_task]
         new = torch.stack([torch.full_like(chosen, task.index), chosen.sort().values], 1)
         self.entries = torch.cat([self.entries, new])
@@ -110,6 +111,7 @@ class AGEM(ContinualCallback):
         return [sum_across_ranks(torch.zeros_like(p) if g is None else g) / world for p, g in zip(params, grads)]
 
     def _reference_rows(self, rank: int, world: int) -> torch.Tensor:
+        assert self._generator is not None, "setup_sequence comes first"
         if self.reference_sampling == "uniform":
             return memory_batch(len(self.entries), self.reference_batch_size, self._generator, rank, world)
         tasks = self.entries[:, 0].unique()

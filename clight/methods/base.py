@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 from lightning.pytorch.callbacks import Callback
 
@@ -120,7 +120,7 @@ class ContinualCallback(Callback):
         self._state_key_suffix = f"#{occurrence}" if occurrence else ""
 
 
-def assign_state_keys(methods: list[ContinualCallback]) -> None:
+def assign_state_keys(methods: Sequence[ContinualCallback]) -> None:
     """Give identical instances distinct keys (``#1``, ``#2`` in order), deterministically."""
     seen: dict[str, int] = {}
     for method in methods:

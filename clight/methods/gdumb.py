@@ -11,6 +11,7 @@ from clight.choices import check_choice
 from clight.contract import ConfigError, MemoryData, RunContext
 from clight.data.replay import GreedyClassBalancedMemory
 from clight.data.task import SequenceInfo, Task
+from clight.data.views import dataset_targets
 from clight.methods.base import ContinualCallback
 
 SALT = 0x6D0B  # the run-seed salt of everything GDumb draws
@@ -24,8 +25,9 @@ def reset_all(module: torch.nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for layer in module.modules():
-            if hasattr(layer, "reset_parameters") and any(True for _ in layer.parameters(recurse=False)):
-                layer.reset_parameters()
+            reset = getattr(layer, "reset_parameters", None)
+            if reset is not None and any(True for _ in layer.parameters(recurse=False)):
+                reset()
 
 
 def _layers_without_reset(module: torch.nn.Module) -> list[str]:
@@ -87,7 +89,8 @@ class GDumb(ContinualCallback):
             self.initial = {k: v.detach().clone() for k, v in module.state_dict().items() if "." in k}
 
     def on_task_start(self, module: Any, task: Task) -> None:
-        self.memory.add_task(task.index, task.train.targets)
+        assert self.memory is not None and self._context is not None, "setup_sequence comes first"
+        self.memory.add_task(task.index, dataset_targets(task.train))
         reset_all(module, self._context.seed_for(SALT, task.index))
         if self.reinit == "initial":
             module.load_state_dict(self.initial, strict=False)  # layers added since keep the fresh weights
@@ -107,5 +110,6 @@ class GDumb(ContinualCallback):
         return {**state, "initial": self.initial}
 
     def load_state_dict(self, state: dict) -> None:
+        assert self.memory is not None, "setup_sequence comes before a checkpoint loads"
         self.memory.load_state_dict(state)
         self.initial = dict(state["initial"])

@@ -25,10 +25,12 @@ class PreviousModel:
         if self._pending is not None:
             pending = self._pending
             self.take(module)
+            assert self.model is not None, "take sets it"
             self.model.load_state_dict(pending, strict=False)
 
     def on(self, device: torch.device) -> Any:
         """The copy, on ``device`` (moved once, not walked on every step)."""
+        assert self.model is not None, "take comes first"
         if self._device != device:
             self.model.to(device)
             self._device = device

@@ -192,6 +192,7 @@ class ContinualCLIP(ContinualModule):
 
     def _own_classes(self, task_ids: torch.Tensor, width: int) -> torch.Tensor:
         """``[B, width]`` bool: each row's own task's class ids."""
+        assert self.sequence is not None, "setup_sequence comes first"
         own = torch.zeros(len(task_ids), width, dtype=torch.bool, device=self.seen_mask.device)
         for t in task_ids.unique().tolist():
             rows = (task_ids == t).nonzero().flatten().to(own.device)

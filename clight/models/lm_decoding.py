@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,8 @@ def held_routes(net: torch.nn.Module) -> Iterator[None]:
 
 def _cache_keyword(net: torch.nn.Module) -> str:
     """``cache`` (transformers 5.x) or ``past_key_values`` (4.x): what the model's forward takes."""
-    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    get_base_model = getattr(net, "get_base_model", None)  # a peft model's: the transformers model inside
+    base = get_base_model() if get_base_model is not None else net
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
@@ -99,7 +100,9 @@ def greedy_generate(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop or None, pad_token_id=pad_id
     )
     with held_routes(net):
-        out = net.generate(input_ids=prompt, attention_mask=prompt_mask, generation_config=config)
+        # a transformers model's (or a peft model's) generate; nn.Module types its attributes as submodules
+        generate = cast(Callable[..., torch.Tensor], net.generate)
+        out = generate(input_ids=prompt, attention_mask=prompt_mask, generation_config=config)
     return [cut_at_stop(row, stop) for row in out[:, prompt.shape[1] :].tolist()]
 
 

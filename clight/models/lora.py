@@ -15,7 +15,14 @@ def add_lora(net: torch.nn.Module, cfg: dict) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     r, alpha, dropout, targets = lora_options(cfg)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    # peft annotates lora_alpha as int, but its scaling is lora_alpha / r: a float alpha works
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(net, config)
     except ValueError as exc:  # e.g. no module matches target_modules

@@ -164,6 +164,7 @@ class ContinualModule(L.LightningModule):
         for name, term in self.loss_terms.items():
             terms[name] = term(self, batch, outputs)
             loss = terms[name] if loss is None else loss + terms[name]
+        assert loss is not None, "a term that replaces the task loss is one of loss_terms"
         step = self.global_step
         logged = self._logs_this_step(step)
         self._finite.observe(loss, self.current_task, step, due=logged, every_step=self.check_finite_every_step)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, TypeGuard
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 KEEP_WHOLE = "_clight_keep_whole"
 
@@ -35,7 +38,7 @@ def _kept_whole(module: nn.Module) -> set[nn.Parameter]:
     return {p for m in module.modules() if getattr(m, KEEP_WHOLE, False) for p in m.parameters()}
 
 
-def is_dtensor(tensor: Any) -> bool:
+def is_dtensor(tensor: Any) -> TypeGuard[DTensor]:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)

@@ -14,11 +14,13 @@ import os
 import socket
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 from clight.io import write_text_atomic
 from clight.runner.errors import RunFolderError
 
+fcntl: Optional[ModuleType]
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, no protection

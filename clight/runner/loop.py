@@ -246,6 +246,7 @@ class SequenceRunner:
     def _mark(self, status: str, **extra) -> None:
         """Say in the manifest how the run stopped (never hiding the reason it stopped), with the
         progress the run folder holds: a fit whose checkpoint was not written is not counted."""
+        assert self.committed is not None, "_train sets it before any fit"
         try:
             self.folder.save_progress(self.committed, status, **extra)
         except OSError:
@@ -259,6 +260,7 @@ class SequenceRunner:
         return f"clight fit --config CONFIG --resume {self.run_dir}, CONFIG being the config you started the run with"
 
     def _interrupted_message(self, exc: RunInterrupted, num_fits: int) -> str:
+        assert self.committed is not None, "_train sets it before any fit"
         done = self.committed.finished_fits
         return (
             f"{exc} in fit {done + 1}/{num_fits}. {self.run_dir} keeps the {done} finished fit(s) and the last epoch "

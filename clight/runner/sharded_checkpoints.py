@@ -18,7 +18,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -164,5 +164,5 @@ def read_boundary(path: Path) -> Any:
     candidates = [p for p in (path, folder) if p.exists()]
     if not candidates:
         raise FileNotFoundError(f"{path} does not exist")
-    newest: Optional[Path] = max(candidates, key=lambda p: p.stat().st_mtime)
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
     return load_sharded_boundary(newest) if newest.is_dir() else load_checkpoint(newest)

@@ -32,15 +32,15 @@ class ShardedStrategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
+        model = self.model
+        assert model is not None, "the strategy holds the model when Lightning loads a checkpoint"
         saved = saved_tensor_keys(path, "state_dict")
-        model_state = {k: v for k, v in get_model_state_dict(self.model).items() if k in saved}
+        model_state = {k: v for k, v in get_model_state_dict(model).items() if k in saved}
         load({"state_dict": model_state}, checkpoint_id=path)
-        self.model.load_state_dict(model_state, strict=False)
+        model.load_state_dict(model_state, strict=False)
         for index, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{index}"
-            state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            state = {key: get_optimizer_state_dict(model, optimizer)}
             load(state, checkpoint_id=path)
-            set_optimizer_state_dict(
-                self.model, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True)
-            )
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True))
         return load_checkpoint(path / META)

@@ -21,7 +21,7 @@ clight has never run them (docs/scaling.md): they would re-wrap the model in eve
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 from clight.contract import ConfigError
 from clight.distributed import is_model_parallel, shards_parameters, strategy_name
@@ -84,13 +84,13 @@ def launch_strategy(strategy: Any) -> Any:
     return strategy
 
 
-def check_sharding(trainer: dict, model: Any, methods: list) -> None:
+def check_sharding(trainer: dict, model: Any, methods: Sequence[Any]) -> None:
     """The strategy (``check_strategy``) and every method's ability to run under it, before anything runs."""
     check_strategy(trainer)
     check_methods_shard(methods, model, trainer.get("strategy", "auto"))
 
 
-def check_methods_shard(methods: list, model: Any, strategy: Any) -> None:
+def check_methods_shard(methods: Sequence[Any], model: Any, strategy: Any) -> None:
     """A method that cannot run with sharded parameters is refused before the run starts."""
     if not shards_parameters(strategy):
         return

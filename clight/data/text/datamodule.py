@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -13,7 +13,7 @@ from clight.data.samplers import evaluation_batches
 from clight.data.text.batches import TextCollator
 from clight.data.text.general import GeneralSet, control_passages, general_splits
 from clight.data.text.general_sources import GENERAL_SOURCES, GeneralSource
-from clight.data.text.tasks import TextTasks, TextTaskSpec
+from clight.data.text.tasks import TextTasks
 
 GeneralMode = Literal["append", "per_batch", "none"]
 
@@ -34,7 +34,8 @@ class TextTaskSequence(TaskSequence):
 
     def __init__(
         self,
-        tasks: Sequence[Union[str, TextTaskSpec]] = ("rt_sentiment", "tweet_sentiment", "rt_subjectivity"),
+        # what make_scenario reads: names or TextTaskSpec here, a subclass's own task kind there
+        tasks: Sequence[Any] = ("rt_sentiment", "tweet_sentiment", "rt_subjectivity"),
         tokenizer: str = "smollm2",
         max_length: int = 128,
         max_train_per_task: Optional[int] = None,

@@ -74,6 +74,7 @@ class DERpp(ContinualCallback):
         module.add_loss_term("derpp_labels", self.label_term)
 
     def _memory_batch(self, module: Any) -> dict:
+        assert self._generator is not None, "setup_sequence comes first"
         rows = memory_batch(len(self.buffer), self.batch_size, self._generator, global_rank(), world_size())
         return move_data_to_device(self.buffer.batch(rows), module.device)
 
@@ -105,6 +106,7 @@ class DERpp(ContinualCallback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._seen_batch is not None:
             seen, logits = self._seen_batch
+            assert self._generator is not None, "setup_sequence comes first"
             self.buffer.add(seen, logits, self._generator)
             self._seen_batch = None
 

@@ -40,7 +40,7 @@ class GeneralPerplexity(ContinualCallback):
         if control is not None:
             self.control_history.append(module.perplexity(data.general_loader(control, self.batch_size)))
         path = self._context.path("general_perplexity.json") if self._context else None
-        if path is not None and self._context.is_rank_zero:
+        if path is not None and self._context is not None and self._context.is_rank_zero:
             record: dict = {"before_first_task": self.history[0], "after_task": self.history[1:]}
             if self.control_history:
                 record["control"] = {
@@ -66,7 +66,11 @@ class GeneralPerplexity(ContinualCallback):
         self.control_history = list(state.get("control_history", []))
 
     def describe(self) -> dict:
-        info = {"class": type(self).__name__, "metric": "held-out general text perplexity", "history": self.history}
+        info: dict[str, Any] = {
+            "class": type(self).__name__,
+            "metric": "held-out general text perplexity",
+            "history": self.history,
+        }
         if self.control_history:
             info["control_text"] = getattr(self._datamodule.control_source, "name", None)
             info["control_history"] = self.control_history

@@ -11,6 +11,7 @@ from clight.choices import check_choice
 from clight.contract import ExemplarClassifier, MemoryData, RunContext
 from clight.data.replay import ReplayMemory
 from clight.data.task import SequenceInfo, Task
+from clight.data.views import dataset_targets
 from clight.distributed import broadcast_from_rank_zero, broadcast_from_rank_zero_
 from clight.methods.base import ContinualCallback
 from clight.methods.icarl.herding import HERDING, Herding, nearest_mean_scores, normalized
@@ -31,6 +32,7 @@ def icarl_loss(
     wanted = (target.unsqueeze(1) == new_classes.unsqueeze(0)).to(logits.dtype)
     columns, targets = new_classes, wanted
     if len(old_classes):
+        assert old_logits is not None, "old classes come with the previous model's logits"
         columns = torch.cat([old_classes, new_classes])
         targets = torch.cat([torch.sigmoid(old_logits.index_select(1, old_classes)), wanted], 1)
     return F.binary_cross_entropy_with_logits(logits.index_select(1, columns), targets)
@@ -123,7 +125,7 @@ class ICaRL(ContinualCallback):
             rows = (self.memory.labels == c).nonzero().flatten()[:per_class]
             entries.append(self.memory.entries[rows])
             labels.append(self.memory.labels[rows])
-        targets = task.train.targets
+        targets = dataset_targets(task.train)
         for c in task.classes:
             candidates = (targets == c).nonzero().flatten()
             features = normalized(self._features(module, task.train, candidates.tolist()))
@@ -161,6 +163,7 @@ class ICaRL(ContinualCallback):
         module.set_evaluation_scores(self.scores)
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
+        assert self.means is not None and self.has_mean is not None, "scores are set after the class means"
         return nearest_mean_scores(features, self.means.to(features.device), self.has_mean.to(features.device))
 
     # -- the record -----------------------------------------------------------------------------------

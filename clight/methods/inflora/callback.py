@@ -87,6 +87,7 @@ class InfLoRA(TaskLoRAMethod):
     def on_task_start(self, module: Any, task: Task) -> None:
         super().on_task_start(module, task)
         covariances, self._design_tokens = self._covariances(module, task)
+        assert self.adapters is not None, "setup_sequence comes first"
         a = self.adapters.weights(task.index, "lora_A")
         rows = {
             leader: (ROW_NORM * design_rows(cov, self.subspaces.get(leader), a[leader].shape[0], self.variant)).float()
@@ -112,7 +113,7 @@ class InfLoRA(TaskLoRAMethod):
 
     def _covariances(self, module: Any, task: Task) -> tuple[dict[str, torch.Tensor], int]:
         dataset = task.train
-        indices = list(range(len(dataset)))
+        indices = list(range(task.train_size))
         if self.samples is not None and self.samples < len(indices):
             order = torch.randperm(len(indices), generator=self.context.generator(SALT, task.index))
             indices = sorted(order[: self.samples].tolist())
@@ -127,6 +128,7 @@ class InfLoRA(TaskLoRAMethod):
             shuffle=False,
             collate_fn=self._datamodule.train_collate_fn(),
         )
+        assert self.adapters is not None, "setup_sequence comes first"
         layers = lora_layers(self.adapters.network)
         covariances, leaders, tokens = input_covariances(module, layers, loader, lambda batch: batch["attention_mask"])
         if self.leaders and leaders != self.leaders:
@@ -138,6 +140,7 @@ class InfLoRA(TaskLoRAMethod):
     def protected_projection(self, layer: str) -> torch.Tensor:
         """The projection onto the input directions protected for ``layer`` (zero before any task ended)."""
         space = self.subspaces.get(self.leaders.get(layer, layer))
+        assert self.adapters is not None, "setup_sequence comes first"
         d = self.adapters.weights(0, "lora_A")[layer].shape[1]
         return space.protected_projection() if space is not None else torch.zeros(d, d, dtype=torch.float64)
 

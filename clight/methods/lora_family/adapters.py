@@ -21,13 +21,21 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from peft.tuners.lora import LoraModel
+
 LORA_PARTS = ("lora_A", "lora_B")
+
+#: a peft LoRA layer: an ``nn.Module`` that is also a peft ``LoraLayer``, whose per-adapter parts
+#: (``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``) peft adds at run time, untyped
+LoraLayerModule = Any
 
 
 class EarlierAdapters:
@@ -39,7 +47,7 @@ class EarlierAdapters:
     def __init__(self, a: torch.Tensor, b: torch.Tensor, dropout: float) -> None:
         self.a, self.b, self.dropout = a.detach(), b.detach(), dropout
 
-    def __call__(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: LoraLayerModule, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if layer.disable_adapters:
             return output
         x = args[0]
@@ -50,7 +58,7 @@ class EarlierAdapters:
         return output + F.linear(F.linear(x, self.a), self.b).to(output.dtype)
 
 
-def lora_layers(network: nn.Module) -> dict[str, nn.Module]:
+def lora_layers(network: nn.Module) -> dict[str, LoraLayerModule]:
     """The peft LoRA layers of ``network`` by qualified name (in module order)."""
     from peft.tuners.lora import LoraLayer
 
@@ -65,7 +73,7 @@ class TaskAdapters:
     model's own adapter alone, shared by every task.
     """
 
-    def __init__(self, network: nn.Module, num_tasks: int | None, seed: int) -> None:
+    def __init__(self, network: PeftModel, num_tasks: int | None, seed: int) -> None:
         self.network = network
         self._hooks: list = []
         if num_tasks is None:
@@ -100,7 +108,8 @@ class TaskAdapters:
         self._hooks = []
         current = self.name(task)
         fused = fuse_earlier and self.per_task and task > 0
-        self.network.base_model.set_adapter([current] if fused else self.applied(task))  # peft marks them trainable ...
+        tuner = cast("LoraModel", self.network.base_model)  # peft types it as any nn.Module; LoRA's is a LoraModel
+        tuner.set_adapter([current] if fused else self.applied(task))  # peft marks them trainable ...
         layers = lora_layers(self.network)
         for layer in layers.values():  # ... so decide here what trains
             for part in LORA_PARTS:
@@ -125,7 +134,7 @@ class TaskAdapters:
         return save_peft_folder(self.network, self.name(task), folder)
 
 
-def save_peft_folder(network: nn.Module, adapter: str, folder: Path) -> Path:
+def save_peft_folder(network: PeftModel, adapter: str, folder: Path) -> Path:
     """``network.save_pretrained`` of one adapter into ``folder``, replacing what was there."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -78,10 +78,12 @@ class TaskLoRAMethod(ContinualCallback):
 
     def on_task_start(self, module: Any, task: Task) -> None:
         check_one_fit_per_task(self.name, self.finished, task)
+        assert self.adapters is not None, "setup_sequence comes first"
         self.adapters.activate(task.index, self.trained_parts, self.fuse_earlier)
 
     def on_task_end(self, module: Any, task: Task) -> None:
         self.finished = task.index + 1
+        assert self.adapters is not None, "setup_sequence comes first"
         self.adapters.activate(task.index, trainable=())
         folder = adapter_folder(self.context, task.index)
         if self.save_adapters and folder is not None and self.context.is_rank_zero:

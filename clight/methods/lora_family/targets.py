@@ -10,11 +10,14 @@ would fight over which adapters are active and trainable.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from clight.contract import ConfigError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 SUPPORTED = (
     "SeqLoRA, IncLoRA, OLoRA and InfLoRA run on a ContinualCausalLM with model.lora set (its r, alpha, dropout and "
@@ -32,7 +35,7 @@ def _causal_lm(module: Any, owner: str) -> Any:
     return module
 
 
-def lora_network(module: Any, owner: str) -> torch.nn.Module:
+def lora_network(module: Any, owner: str) -> PeftModel:
     """The peft model holding ``module``'s LoRA adapters (a ``ConfigError`` when it has none)."""
     lm = _causal_lm(module, owner)
     if not lm.lora_config:

@@ -76,8 +76,10 @@ class NetworkRouting(nn.Module):
             self._held = previous
 
     def _held_rows(self, key: str, batch: int) -> Any:
-        rows = self._held[key] if self._held is not None and key in self._held else _NOT_HELD
-        if rows is None or rows is _NOT_HELD:
+        if self._held is None or key not in self._held:
+            return _NOT_HELD
+        rows = self._held[key]
+        if rows is None:
             return rows
         if batch % len(rows):
             raise ValueError(f"held MoE routes are for {len(rows)} samples, a later forward got {batch}")

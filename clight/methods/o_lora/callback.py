@@ -61,6 +61,7 @@ class OLoRA(TaskLoRAMethod):
 
     def on_task_start(self, module: Any, task: Task) -> None:
         super().on_task_start(module, task)
+        assert self.adapters is not None, "setup_sequence comes first"
         new = self.adapters.weights(task.index, "lora_A")
         earlier = [self.adapters.weights(i, "lora_A") for i in range(task.index)]
         pairs = [(a, torch.cat([e[name] for e in earlier]) if earlier else a.new_zeros(0, a.shape[1])) for name, a in new.items()]

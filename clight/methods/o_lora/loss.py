@@ -37,7 +37,7 @@ class OrthogonalityLoss:
 
     def __init__(self, pairs: Sequence[tuple[torch.nn.Parameter, torch.Tensor]], penalty: Penalty) -> None:
         self.penalty = penalty
-        groups: dict[tuple, tuple[list[torch.nn.Parameter], list[torch.Tensor]]] = {}
+        groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # (parameters, earlier rows)
         for new, old in pairs:
             params, olds = groups.setdefault((tuple(new.shape), tuple(old.shape)), ([], []))
             params.append(new)
@@ -56,4 +56,5 @@ class OrthogonalityLoss:
                 self.groups[i] = (params, old)
             value = orthogonality(torch.stack(params), old, self.penalty)
             total = value if total is None else total + value
+        assert total is not None, "an empty loss is never called (its caller checks empty)"
         return total

@@ -35,7 +35,7 @@ def _targets(network: nn.Module, target_modules: Optional[Sequence[str]], owner:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING
 
         model_type = getattr(getattr(network, "config", None), "model_type", None)
-        target_modules = TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING.get(model_type)
+        target_modules = TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING.get(model_type) if model_type is not None else None
         if target_modules is None:
             raise ConfigError(f"{owner}: peft has no default OSF targets for model type {model_type!r}: set target_modules")
     found = {

@@ -10,7 +10,7 @@ optional orthogonality penalty) is added as the loss term ``prompt_loss``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -29,6 +29,9 @@ from clight.methods.prompts.vit import (
 )
 from clight.models.classifier import ContinualClassifier
 from clight.models.module import default_optimizer
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 Pooling = Literal["token", "prompt"]
 
@@ -64,8 +67,10 @@ class PromptClassifier(ContinualClassifier):
         self._prompt_loss: Optional[torch.Tensor] = None
 
     @property
-    def vit(self) -> nn.Module:
-        return vision_transformer(self.backbone)  # checked at construction
+    def vit(self) -> VisionTransformer:
+        vit = vision_transformer(self.backbone)
+        assert vit is not None, "checked at construction"
+        return vit
 
     @property
     def embed_dim(self) -> int:
@@ -105,6 +110,7 @@ class PromptClassifier(ContinualClassifier):
 
     def on_task_start(self, task: Task) -> None:
         super().on_task_start(task)
+        assert self.sequence is not None, "setup_sequence comes first"
         mask = torch.zeros(self.sequence.num_classes, dtype=torch.bool)
         mask[torch.tensor(task.classes)] = True
         self.task_mask = mask.to(self.seen_mask.device)

@@ -9,7 +9,7 @@ block with a prefix runs its attention here, with timm's weights, so any timm Vi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, cast
 
 import torch
 from torch import nn
@@ -18,7 +18,56 @@ from torch.nn import functional as F
 from clight.contract import ConfigError
 from clight.models.backbones import TimmBackbone
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+
+
+class TimmAttention(Protocol):
+    """The parts of a timm ViT attention layer (fused ``qkv``) that ``attention_with_prefix`` runs."""
+
+    training: bool
+
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def qkv(self) -> nn.Module: ...
+    @property
+    def q_norm(self) -> nn.Module: ...
+    @property
+    def k_norm(self) -> nn.Module: ...
+    @property
+    def attn_drop(self) -> nn.Dropout: ...
+    @property
+    def norm(self) -> nn.Module: ...
+    @property
+    def proj(self) -> nn.Module: ...
+    @property
+    def proj_drop(self) -> nn.Module: ...
+
+
+class TimmBlock(Protocol):
+    """The parts of a timm ViT block (``BLOCK_PARTS``) that ``block_with_prefix`` runs."""
+
+    @property
+    def attn(self) -> TimmAttention: ...
+    @property
+    def norm1(self) -> nn.Module: ...
+    @property
+    def ls1(self) -> nn.Module: ...
+    @property
+    def drop_path1(self) -> nn.Module: ...
+    @property
+    def norm2(self) -> nn.Module: ...
+    @property
+    def mlp(self) -> nn.Module: ...
+    @property
+    def ls2(self) -> nn.Module: ...
+    @property
+    def drop_path2(self) -> nn.Module: ...
 
 
 @dataclass
@@ -35,7 +84,7 @@ class Prompting:
         return 0 if self.tokens is None else self.tokens.shape[1]
 
 
-def vision_transformer(backbone: nn.Module) -> Optional[nn.Module]:
+def vision_transformer(backbone: nn.Module) -> Optional[VisionTransformer]:
     """The timm VisionTransformer inside ``backbone`` (a ``TimmBackbone`` or the model itself), or None."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -43,7 +92,7 @@ def vision_transformer(backbone: nn.Module) -> Optional[nn.Module]:
     return network if isinstance(network, VisionTransformer) else None
 
 
-def check_vision_transformer(backbone: nn.Module, owner: str) -> nn.Module:
+def check_vision_transformer(backbone: nn.Module, owner: str) -> VisionTransformer:
     """The backbone's ViT, or a ``ConfigError`` saying what the prompt methods need."""
     vit = vision_transformer(backbone)
     if vit is None:
@@ -67,13 +116,13 @@ def preprocessor(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
-def frozen_query(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def frozen_query(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """The pretrained ViT's pre-logits feature of ``x`` without any prompt (its [CLS] token after the
     final norm): the query every prompt method matches against its keys."""
     return vit.forward_head(vit.forward_features(x), pre_logits=True)
 
 
-def attention_with_prefix(attn: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def attention_with_prefix(attn: TimmAttention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """timm ``Attention`` on ``x`` ``[B, N, C]`` with ``keys`` / ``values`` ``[B, m, C]`` prepended to its
     projected keys and values (split into heads like them)."""
     batch, length, _ = x.shape
@@ -85,17 +134,18 @@ def attention_with_prefix(attn: nn.Module, x: torch.Tensor, keys: torch.Tensor, 
     v = torch.cat([values.reshape(batch, -1, heads, head_dim).transpose(1, 2), v], dim=2)
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
     out = attn.norm(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
-    if getattr(attn, "gate", None) is not None:
-        out = out * attn.gate(x).sigmoid()
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        out = out * gate(x).sigmoid()
     return attn.proj_drop(attn.proj(out))
 
 
-def block_with_prefix(block: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def block_with_prefix(block: TimmBlock, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     x = x + block.drop_path1(block.ls1(attention_with_prefix(block.attn, block.norm1(x), keys, values)))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def prompted_tokens(vit: nn.Module, x: torch.Tensor, prompting: Prompting) -> torch.Tensor:
+def prompted_tokens(vit: VisionTransformer, x: torch.Tensor, prompting: Prompting) -> torch.Tensor:
     """The final-norm output ``[B, n + N, D]`` of the prompted ViT: ``n`` prompt tokens, then the
     class token and the patch tokens."""
     tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
@@ -104,7 +154,8 @@ def prompted_tokens(vit: nn.Module, x: torch.Tensor, prompting: Prompting) -> to
     for index, block in enumerate(vit.blocks):
         if index in prompting.prefixes:
             keys, values = prompting.prefixes[index]
-            tokens = block_with_prefix(block, tokens, keys.to(tokens.dtype), values.to(tokens.dtype))
+            # check_vision_transformer checked that every block has the parts of a TimmBlock
+            tokens = block_with_prefix(cast(TimmBlock, block), tokens, keys.to(tokens.dtype), values.to(tokens.dtype))
         else:
             tokens = block(tokens)
     return vit.norm(tokens)

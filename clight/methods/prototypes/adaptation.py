@@ -21,7 +21,7 @@ from torch import nn
 
 from clight.contract import ConfigError
 from clight.methods.prototypes.petl import adapter_blocks, insert_adapters, insert_ssf
-from clight.models.backbones import TimmBackbone
+from clight.models.backbones import TimmBackbone, feature_width
 
 Adaptation = Literal["finetune", "ssf", "adapter"]
 ADAPTATIONS = ("finetune", "ssf", "adapter")
@@ -61,7 +61,7 @@ class FirstSessionBackbone(nn.Module):
     def __init__(self, pretrained: nn.Module, adapted: nn.Module) -> None:
         super().__init__()
         self.pretrained, self.adapted = pretrained, adapted
-        self.num_features = 2 * int(pretrained.num_features)
+        self.num_features = 2 * feature_width(pretrained)
         self.adapting = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ class CosinePrototypeHead(nn.Module):
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
         self.in_features, self.out_features = num_features, num_classes
+        self.prototypes: torch.Tensor
         self.register_buffer("prototypes", torch.zeros(num_classes, num_features))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,8 @@ class RandomProjectionHead(nn.Module):
         self.projection_dim = projection_dim
         width = projection_dim if projection_dim > 0 else num_features
         projection = torch.randn(num_features, projection_dim, generator=generator) if projection_dim > 0 else torch.zeros(0)
+        self.projection: torch.Tensor
+        self.weight: torch.Tensor
         self.register_buffer("projection", projection)
         self.register_buffer("weight", torch.zeros(num_classes, width))
 

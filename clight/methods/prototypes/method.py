@@ -131,7 +131,9 @@ class ClassStatisticsMethod(ContinualCallback):
     def describe(self) -> dict:
         return {
             "class": type(self).__name__,
-            "adaptation": first_session.ORIGINS.get(self.adaptation, "none: the pretrained backbone as it is"),
+            "adaptation": first_session.ORIGINS[self.adaptation]
+            if self.adaptation is not None
+            else "none: the pretrained backbone as it is",
             "statistics": "one pass over each task's training split after the task, summed across ranks",
             "history": self.history,
         }

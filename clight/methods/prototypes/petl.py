@@ -25,7 +25,8 @@ def _channels(module: nn.Module) -> tuple[int, int]:
         return module.num_features, 1
     if isinstance(module, nn.GroupNorm):
         return module.num_channels, 1
-    return int(module.normalized_shape[-1]), -1  # LayerNorm
+    assert isinstance(module, nn.LayerNorm), "SSF follows a convolution, a linear layer or a norm (NORMS)"
+    return int(module.normalized_shape[-1]), -1
 
 
 class SSF(nn.Module):
@@ -100,7 +101,7 @@ def insert_adapters(
     for name, tap in adapter_blocks(network):
         block = network.get_submodule(name)
         dim = int(getattr(block, tap).normalized_shape[-1])
-        adapter = ParallelAdapter(block.mlp, dim, bottleneck, scale, dropout, generator)
+        adapter = ParallelAdapter(block.get_submodule("mlp"), dim, bottleneck, scale, dropout, generator)
         replace_module(block, "mlp", adapter)
         added += list(adapter.down.parameters()) + list(adapter.up.parameters())
     return added

@@ -66,10 +66,15 @@ class RanPAC(ClassStatisticsMethod):
             self.class_features = torch.zeros(head.width, num_classes, dtype=torch.float64)
         return head
 
+    def classifier(self, module: Any) -> RandomProjectionHead:
+        head = super().classifier(module)
+        assert isinstance(head, RandomProjectionHead), "make_classifier built it"
+        return head
+
     def learn_task(self, module: Any, task: Task) -> None:
         head, device = self.classifier(module), module.device
         width, num_classes = self.class_features.shape
-        held_out = validation_rows(len(task.train), self.validation_fraction, self._context.generator(self.salt, 1, task.index))
+        held_out = validation_rows(task.train_size, self.validation_fraction, self._context.generator(self.salt, 1, task.index))
         held_out = held_out.to(device)
         # [fitting rows, validation rows]: G and Q of each part of this task
         grams = torch.zeros(2, width, width, dtype=torch.float64, device=device)

@@ -43,6 +43,11 @@ class SimpleCIL(ClassStatisticsMethod):
             self.counts = torch.zeros(num_classes, dtype=torch.float64)
         return CosinePrototypeHead(num_features, num_classes)
 
+    def classifier(self, module: Any) -> CosinePrototypeHead:
+        head = super().classifier(module)
+        assert isinstance(head, CosinePrototypeHead), "make_classifier built it"
+        return head
+
     def learn_task(self, module: Any, task: Task) -> None:
         device = module.device
         sums, counts = torch.zeros_like(self.sums, device=device), torch.zeros_like(self.counts, device=device)

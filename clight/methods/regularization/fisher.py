@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import nn
 
 from clight.models.sharding import is_sharded
@@ -67,7 +68,13 @@ def _weights_dtype(module: nn.Module) -> torch.dtype:
 
 
 def _batched(
-    module: nn.Module, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic, chunk: int
+    module: LightningModule,
+    params: dict,
+    dataset: Any,
+    indices: Sequence[int],
+    objective: Objective,
+    statistic: Statistic,
+    chunk: int,
 ) -> dict[str, torch.Tensor]:
     from torch.func import functional_call, grad, vmap
 
@@ -91,7 +98,7 @@ def _batched(
 
 
 def _looped(
-    module: nn.Module, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic
+    module: LightningModule, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic
 ) -> dict[str, torch.Tensor]:
     total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     for i in indices:
@@ -105,7 +112,7 @@ def _looped(
 
 
 def per_sample_sum(
-    module: nn.Module,
+    module: LightningModule,
     dataset: Any,
     indices: Sequence[int],
     objective: Objective,
@@ -161,7 +168,7 @@ def choose_path(params: dict[str, nn.Parameter]) -> str:
 
 
 def diagonal_fisher(
-    module: nn.Module, dataset: Any, samples: int, chunk: int = 64, path: FisherPath = "auto"
+    module: LightningModule, dataset: Any, samples: int, chunk: int = 64, path: FisherPath = "auto"
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Fisher of ``module``'s trainable parameters over the first ``samples`` items of ``dataset``
     (model in eval mode), and how it was computed (``BATCHED`` or ``LOOPED``). ``path``:

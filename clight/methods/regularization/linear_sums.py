@@ -13,13 +13,18 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import nn
 
 from clight.methods.regularization.fisher import fetch_samples
 
 
 def abs_gradient_sums(
-    module: nn.Module, dataset: Any, indices: Sequence[int], objective_sum: Callable[[Any, dict], torch.Tensor], chunk: int = 256
+    module: LightningModule,
+    dataset: Any,
+    indices: Sequence[int],
+    objective_sum: Callable[[Any, dict], torch.Tensor],
+    chunk: int = 256,
 ) -> dict[str, torch.Tensor]:
     """``sum over the samples at indices of |d objective / d theta|`` for the weight and bias of
     every trainable ``nn.Linear`` that reads one vector per sample (model in eval mode);

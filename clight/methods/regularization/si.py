@@ -60,7 +60,8 @@ class SI(ContinualCallback):
         self._stepped = []
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        self._stepped = [n for n, p in self._tracked if p.grad is not None]
+        grads = {n: p.grad for n, p in self._tracked if p.grad is not None}
+        self._stepped = list(grads)
         if not self._stepped:
             return
         params = dict(self._tracked)
@@ -72,11 +73,11 @@ class SI(ContinualCallback):
         weighted = self.quadratic.weighted if self.gradient == "unregularized" and self.c else {}
         penalized = [n for n in self._stepped if n in weighted]
         if penalized:
-            own = torch._foreach_add([params[n].grad for n in penalized], [weighted[n] for n in penalized], alpha=-2 * self.c)
+            own = torch._foreach_add([grads[n] for n in penalized], [weighted[n] for n in penalized], alpha=-2 * self.c)
             self._grad.update(zip(penalized, own))
         rest = [n for n in self._stepped if n not in weighted]
         if rest:
-            torch._foreach_copy_([self._grad[n] for n in rest], [params[n].grad for n in rest])
+            torch._foreach_copy_([self._grad[n] for n in rest], [grads[n] for n in rest])
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._stepped:  # no optimizer step in this batch

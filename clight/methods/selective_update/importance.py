@@ -60,8 +60,8 @@ def summed_gradients(
     module.eval()
     module.zero_grad(set_to_none=True)
     try:
-        for batch in batches:
-            whole_batch = to_device(batch)
+        for loaded in batches:
+            whole_batch = to_device(loaded)
             batch = task_rows(whole_batch, tasks)
             if batch is None and not lockstep:
                 continue

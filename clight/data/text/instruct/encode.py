@@ -97,7 +97,7 @@ class Encoder:
         prompts, answers, targets, count = [], [], [], CutCount()
         for rendered, target in samples:
             prompt, answer, shortened = self.sample(rendered)
-            if prompt is None:
+            if prompt is None or answer is None:  # both are None together
                 count.cut += 1
                 continue
             count.kept += 1

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, overload
 
 from clight.data.text.instruct.chat import Rendered, check_messages, render_chat
 from clight.data.text.instruct.records import Record
@@ -44,6 +44,10 @@ class FormatOptions:
         return self.columns.get(name, name)
 
 
+@overload
+def _text(record: Record, options: FormatOptions, name: str, fix: str, optional: Literal[False] = False) -> str: ...
+@overload
+def _text(record: Record, options: FormatOptions, name: str, fix: str, optional: bool) -> Optional[str]: ...
 def _text(record: Record, options: FormatOptions, name: str, fix: str, optional: bool = False) -> Optional[str]:
     return record.text(options.key(name), fix, optional)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 PathLike = Union[str, Path]
 
@@ -41,6 +41,10 @@ class Record:
     def error(self, problem: str) -> RecordError:
         return RecordError(self.path, problem, self.line, self.number)
 
+    @overload
+    def text(self, key: str, fix: str, optional: Literal[False] = False) -> str: ...
+    @overload
+    def text(self, key: str, fix: str, optional: bool) -> Optional[str]: ...
     def text(self, key: str, fix: str, optional: bool = False) -> Optional[str]:
         """The string field ``key``; a missing or non-string field is a ``RecordError`` ending in ``fix``."""
         value = self.data.get(key)

@@ -34,7 +34,8 @@ from clight.seeding import seeded_generator
 def _per_class(samples: list, cap: Optional[int]) -> list:
     if cap is None:
         return samples
-    kept, counts = [], {}
+    kept: list = []
+    counts: dict[int, int] = {}
     for sample in samples:
         label = sample[1]
         if label < 0 or counts.get(label, 0) < cap:

@@ -37,6 +37,8 @@ class InstructionSequence(TextTaskSequence):
     defaults to none here.
     """
 
+    scenario: InstructionTasks
+
     def __init__(
         self,
         tasks: Optional[list[InstructionTask]] = None,
@@ -108,11 +110,11 @@ class InstructionSequence(TextTaskSequence):
             return super().train_dataset()
         entries = self.memory.entries
         parts = [Subset(self.tasks[t].train, entries[entries[:, 0] == t, 1].tolist()) for t in entries[:, 0].unique().tolist()]
-        memory = ConcatDataset(parts)
+        memory: ConcatDataset = ConcatDataset(parts)
         return ConcatDataset([self.tasks[self.current_task].train, memory]), len(memory)
 
     def replay_sampling(self) -> tuple[int, str]:
-        if self.memory is not None and len(self.memory) > 0 and not self.joint:
+        if self.replay is not None and self.memory is not None and len(self.memory) > 0 and not self.joint:
             return self.replay.batch_size, self.replay.mode
         return super().replay_sampling()
 

@@ -64,9 +64,9 @@ def _sources(task: InstructionTask) -> tuple[str, list[Record], Optional[list[Re
     if task.hf is not None and len(given) == 1:
         test = task.hf.records(task.hf.test_split) if task.hf.test_split else None
         return f"hf:{task.hf.path}", task.hf.records(task.hf.split), test
-    if given == ["path"]:
+    if given == ["path"] and task.path is not None:
         return task.path, read_records(task.path), None
-    if sorted(given) == ["test", "train"]:
+    if sorted(given) == ["test", "train"] and task.train is not None and task.test is not None:
         return f"{task.train} + {task.test}", read_records(task.train), read_records(task.test)
     raise ValueError(f"task {task.name!r}: give its records as path (one file), or train and test, or hf (given: {given})")
 
@@ -87,16 +87,14 @@ def load_task(task: InstructionTask, tokenizer, root: Optional[Path], add_bos: b
     render = FORMATS[task.format]
     labels = list(task.labels) if task.labels else None
 
-    def rendered(records: Optional[list[Record]]) -> Optional[list[tuple[Rendered, int]]]:
-        if records is None:
-            return None
+    def rendered(records: list[Record]) -> list[tuple[Rendered, int]]:
         out = []
         for record in records:
             sample = render(record, options)
             out.append((sample, _label_index(record, gold_content(task.format, record, options), labels)))
         return out
 
-    train_rendered, test_rendered = rendered(train), rendered(test)
+    train_rendered, test_rendered = rendered(train), (rendered(test) if test is not None else None)
     label_answers = None
     if labels is not None:
         first, content = train_rendered[0][0], gold_content(task.format, train[0], options)
@@ -117,9 +115,10 @@ def _load_cl_benchmark(task: InstructionTask, root: Optional[Path], add_bos: boo
         folder = Path(task.path)
         base = folder.parent
     elif root is not None:
-        folder, base = find_task_folder(Path(root), task.name), Path(root)
-        if folder is None:
+        found, base = find_task_folder(Path(root), task.name), Path(root)
+        if found is None:
             raise RecordError(root, f"has no folder for the task {task.name!r} (a folder {task.name}/ with labels.json)")
+        folder = found
     else:
         raise ValueError(f"task {task.name!r} (cl_benchmark): give its folder as path, or the benchmark folder as data.root")
     bench = CLBenchmarkTask.open(base, folder, task.name, task.category, _path(task.instructions))

@@ -73,6 +73,8 @@ class CODAPrompt(PromptClassifier):
     blocks 0-4); see ``docs/methods/prompts.md``.
     """
 
+    prompts: Optional[CODAComponents]
+
     method_name = "CODA-Prompt (Smith et al., CVPR 2023)"
 
     def __init__(
@@ -110,9 +112,10 @@ class CODAPrompt(PromptClassifier):
 
     @property
     def per_task(self) -> int:
+        assert self.sequence is not None, "setup_sequence comes first"
         return self.pool_size // self.sequence.num_tasks
 
-    def build_prompts(self, info: SequenceInfo) -> nn.Module:
+    def build_prompts(self, info: SequenceInfo) -> CODAComponents:
         prompts = CODAComponents(len(self.layers), self.pool_size, self.length, self.embed_dim)
         prompts.orthogonalise(0, self.pool_size if self.init == "start" else self.pool_size // info.num_tasks)
         return prompts
@@ -120,16 +123,19 @@ class CODAPrompt(PromptClassifier):
     def on_task_start(self, task: Task) -> None:
         super().on_task_start(task)
         if self.init == "per_task" and task.index > 0:
+            assert self.prompts is not None, "setup_sequence builds the prompts"
             self.prompts.orthogonalise(task.index * self.per_task, (task.index + 1) * self.per_task)
 
     def component_slice(self, index: int, training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block ``index``'s components, keys and attention vectors in use: the current task's and
         every earlier task's (detached in training, so only the current task's train)."""
+        assert self.prompts is not None, "setup_sequence builds the prompts"
         start, stop = self.current_task * self.per_task, (self.current_task + 1) * self.per_task
-        parts = (self.prompts.components[index], self.prompts.keys[index], self.prompts.attention[index])
-        if training:
-            return tuple(torch.cat([p[:start].detach(), p[start:stop]]) for p in parts)
-        return tuple(p[:stop] for p in parts)
+
+        def in_use(p: torch.Tensor) -> torch.Tensor:
+            return torch.cat([p[:start].detach(), p[start:stop]]) if training else p[:stop]
+
+        return in_use(self.prompts.components[index]), in_use(self.prompts.keys[index]), in_use(self.prompts.attention[index])
 
     def weights(self, query: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """``alpha [B, m]``: cosine of the attended query ``q * A_m`` to key ``K_m``."""

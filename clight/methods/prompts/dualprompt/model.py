@@ -43,6 +43,8 @@ class DualPrompt(PromptClassifier):
     1-indexed), the released config's lengths (5) and weight (1.0); see ``docs/methods/prompts.md``.
     """
 
+    prompts: Optional[DualPromptPrompts]
+
     method_name = "DualPrompt (Wang et al., ECCV 2022)"
 
     def __init__(
@@ -80,7 +82,7 @@ class DualPrompt(PromptClassifier):
                 f"ViT's {self.depth} (0-based); pick layers below {self.depth}"
             )
 
-    def build_prompts(self, info: SequenceInfo) -> nn.Module:
+    def build_prompts(self, info: SequenceInfo) -> DualPromptPrompts:
         return DualPromptPrompts(
             len(self.g_layers), len(self.e_layers), info.num_tasks, self.g_length, self.e_length, self.embed_dim
         )
@@ -88,6 +90,7 @@ class DualPrompt(PromptClassifier):
     def on_task_start(self, task: Task) -> None:
         super().on_task_start(task)
         if self.init_from_previous and task.index > 0:
+            assert self.prompts is not None, "setup_sequence builds the prompts"
             with torch.no_grad():
                 self.prompts.expert[:, task.index] = self.prompts.expert[:, task.index - 1]
 
@@ -96,11 +99,13 @@ class DualPrompt(PromptClassifier):
 
     def expert_choice(self, query: torch.Tensor) -> torch.Tensor:
         """The task whose E-prompt each sample uses at test: its key nearest the query."""
+        assert self.prompts is not None, "setup_sequence builds the prompts"
         keys = self.prompts.keys if self.key_set == "all" else self.prompts.keys[: self.current_task + 1]
         chosen = cosine_similarity(query, keys).argmax(dim=1, keepdim=True)
         return (batch_majority(chosen, 1) if self.batchwise_selection else chosen)[:, 0]
 
     def compose(self, query: torch.Tensor, task_id: Optional[torch.Tensor]) -> tuple[Prompting, Optional[torch.Tensor]]:
+        assert self.prompts is not None, "setup_sequence builds the prompts"
         batch = len(query)
         match = None
         if task_id is not None:

@@ -51,6 +51,8 @@ class L2P(PromptClassifier):
     M = 10, N = 5, L_p = 5, lambda = 0.5; ``docs/methods/prompts.md`` says where each comes from.
     """
 
+    prompts: Optional[L2PPool]
+
     method_name = "L2P (Wang et al., CVPR 2022)"
 
     def __init__(
@@ -74,10 +76,11 @@ class L2P(PromptClassifier):
         self.match_weight = match_weight
         self.pool_size, self.length, self.top_k, self.batchwise_selection = pool_size, length, top_k, batchwise_selection
 
-    def build_prompts(self, info: SequenceInfo) -> nn.Module:
+    def build_prompts(self, info: SequenceInfo) -> L2PPool:
         return L2PPool(self.pool_size, self.length, self.embed_dim, self.top_k, self.batchwise_selection)
 
     def compose(self, query: torch.Tensor, task_id: Optional[torch.Tensor]) -> tuple[Prompting, Optional[torch.Tensor]]:
+        assert self.prompts is not None, "setup_sequence builds the prompts"
         tokens, match = self.prompts(query)
         return Prompting(tokens=tokens), self.match_weight * match
 
