@@ -13,6 +13,7 @@ _LAZY = {
             "DatasetSource",
             "Digits",
             "FashionMNIST",
+            "ImageFolders",
             "PermutedInputs",
             "Replay",
             "SplitClasses",
