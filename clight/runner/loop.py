@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.distributed import broadcast_from_rank_zero
+from clight.environment import with_current
 from clight.evaluation import evaluate_tasks
 from clight.io import StorageError, read_json
 from clight.logger import SequenceCSVLogger
@@ -28,6 +29,7 @@ from clight.runner.lock import FolderLock
 from clight.runner.opening import open_run_folder, reopen_finished
 from clight.runner.preflight import check_run
 from clight.runner.processes import start_processes
+from clight.runner.restore import load_boundary_state
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.seeding import reseed_globals
@@ -121,6 +123,7 @@ class SequenceRunner:
     def _train(self, info, resume: Optional[Resume]) -> RunResult:
         world = start_processes(self.trainer_kwargs)
         self.progress = resume.progress if resume else Progress(self.data.num_tasks, self.schedule.describe(), log_rows=0)
+        self.progress.environments = with_current(self.progress.environments)
         self.folder.prepare(self.config, self.progress, resume)
         self.committed = copy.deepcopy(self.progress)
         reseed_globals(self.seed)
@@ -265,21 +268,8 @@ class SequenceRunner:
         }
 
     def _restore(self, state: dict) -> None:
-        for fit in self.schedule.fits([t.name for t in self.data.tasks])[: self.progress.finished_fits]:
-            for t in fit.tasks:  # rebuild what the model creates per task (heads, adapters) before loading it
-                self.model.on_task_start(self.data.tasks[t])
-                self.model.on_task_end(self.data.tasks[t])
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise RunFolderError(
-                f"{self.run_dir / BOUNDARY_CHECKPOINT} was written for another model ({str(exc).splitlines()[-1].strip()}). "
-                "Resume with the config the run was started with, or start a new run_dir."
-            ) from exc
-        for method in self.methods:
-            if method.state_key in state["methods"]:
-                method.load_state_dict(state["methods"][method.state_key])
-        self.data.load_state_dict(state["data"])
+        finished = self._fits()[: self.progress.finished_fits]
+        load_boundary_state(self.model, self.data, self.methods, finished, state, self.run_dir / BOUNDARY_CHECKPOINT)
         self.logger.step_offset = int(state["step_offset"])
         self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
 
