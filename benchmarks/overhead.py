@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,7 +47,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bare_lightning  # noqa: E402
+import clight_arms  # noqa: E402
 import handwritten_cl as hand  # noqa: E402
+import handwritten_plasticity  # noqa: E402
 from common import add_benchmark_arguments, result_file, smoke_sizes  # noqa: E402
 
 METHODS = hand.METHODS
@@ -71,100 +72,85 @@ def median_step_ms(starts: list[float]) -> float:
     return 1e3 * statistics.median(b - a for a, b in zip(starts, starts[1:]))
 
 
-class Timed:
-    """Adds the wall time of every call of ``fn`` to ``totals[key]`` (the first ``skip`` calls to
-    ``totals[skip_key]``)."""
-
-    def __init__(self, fn, totals: dict, key: str, skip: int = 0, skip_key: str = "") -> None:
-        self.fn, self.totals, self.key, self.skip, self.skip_key = fn, totals, key, skip, skip_key
-
-    def __call__(self, *args, **kwargs):
-        began = hand.clock()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            key = self.skip_key if self.skip > 0 else self.key
-            self.skip -= 1
-            self.totals[key] += hand.clock() - began
-
-
-def clight_run(method: str, hidden: list[int], batch_size: int, steps_per_task=None) -> dict:
-    """One clight run of the protocol; the same timings as ``handwritten_cl.run``."""
-    import clight.runner.loop as loop
-    from clight import MLP, ContinualClassifier, Replay, SequenceRunner, SplitClasses, TaskSequence
-    from clight.methods import ContinualCallback
-    from clight.methods.regularization import EWC, LwF
-
-    class StepClock(ContinualCallback):
-        def __init__(self) -> None:
-            self.starts: list[float] = []
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-            self.starts.append(hand.clock())
-
-    totals = {"train_s": 0.0, "between_tasks_s": 0.0, "eval_s": 0.0, "initial_row_s": 0.0}
-    torch.manual_seed(0)
-    model = ContinualClassifier(MLP(hidden), optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9))
-    replay = Replay("class_balanced", capacity=1000, batch_size=batch_size) if method == "replay" else None
-    data = TaskSequence(SplitClasses("fashion_mnist", 5), batch_size=batch_size, seed=0, replay=replay)
-    methods = {"ewc": [EWC()], "lwf": [LwF()]}.get(method, [])
-    for m in methods:
-        m.on_task_start = Timed(m.on_task_start, totals, "between_tasks_s")
-        m.on_task_end = Timed(m.on_task_end, totals, "between_tasks_s")
-    data.on_task_end = Timed(data.on_task_end, totals, "between_tasks_s")
-    clock = StepClock()
-    real_make, real_eval = loop.make_trainer, loop.evaluate_tasks
-
-    def make_trainer(*args, **kwargs):
-        trainer = real_make(*args, **kwargs)
-        trainer.fit = Timed(trainer.fit, totals, "train_s")
-        return trainer
-
-    # the first evaluation scores the untrained model (for forward transfer): kept apart
-    loop.make_trainer, loop.evaluate_tasks = make_trainer, Timed(real_eval, totals, "eval_s", 1, "initial_row_s")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            runner = SequenceRunner(
-                model,
-                data,
-                methods=[clock, *methods],
-                run_dir=f"{tmp}/run",
-                max_steps_per_task=steps_per_task,
-                trainer=dict(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0),
-            )
-            rows = runner.run().accuracy_matrix.tolist()
-    finally:
-        loop.make_trainer, loop.evaluate_tasks = real_make, real_eval
-    return {"rows": rows, "starts": clock.starts, **totals}
+def _split_arms(args, tasks, m: str) -> list:
+    steps = args.small_steps or None
+    arms = [
+        ("hand", lambda: hand.run(m, tasks, [256, 256], max_steps=args.small_steps)),
+        ("clight", lambda: clight_arms.split_run(m, [256, 256], 64, steps_per_task=steps, clock=args.clock)),
+    ]
+    if m == "finetune":  # Lightning's own loop, with every optional feature off
+        arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256], max_steps=args.small_steps)))
+    return arms
 
 
 def part_small(args, tasks) -> dict:
-    keys = ("step_ms", "train_s", "between_tasks_s", "eval_s", "initial_row_s")
+    keys = ("step_ms", "train_s", "between_tasks_s", "eval_s", "initial_row_s", "tasks_s", "run_s", "fixed_s")
     rounds = {f"{arm}_{m}": {k: [] for k in keys} for m in args.methods for arm in ("clight", "hand")}
     if "finetune" in args.methods:
         rounds["lightning_finetune"] = {k: [] for k in keys}
-    steps = args.small_steps or None
     if not args.smoke:  # warm-up: first-use costs of both arms
-        clight_run("finetune", [256, 256], 64, steps_per_task=20)
-        hand.run("finetune", tasks, [256, 256], max_steps=args.small_steps)
+        clight_arms.split_run("finetune", [256, 256], 64, steps_per_task=20)
+        hand.run("finetune", tasks, [256, 256], max_steps=20)
     for r in range(args.rounds):
         for m in args.methods:
-            arms = [
-                ("hand", lambda m=m: hand.run(m, tasks, [256, 256], max_steps=args.small_steps)),
-                ("clight", lambda m=m: clight_run(m, [256, 256], 64, steps_per_task=steps)),
-            ]
-            if m == "finetune":  # Lightning's own loop, with every optional feature off
-                arms.insert(1, ("lightning", lambda: bare_lightning.run(tasks, [256, 256], max_steps=args.small_steps)))
+            arms = _split_arms(args, tasks, m)
             for arm, fn in arms if r % 2 == 0 else arms[::-1]:
                 out = fn()
+                if arm != "clight":  # the whole of the hand-written (and bare Lightning) loop is its tasks
+                    out["tasks_s"] = out["run_s"] = out["train_s"] + out["between_tasks_s"] + out["eval_s"]
+                record = rounds[f"{arm}_{m}"]
                 for k in keys[1:]:
-                    rounds[f"{arm}_{m}"][k].append(out.get(k, 0.0))  # the hand-written loop has no initial row
-                rounds[f"{arm}_{m}"]["step_ms"].append(median_step_ms(out["starts"]))
+                    record[k].append(out.get(k, 0.0))
+                record["step_ms"].append(median_step_ms(out["starts"]))
+                if arm == "clight":
+                    record.setdefault("per_task_ms", []).append(out["per_task_ms"])
+                    record.setdefault("per_run_s", []).append(out["per_run_s"])
                 print(
-                    f"round {r} {arm:6s} {m:8s} step {rounds[f'{arm}_{m}']['step_ms'][-1]:.3f} ms, train {out['train_s']:.2f} s, "
-                    f"between tasks {out['between_tasks_s']:.2f} s, eval {out['eval_s']:.2f} s",
+                    f"round {r} {arm:9s} {m:8s} step {record['step_ms'][-1]:.3f} ms, tasks {out['tasks_s']:.2f} s "
+                    f"(train {out['train_s']:.2f}, between {out['between_tasks_s']:.2f}, eval {out['eval_s']:.2f}), "
+                    f"run {out['run_s']:.2f} s",
                     flush=True,
                 )
+    return rounds
+
+
+def part_plasticity(args) -> dict:
+    """The plasticity protocol: ``configs/plasticity_backprop.yaml`` against ``handwritten_plasticity.py``."""
+    data = handwritten_plasticity.load_data()
+    rounds: dict = {"hand": {"run_s": [], "seconds": []}, "clight": {"run_s": [], "tasks_s": [], "fixed_s": []}}
+    rounds["clight"].update(per_task_ms=[], per_run_s=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        arms = [
+            ("hand", lambda n, e: handwritten_plasticity.run(data, handwritten_plasticity.draw_tasks(data, n), epochs=e)),
+            ("clight", lambda n, e: clight_arms.plasticity_run(n, f"{tmp}/run_{time.time_ns()}", args.clock, epochs=e)),
+        ]
+        if not args.smoke:  # warm-up
+            for _, fn in arms:
+                fn(2, 1)
+        for r in range(args.rounds):
+            for arm, fn in arms if r % 2 == 0 else arms[::-1]:
+                out = fn(args.plasticity_tasks, args.plasticity_epochs)
+                record = rounds[arm]
+                record["run_s"].append(out["run_s"])
+                if arm == "hand":
+                    record["seconds"].append({k: v for k, v in out.items() if k.endswith("_s")})
+                else:
+                    for k in ("tasks_s", "fixed_s", "per_task_ms", "per_run_s"):
+                        record[k].append(out[k])
+                print(f"round {r} plasticity {arm:6s} {args.plasticity_tasks} tasks: {out['run_s']:.1f} s", flush=True)
+    return rounds
+
+
+def part_fisher(args) -> dict:
+    """EWC's Fisher passes in fresh processes (first-call costs count), by path."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    rounds: dict = {"batched": [], "looped": [], "auto": []}
+    for r in range(args.rounds):
+        for path in rounds if r % 2 == 0 else reversed(list(rounds)):
+            code = f"import json, clight_arms; print(json.dumps(clight_arms.fisher_passes({path!r}, {args.threads}, {args.clock!r})))"
+            out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True, cwd=HERE)
+            rounds[path].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {r} fisher {path:7s} {rounds[path][-1]}", flush=True)
     return rounds
 
 
@@ -175,7 +161,7 @@ def part_large(args, tasks) -> dict:
             if arm == "hand":
                 out = hand.run("finetune", tasks, [1000, 1000], batch_size=128, max_steps=args.large_steps)
             else:
-                out = clight_run("finetune", [1000, 1000], 128, steps_per_task=args.large_steps)
+                out = clight_arms.split_run("finetune", [1000, 1000], 128, steps_per_task=args.large_steps, clock=args.clock)
             rounds[arm].append(median_step_ms(out["starts"]))
             print(f"round {r} large {arm:6s} step {rounds[arm][-1]:.2f} ms", flush=True)
     return rounds
@@ -246,10 +232,57 @@ MEANINGS = {
     "between_tasks_s": "the methods' work between tasks: EWC's Fisher, LwF's copy of the model, the replay memory",
     "eval_s": "the 5 accuracy rows after the tasks (clight's extra row for the untrained model is initial_row_s)",
     "step_ms_added_to_finetune": "a method's step minus the fine-tuning step, clight's over the hand-written loop's",
+    "per_task_split": "the fine-tuning arm's tasks: everything clight does inside its loop over the fits (training, the "
+    "fixed work around it, the methods, evaluation; not the once-per-run work) against the hand-written loop's training "
+    "and evaluation (the target)",
+    "run_split": "the same, the whole SequenceRunner.run (with the untrained model's row, the run folder, the final report)",
+    "tasks_s": "per_task_split's time, all 5 tasks",
+    "run_s": "run_split's time",
+    "fixed_s": "clight's tasks less the work itself (training steps, evaluation, the methods' between-task hooks)",
+    "plasticity_sequence": "configs/plasticity_backprop.yaml (permuted Fashion-MNIST, --plasticity-tasks tasks) as "
+    "SequenceRunner.run against benchmarks/handwritten_plasticity.py doing the same work (the target)",
+    "plasticity_per_task": "the same, clight's loop over the fits only (not the once-per-run work)",
+    "per_task_fixed_cost_ms": "clight's time per task, row by row (benchmarks/costs.py: exclusive times, medians "
+    "over rounds); training_steps, evaluation and method_hooks are the work itself, the rest is fixed cost",
+    "per_run_s": "clight's once-per-run rows (seconds)",
+    "fisher": "EWC's Fisher pass (200 samples, MLP 784-256-256-10, split Fashion-MNIST) in a fresh process for each "
+    "path: seconds of the first pass and of all 5, by path; auto is what EWC runs",
 }
 
 
-def summarize(args, small, large, process) -> dict:
+def _row_medians(records: list[dict]) -> dict:
+    keys = sorted({k for r in records for k in r})
+    return {k: round(med([r.get(k, 0.0) for r in records]), 3) for k in keys}
+
+
+def summarize_new_parts(small: dict, plasticity: dict, fisher: dict, headline: dict, spread: dict) -> dict:
+    """The per-task figures of the split and plasticity protocols and the Fisher passes."""
+    extra: dict = {}
+    if "clight_finetune" in small:
+        c, h = small["clight_finetune"], small["hand_finetune"]
+        headline["per_task_split"] = med(c["tasks_s"]) / med(h["tasks_s"])
+        headline["run_split"] = med(c["run_s"]) / med(h["tasks_s"])
+        spread["per_task_split"] = per_round(c["tasks_s"], h["tasks_s"])
+        extra["per_task_fixed_cost_ms"] = {"split_finetune": _row_medians(c["per_task_ms"])}
+        extra["per_run_s"] = {"split_finetune": _row_medians(c["per_run_s"])}
+    if plasticity:
+        c, h = plasticity["clight"], plasticity["hand"]
+        headline["plasticity_sequence"] = med(c["run_s"]) / med(h["run_s"])
+        headline["plasticity_per_task"] = med(c["tasks_s"]) / med(h["run_s"])
+        spread["plasticity_sequence"] = per_round(c["run_s"], h["run_s"])
+        extra.setdefault("per_task_fixed_cost_ms", {})["plasticity"] = _row_medians(c["per_task_ms"])
+        extra.setdefault("per_run_s", {})["plasticity"] = _row_medians(c["per_run_s"])
+        extra["plasticity_handwritten_s"] = _row_medians(h["seconds"])
+    if fisher:
+        extra["fisher"] = {
+            path: {"first_pass_s": med([r["passes"][0] for r in runs]), "run_s": med([sum(r["passes"]) for r in runs])}
+            for path, runs in fisher.items()
+        }
+        extra["fisher"]["auto_chooses"] = fisher["auto"][0]["path"]
+    return extra
+
+
+def summarize(args, small, large, process, plasticity=None, fisher=None) -> dict:
     headline, methods, medians, spread = {}, {}, {}, {}
     if small:
         c, h = small["clight_finetune"] if "finetune" in args.methods else None, small.get("hand_finetune")
@@ -263,8 +296,8 @@ def summarize(args, small, large, process) -> dict:
             spread["step_small_mlp_clight_over_bare_lightning"] = per_round(c["step_ms"], bare)
         for m in args.methods:
             c, h = small[f"clight_{m}"], small[f"hand_{m}"]
-            methods[m] = {k: med(c[k]) / med(h[k]) for k in c if med(h[k]) > 0}
-            medians[m] = {k: {"clight": med(c[k]), "hand": med(h[k])} for k in c}
+            methods[m] = {k: med(c[k]) / med(h[k]) for k in h if med(h[k]) > 0}
+            medians[m] = {k: {"clight": med(c[k]), "hand": med(h[k])} for k in h}
             spread[f"step_{m}"] = per_round(c["step_ms"], h["step_ms"])
         if "finetune" in args.methods:  # what each method adds to a fine-tuning step (EWC's penalty, LwF's teacher)
             base = {arm: med(small[f"{arm}_finetune"]["step_ms"]) for arm in ("clight", "hand")}
@@ -288,19 +321,33 @@ def summarize(args, small, large, process) -> dict:
         )
         headline["process_without_start_up"] = med(run[0]) / med(run[1])
         headline["start_up"] = med(process["import_clight_runner"]) / med(process["import_torch"])
+    extra = summarize_new_parts(small, plasticity or {}, fisher or {}, headline, spread)
     return {
         "ratios_clight_over_handwritten": headline,
         "targets": {
+            "per_task_split": "<= 1.5",
+            "plasticity_sequence": "<= 1.5",
             "step_small_mlp": "<= 1.5 (aim 1.3)",
             "step_large_mlp": "<= 1.05",
             "process_fit": "<= 1.5",
             "between_tasks_s of ewc and lwf": "<= 1",
         },
         "ratios_per_method": methods,
+        **extra,
         "per_round_ratios": spread,
         "medians": medians,
         "meaning": MEANINGS,
-        "per_round": {k: v for k, v in {"small": small, "large_step_ms": large, "process_s": process}.items() if v},
+        "per_round": {
+            k: v
+            for k, v in {
+                "small": small,
+                "large_step_ms": large,
+                "process_s": process,
+                "plasticity": plasticity,
+                "fisher": fisher,
+            }.items()
+            if v
+        },
         "setup": {
             "command": " ".join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
             "protocol": "split Fashion-MNIST, 5 class-incremental tasks, MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, "
@@ -310,6 +357,10 @@ def summarize(args, small, large, process) -> dict:
             "ewc": "online EWC, lambda 100, Fisher of 200 samples",
             "lwf": "T=2, alpha 1, previous model frozen",
             "clight_settings": "SequenceRunner defaults (epoch checkpoints, tqdm bar every 10 steps, CSV logger), limit_val_batches=0",
+            "plasticity": f"configs/plasticity_backprop.yaml with {args.plasticity_tasks} tasks of "
+            f"{args.plasticity_epochs} epochs (permuted Fashion-MNIST, 1200 training / 1200 validation / 1000 test samples "
+            "per task, MLP 784-256-256-256-10, batch 16, SGD 0.3, gradient clipping 20, PlasticityMonitor); "
+            "hand-written: benchmarks/handwritten_plasticity.py",
             "handwritten": "benchmarks/handwritten_cl.py: torch and numpy only, tensors in memory, no DataLoader",
             "clock": "CPU time (process_time; children's user+sys for processes)" if args.clock == "cpu" else "wall time",
             "rounds": args.rounds,
@@ -325,7 +376,10 @@ def summarize(args, small, large, process) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["small", "large", "process"], default=["small", "large", "process"])
+    parts = ["small", "plasticity", "fisher", "large", "process"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    parser.add_argument("--plasticity-tasks", type=int, default=100)
+    parser.add_argument("--plasticity-epochs", type=int, default=3)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -347,17 +401,21 @@ def main() -> None:
         small_steps=2,
         threads=1,
         methods=[m for m in args.methods if m != "ewc"],
-        parts=[p for p in args.parts if p != "large"],
+        parts=[p for p in args.parts if p not in ("large", "fisher")],
+        plasticity_tasks=2,
+        plasticity_epochs=1,
     )
     out = result_file(args, "overhead.json")
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
-        hand.clock = time.process_time
+        hand.clock = handwritten_plasticity.clock = time.process_time
     tasks = hand.load_tasks() if {"small", "large"} & set(args.parts) else None
     small = part_small(args, tasks) if "small" in args.parts else {}
     large = part_large(args, tasks) if "large" in args.parts else {}
     process = part_process(args) if "process" in args.parts else {}
-    result = summarize(args, small, large, process)
+    plasticity = part_plasticity(args) if "plasticity" in args.parts else {}
+    fisher = part_fisher(args) if "fisher" in args.parts else {}
+    result = summarize(args, small, large, process, plasticity, fisher)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps({k: result[k] for k in ("ratios_clight_over_handwritten", "ratios_per_method", "per_round_ratios")}, indent=2)

@@ -88,7 +88,38 @@ class LabelFreeOutputs(Protocol):
     def output_logits(self, batch: dict) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class ExemplarClassifier(Protocol):
+    """A single-head classifier a method can train with its own loss and classify with its own
+    scores over the features (iCaRL)."""
+
+    def features(self, x: torch.Tensor, task_id: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+    def output_logits(self, batch: dict) -> torch.Tensor: ...
+
+    def frozen_copy(self) -> Any: ...
+
+    def replace_task_loss(self, name: str, term: Any) -> None: ...
+
+    def set_evaluation_scores(self, scores: Any) -> None: ...
+
+
 # -- what methods need from a data module ----------------------------------------------------------
+@runtime_checkable
+class MemoryData(Protocol):
+    """A sequence whose training samples a method can keep as ``(task, index)`` references, read
+    back (``memory_dataset``) and replay in the training stream in place of a configured memory
+    (A-GEM, iCaRL, GDumb)."""
+
+    serves_method_memory: bool
+
+    def memory_dataset(self, entries: torch.Tensor) -> Any: ...
+
+    def claim_training_memory(self, method: object, name: str) -> None: ...
+
+    def replay_from(self, name: str, memory: Any, mode: str, batch_size: int = 0) -> None: ...
+
+
 @runtime_checkable
 class GeneralTextData(Protocol):
     """A text sequence with a fixed general set replayed during training and held-out general text."""

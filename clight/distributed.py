@@ -47,14 +47,54 @@ def broadcast_from_rank_zero(obj: T) -> T:
     return holder[0]
 
 
-def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` summed over the ranks (a copy; ``value`` itself in a single process)."""
-    if _group_up() and torch.distributed.get_world_size() > 1:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-    return value
-
-
 def barrier() -> None:
     if _group_up():
         torch.distributed.barrier()
+
+
+def _several() -> bool:
+    return _group_up() and torch.distributed.get_world_size() > 1
+
+
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over every rank (the same tensor on each); ``value`` itself in one process.
+    The tensor must live where the process group's backend expects it (CUDA for NCCL)."""
+    if not _several():
+        return value
+    value = value.clone()
+    torch.distributed.all_reduce(value)
+    return value
+
+
+def gather_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``value`` (equal shapes) concatenated along dim 0 in rank order, on every rank."""
+    if not _several():
+        return value
+    parts = [torch.empty_like(value) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, value.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_from_rank_zero_(value: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``value`` in place with rank 0's (equal shapes on every rank) and return it."""
+    if _several():
+        torch.distributed.broadcast(value, src=0)
+    return value
+
+
+def strategy_name(strategy: Any) -> str:
+    """The strategy as a config names it: the string itself, or the class name of an instance."""
+    return strategy if isinstance(strategy, str) else type(strategy).__name__
+
+
+def is_model_parallel(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """Whether ``strategy`` (a config value or a Trainer's strategy) keeps each parameter in shards."""
+    if isinstance(strategy, str):
+        return strategy == "sharded" or strategy.startswith(("fsdp", "deepspeed"))
+    return is_model_parallel(strategy) or strategy_name(strategy) in ("FSDPStrategy", "DeepSpeedStrategy")

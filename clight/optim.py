@@ -20,9 +20,10 @@ Use it from YAML like any torch optimizer::
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 
 class AdamPerEntryStep(torch.optim.Optimizer):
@@ -40,7 +41,7 @@ class AdamPerEntryStep(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Union[torch.Tensor, dict]],
+        params: ParamsT,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -58,7 +59,8 @@ class AdamPerEntryStep(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+    # torch's stub types a closure as returning a float; it returns the loss tensor (as here, and in torch's own optimizers)
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

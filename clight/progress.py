@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from clight.distributed import is_rank_zero
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def quiet_lightning_banners() -> None:
@@ -30,10 +33,10 @@ class SequenceProgress:
     def __init__(self, data: Any, enabled: bool = True) -> None:
         self.data = data
         self.enabled = enabled and is_rank_zero()
-        self._console = None
+        self._console: Optional[Console] = None
 
     @property
-    def console(self):
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 

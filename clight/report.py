@@ -102,6 +102,10 @@ def format_report(run_dir: Union[str, Path]) -> "object":
         else:
             text = f"{100 * value:.2f}"
         summary.add_row(key, text)
+    for name, score in (metrics.get("scores") or {}).items():
+        summary.add_row(
+            f"{name}: final average", "n/a" if score.get("average_accuracy") is None else f"{100 * score['average_accuracy']:.2f}"
+        )
     if metrics.get("forward_transfer") is not None:
         summary.add_row("FWT convention", escape(metrics.get("forward_transfer_convention", "")))
     summary.add_row("status", manifest.get("status", "?"))

@@ -65,3 +65,31 @@ def run_on_two_ranks(script: os.PathLike, out: os.PathLike, *args: str, timeout:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return tuple(torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+
+# -- scheduling the suite (pytest-xdist) ------------------------------------------------------------
+HEAVY = ("notebook", "ddp", "lm", "slow")  # the markers, the heaviest kind of test first
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every ddp, lm and notebook test is slow too, so ``-m "not slow"`` leaves all of them out.
+    Heavy tests run first: with ``-n 2`` both workers start on the long ones and the many short
+    ones fill the gaps at the end, instead of one long test running alone at the end. Tests that
+    share a module-scoped fixture carry one ``xdist_group`` (``--dist loadgroup`` runs them on one
+    worker, so the fixture is made once) and stay together here."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in HEAVY[:3]):
+            item.add_marker(pytest.mark.slow)
+
+    def kind(item: pytest.Item) -> int:
+        marked = [i for i, name in enumerate(HEAVY) if item.get_closest_marker(name)]
+        return marked[0] if marked else len(HEAVY)
+
+    def group(item: pytest.Item) -> str:
+        mark = item.get_closest_marker("xdist_group")
+        return str(mark.args[0]) if mark is not None else ""
+
+    heaviest: dict[str, int] = {}
+    for item in items:
+        heaviest[group(item)] = min(heaviest.get(group(item), len(HEAVY)), kind(item))
+    items.sort(key=lambda item: (heaviest[group(item)], group(item)) if group(item) else (kind(item), ""))  # stable

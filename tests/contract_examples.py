@@ -14,14 +14,20 @@ from typing import Callable
 import torch
 
 from clight import MLP, ContinualClassifier, PermutedInputs, SplitClasses, TaskSequence
+from clight.methods.agem import AGEM
+from clight.methods.dark_replay import DERpp
+from clight.methods.gdumb import GDumb
 from clight.methods.general_replay import GeneralPerplexity, GeneralReplay
+from clight.methods.icarl import ICaRL
 from clight.methods.inc_lora import IncLoRA
 from clight.methods.inflora import InfLoRA
 from clight.methods.moe_adapters import MoEAdapters
 from clight.methods.o_lora import OLoRA
 from clight.methods.osf import OSF
 from clight.methods.plasticity import ContinualBackprop, PlasticityMonitor, ReDo, ShrinkPerturb
-from clight.methods.regularization import EWC, LwF
+from clight.methods.prompts import L2P, CODAPrompt, DualPrompt
+from clight.methods.prototypes import APER, RanPAC, SimpleCIL
+from clight.methods.regularization import EWC, MAS, SI, LwF
 from clight.methods.reprogramming import CLRClassifier
 from clight.methods.selective_update import SPU
 from clight.methods.seq_lora import SeqLoRA
@@ -77,6 +83,22 @@ def tiny_clip() -> ContinualCLIP:
     return ContinualCLIP("tiny", class_names="digits", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.2))
 
 
+def frozen_classifier() -> ContinualClassifier:
+    torch.manual_seed(0)
+    return ContinualClassifier(MLP([32]), train_backbone=False)
+
+
+def tiny_vit() -> "object":
+    from clight import TimmBackbone
+
+    torch.manual_seed(0)
+    return TimmBackbone("vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, image_size=8)
+
+
+def adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=0.01)
+
+
 def clr() -> CLRClassifier:
     torch.manual_seed(0)
     return CLRClassifier(SmallCNN((8, 16)), optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
@@ -89,6 +111,21 @@ METHOD_EXAMPLES: dict[type, Example] = {
         [EWC(lambda_=100.0, fisher_samples=40), EWC(lambda_=10.0, fisher_samples=20, mode="separate")],
     ),
     LwF: lambda: (classifier(), digits(), [LwF(alpha=1.0), LwF(alpha=0.5, temperature=1.0)]),
+    SI: lambda: (classifier(), digits(), [SI(), SI(c=0.5, gradient="total", nonnegative=True)]),
+    MAS: lambda: (
+        classifier(),
+        digits(),
+        [MAS(samples=64), MAS(importance="batch", accumulate="average", samples=64, batch_size=16)],
+    ),
+    DERpp: lambda: (
+        classifier(),
+        digits(),
+        [DERpp(capacity=50, batch_size=16), DERpp(capacity=30, batch_size=8, replay_batches="one")],
+    ),
+    AGEM: lambda: (classifier(), digits(), [AGEM(samples_per_task=40, reference_batch_size=16), AGEM(20, 8, "per_task")]),
+    # iCaRL and GDumb each replace the replay stream, so a run holds one of them
+    ICaRL: lambda: (classifier(), digits(), [ICaRL(memory_size=60)]),
+    GDumb: lambda: (classifier(), digits(), [GDumb(capacity=200)]),
     ContinualBackprop: lambda: (
         classifier(),
         permuted_digits(),
@@ -125,6 +162,10 @@ METHOD_EXAMPLES: dict[type, Example] = {
             ),
         ],
     ),
+    # one instance each: a second would replace the head the first owns, and is refused
+    SimpleCIL: lambda: (frozen_classifier(), digits(), [SimpleCIL()]),
+    APER: lambda: (frozen_classifier(), digits(), [APER("finetune")]),
+    RanPAC: lambda: (frozen_classifier(), digits(), [RanPAC(projection_dim=24, ridge_grid=[0.1, 1.0, 10.0])]),
 }
 
 # The LoRA family: one method per model (two would fight over the active adapters), so one instance each.
@@ -144,4 +185,7 @@ MODEL_EXAMPLES: dict[type, Example] = {
     CLRClassifier: lambda: (clr(), digits(setting="task_incremental"), []),
     ContinualCausalLM: lambda: (tiny_lm(lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}), text(), []),
     ContinualCLIP: lambda: (tiny_clip(), digits(), []),
+    L2P: lambda: (L2P(tiny_vit(), adam, pool_size=4, length=2, top_k=2), digits(), []),
+    DualPrompt: lambda: (DualPrompt(tiny_vit(), adam, g_layers=[0], e_layers=[1], g_length=2, e_length=2), digits(), []),
+    CODAPrompt: lambda: (CODAPrompt(tiny_vit(), adam, pool_size=4, length=2, layers=[0, 1], init="per_task"), digits(), []),
 }

@@ -17,6 +17,8 @@ import pytest
 
 from clight.cli import main
 
+pytestmark = pytest.mark.xdist_group("test_bad_inputs.finished_run")  # its tests share the module's finished run
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SMALL = ["--data.scenario.init_args.num_tasks=2", "--trainer.enable_progress_bar=false"]

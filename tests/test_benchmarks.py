@@ -21,6 +21,9 @@ NOT_SCRIPTS = {
     "common.py": "the --smoke / --out options every script takes (imported by each)",
     "handwritten_cl.py": "overhead.py's hand-written baseline: run in-process and as a process by overhead.py's smoke run",
     "bare_lightning.py": "overhead.py's smallest Lightning program: run by overhead.py's smoke run",
+    "handwritten_plasticity.py": "overhead.py's hand-written plasticity loop: run in-process by overhead.py's smoke run",
+    "clight_arms.py": "overhead.py's clight runs (split and plasticity protocols, Fisher passes): run by overhead.py",
+    "costs.py": "overhead.py's per-row timing of a clight run: run by overhead.py's smoke run",
 }
 #: scripts over ~10 s in smoke mode on one core (each pays its own imports: torch, lightning, transformers)
 SLOW = {"overhead.py"}

@@ -15,3 +15,10 @@ def test_ci_runs_the_readme_test_commands_word_for_word():
     assert len(commands) == 2 and "pip install -e" in commands[1] and "dataset-fashion-mnist" in commands[0]
     for command in commands:
         assert command in ci, f".ci/run does not run the README's test command:\n{command}"
+
+
+def test_ci_runs_lint_format_and_type_checks():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for check in ("ruff check clight tests benchmarks", "ruff format --check clight tests benchmarks", "mypy"):
+        assert check in ci, f".ci/run does not run {check!r}"
+    assert 'files = ["clight"]' in (ROOT / "pyproject.toml").read_text()  # what a bare `mypy` checks

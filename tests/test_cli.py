@@ -20,6 +20,7 @@ def clight(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end_and_report(tmp_path):
     run = tmp_path / "quick"
     proc = clight("fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", f"--run_dir={run}")
@@ -39,12 +40,19 @@ def test_quickstart_end_to_end_and_report(tmp_path):
     assert imported.returncode == 0, imported.stderr[-2000:]
 
 
-def test_help_and_print_config():
-    assert clight("--help").returncode == 0
-    helped = clight("fit", "--help")
-    assert helped.returncode == 0 and "--trainer.max_epochs" in helped.stdout and "--runner.max_steps_per_task" in helped.stdout
-    printed = clight("fit", "--config", str(QUICKSTART), "--print_config")
-    assert printed.returncode == 0 and "class_path: clight.MLP" in printed.stdout and "max_epochs: 10" in printed.stdout
+def test_help_and_print_config(capsys):
+    assert clight("--help").returncode == 0  # a process: it must start without importing Lightning (cheap)
+    from clight.cli import main
+
+    # in-process (a process would spend its seconds importing Lightning): the same output and exit status
+    for args, expected in (
+        (["fit", "--help"], ["--trainer.max_epochs", "--runner.max_steps_per_task"]),
+        (["fit", "--config", str(QUICKSTART), "--print_config"], ["class_path: clight.MLP", "max_epochs: 10"]),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        out = capsys.readouterr().out
+        assert exited.value.code == 0 and all(e in out for e in expected), out[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -85,16 +93,27 @@ def test_bad_configs_name_the_field(tmp_path, capsys, args, field):
     assert not run.exists()
 
 
-def test_resume_flag_finishes_a_run(tmp_path):
+@pytest.mark.slow
+def test_resume_flag_finishes_a_run(tmp_path, capsys):
+    from clight.cli import main
+
     run = tmp_path / "r"
     first = clight(
         "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2"
     )
     assert first.returncode == 0, first.stderr[-2000:]
-    again = clight(
-        "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--run_dir={run}", "--data.scenario.init_args.num_tasks=2"
+    # refused before anything runs: in-process saves a process start
+    again = main(
+        [
+            "fit",
+            "--config",
+            str(QUICKSTART),
+            "--trainer.max_epochs=1",
+            f"--run_dir={run}",
+            "--data.scenario.init_args.num_tasks=2",
+        ]
     )
-    assert again.returncode != 0 and "--resume" in again.stderr
+    assert again != 0 and "--resume" in capsys.readouterr().err
     resumed = clight(
         "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", f"--resume={run}", "--data.scenario.init_args.num_tasks=2"
     )
@@ -112,6 +131,7 @@ def _with_tests_on_path() -> dict:
     return {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path):
     from clight.cli import runner_from_config
 

@@ -24,8 +24,10 @@ from clight.io import load_checkpoint
 from clight.methods.base import assign_state_keys
 from clight.methods.lora_family import TaskLoRAMethod
 from clight.methods.plasticity.hooked import UnitCallback
+from clight.methods.prompts import PromptClassifier
+from clight.methods.prototypes import ClassStatisticsMethod
 
-BASES = {ContinualCallback, ContinualModule, UnitCallback, TaskLoRAMethod}
+BASES = {ContinualCallback, ContinualModule, UnitCallback, TaskLoRAMethod, ClassStatisticsMethod, PromptClassifier}
 
 
 def _clight_classes(base: type) -> set[type]:
@@ -46,12 +48,25 @@ class SimulatedKill(RuntimeError):
 
 
 class KillAt(ContinualCallback):
+    """Kills the run at a batch of a task, or, in a task that trains nothing (gradient-free methods
+    learn in ``on_task_end``), after the methods before it have learned the task and before its
+    checkpoint is written."""
+
     def __init__(self, task: int, epoch: int, batch: int) -> None:
         self.task, self.epoch, self.batch = task, epoch, batch
+        self.batches = 0
+
+    def on_task_start(self, module, task) -> None:
+        self.batches = 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches += 1
         if module.current_task == self.task and trainer.current_epoch == self.epoch and batch_idx == self.batch:
             raise SimulatedKill("killed")
+
+    def on_task_end(self, module, task) -> None:
+        if task.index == self.task and self.batches == 0:
+            raise SimulatedKill("killed after a task without training")
 
 
 def assert_same(a, b, where: str = "state") -> None:
@@ -95,6 +110,7 @@ def test_state_resume_and_description(tmp_path, cls):
     for method in methods:
         assert_same(saved["methods"][method.state_key], method.state_dict(), method.state_key)
         json.dumps(method.describe())
+        assert set(method.state_dict()) <= set(type(method).state_layout), f"declare {method.state_key}'s state_layout"
     json.dumps(reference.model.describe())
 
     with pytest.raises(SimulatedKill):

@@ -147,6 +147,14 @@ def test_unbounded_memory_keeps_everything_and_round_trips():
     assert torch.equal(twin.entries, m.entries)
 
 
+@pytest.mark.parametrize("memory", [ReservoirMemory, ClassBalancedMemory])
+def test_a_memory_without_capacity_keeps_everything(memory):
+    m = memory(capacity=None, seed=0)  # "null (unbounded)", as the capacity check says
+    m.add_task(0, torch.tensor([0, 1, 1]))
+    m.add_task(1, torch.tensor([2, 2]))
+    assert m.entries.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1]] and m.labels.tolist() == [0, 1, 1, 2, 2]
+
+
 def test_replay_batches_mix_current_and_memory():
     seq = TaskSequence(SplitClasses("digits", 5), batch_size=16, replay=Replay("reservoir", 50, 8))
     seq.on_task_end(0)

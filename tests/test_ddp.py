@@ -13,6 +13,8 @@ import torch
 
 from clight import SplitClasses, TaskSequence
 
+pytestmark = pytest.mark.ddp
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_sequence.py"
 
 
@@ -53,6 +55,7 @@ def _load(folder: Path, rank: int) -> dict:
     return torch.load(folder / f"rank{rank}.pt", weights_only=True)
 
 
+@pytest.mark.xdist_group("test_ddp.runs")
 def test_two_processes_match_one_process(runs):
     single, rank0, rank1 = _load(runs / "single", 0), _load(runs / "ddp", 0), _load(runs / "ddp", 1)
     # every rank holds the same replay memory and the same parameters
@@ -89,6 +92,7 @@ def test_validation_accuracy_sums_counts_across_ranks(tmp_path):
         assert abs(a * sizes[t] - round(a * sizes[t])) < 1e-4, (t, a, sizes[t])
 
 
+@pytest.mark.xdist_group("test_ddp.runs")
 def test_a_killed_ddp_run_resumes_from_its_epoch_checkpoint(tmp_path, runs):
     # both ranks stop before batch 1 of epoch 1 of task 1; epoch 0's checkpoint is kept
     _launch(tmp_path, 2, "--stop-at=1,1,1", fails=True)

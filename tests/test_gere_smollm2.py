@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from clight.contract import RunContext
@@ -11,6 +12,7 @@ from clight.methods.general_replay import GeneralReplay
 from clight.models.causal_lm import ContinualCausalLM
 
 
+@pytest.mark.lm
 def test_smollm2_gere_lora_two_steps(tmp_path):
     data = TextTaskSequence(
         tasks=["rt_sentiment"],
@@ -91,6 +93,7 @@ def test_gere_configs_cover_the_comparison_and_parse():
         assert losses == ({"finetune": [], "label_fitting": ["label_fitting"], "tm": ["tm"]}[path.stem[5:].rsplit("_", 1)[0]])
 
 
+@pytest.mark.lm
 def test_gere_tm_lora_config_runs_on_cpu(tmp_path):
     """The real config, shrunk to a CPU smoke run: its first task only, one optimizer step, a handful of samples."""
     from clight.runner import SequenceRunner

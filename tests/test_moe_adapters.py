@@ -179,7 +179,6 @@ def test_vit_at_initialisation_and_ddas_features_are_the_frozen_backbones():
     [
         (lambda: ContinualClassifier(MLP([8])), "MLP"),
         (lambda: tiny_lm(lora={"r": 2, "target_modules": ["q_proj"]}), "LoRA"),
-        (lambda: tiny_lm(evaluation="generate"), "likelihood"),
     ],
 )
 def test_unsupported_models_are_refused_by_name(make, message):

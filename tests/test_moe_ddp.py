@@ -6,8 +6,11 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_on_two_ranks
+
+pytestmark = pytest.mark.ddp
 
 SCRIPT = textwrap.dedent(
     """

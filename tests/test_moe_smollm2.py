@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from clight.cli import build_fit_parser, runner_from_config
@@ -15,6 +16,7 @@ from clight.models.causal_lm import ContinualCausalLM
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.mark.lm
 def test_smollm2_moe_trains_and_sends_general_text_to_the_unmodified_model():
     data = TextTaskSequence(
         tasks=["rt_sentiment"],
@@ -104,6 +106,7 @@ def test_moe_configs_parse_and_share_the_gere_task_sequence():
     assert tiny.model.init_args.model == "tiny"
 
 
+@pytest.mark.lm
 def test_moe_smollm2_config_runs_on_cpu(tmp_path):
     """The real config, shrunk to a CPU smoke run: its first task only, one optimizer step, a handful of samples."""
     runner = runner_from_config(

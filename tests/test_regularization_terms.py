@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from clight import MLP, ContinualClassifier, SplitClasses, TaskSequence
 from clight.methods.regularization import EWC, LwF
+from clight.methods.regularization.fisher import BATCHED, LOOPED, choose_path, diagonal_fisher
 
 
 def _setup(setting="class_incremental"):
@@ -81,8 +82,8 @@ def test_lwf_term_is_the_distillation_from_the_previous_model(monkeypatch):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     moves = []
-    real_to = type(lwf.previous).to
-    monkeypatch.setattr(type(lwf.previous), "to", lambda self, *a, **k: (moves.append(a), real_to(self, *a, **k))[1])
+    real_to = type(lwf.previous.model).to
+    monkeypatch.setattr(type(lwf.previous.model), "to", lambda self, *a, **k: (moves.append(a), real_to(self, *a, **k))[1])
     old = torch.tensor(data.tasks[0].classes)
     for _ in range(3):
         loss, outputs = model.task_loss(batch)
@@ -93,3 +94,32 @@ def test_lwf_term_is_the_distillation_from_the_previous_model(monkeypatch):
         written = 0.7 * 4.0 * F.kl_div(F.log_softmax(new, 1), F.log_softmax(target, 1), log_target=True, reduction="batchmean")
         assert value.item() == pytest.approx(written.item(), rel=1e-6)
     assert len(moves) == 1  # the previous model is put on the device once, not on every step
+
+
+def test_both_fisher_paths_give_the_mean_squared_per_sample_gradient():
+    data, model, _ = _setup()
+    model.on_task_start(data.tasks[0])
+    view = data.tasks[0].train
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    written = {k: torch.zeros_like(p) for k, p in params.items()}
+    model.eval()
+    for i in range(10):
+        loss = model.task_loss({k: v.unsqueeze(0) for k, v in view[i].items()})[0]
+        for (k, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+            written[k] += g.pow(2) / 10
+    model.train()
+    for path, name in (("batched", BATCHED), ("looped", LOOPED)):
+        fisher, used = diagonal_fisher(model, view, samples=10, path=path)
+        assert used == name and model.training  # the model's mode is given back
+        for k in written:
+            torch.testing.assert_close(fisher[k], written[k], rtol=1e-5, atol=1e-9)
+    assert diagonal_fisher(model, view, samples=10)[1] == choose_path(params) == BATCHED  # 64x16 weights: small tensors
+
+
+def test_fisher_path_rule_loops_over_large_tensors_on_the_cpu_only():
+    def tensors(*shapes, device="cpu"):
+        return {str(i): torch.nn.Parameter(torch.empty(*s, device=device)) for i, s in enumerate(shapes)}
+
+    assert choose_path(tensors((256, 784), (256,), (10, 256), (10,))) == LOOPED  # 53k elements per tensor
+    assert choose_path(tensors((128, 128), (128,))) == BATCHED  # 8.3k
+    assert choose_path(tensors((256, 784), (256,), device="meta")) == BATCHED  # not a CPU: one kernel per chunk

@@ -14,6 +14,8 @@ from clight import SequenceRunner
 from clight.io import load_checkpoint
 from clight.runner import RunInterrupted
 
+pytestmark = pytest.mark.xdist_group("test_resume.reference")  # its tests share the module's reference runs
+
 EPOCHS = 3
 TRAINER = dict(QUIET_TRAINER, max_epochs=EPOCHS)
 

@@ -155,6 +155,7 @@ def test_trainer_callbacks_are_rejected_with_a_hint(tmp_path):
         SequenceRunner(small_model(), small_sequence(), trainer={"callbacks": [object()]}, run_dir=str(tmp_path / "x"))
 
 
+@pytest.mark.slow
 def test_ewc_and_lwf_reduce_forgetting_and_resume_exactly(tmp_path, quiet_trainer):
     from clight import PermutedInputs, TaskSequence
     from clight.methods.regularization import EWC, LwF

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_on_two_ranks
 from test_spu import _digits
+
+pytestmark = pytest.mark.ddp
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "spu_ddp.py"
 

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from contract_examples import text, tiny_lm
 from test_spu import QUIET, _assert_top_k, _hand_importance
@@ -59,6 +60,7 @@ def test_the_spu_configs_parse():
     assert clip.data.init_args.batch_size == 128 and clip.data.init_args.replay.capacity == 2000
 
 
+@pytest.mark.lm
 def test_spu_smollm2_config_runs_on_cpu(tmp_path):
     """The real config through the CLI's parser, shrunk to a CPU smoke run: its first task, one step."""
     runner = runner_from_args(

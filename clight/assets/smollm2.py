@@ -63,8 +63,13 @@ def smollm2_path(cache_dir: Optional[str] = None) -> Path:
     """The converted SmolLM2 folder, converting it on first use (about half a minute on a CPU)."""
     out = Path(cache_dir) if cache_dir else default_cache_dir()
     if not (out / "model.safetensors").is_file():
+        from filelock import FileLock  # a dependency of torch
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        convert(gguf_path(), out)
+        # one process converts; others (DDP ranks, parallel test workers) wait for it, then read its files
+        with FileLock(str(out.with_name(out.name + ".lock"))):
+            if not (out / "model.safetensors").is_file():
+                convert(gguf_path(), out)
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 from clight.compare.environments import environment_notes
 from clight.compare.figure import plot_comparison
+from clight.compare.groups import figure_columns, group_markdown, group_notes, group_rows, group_runs, run_figures
 from clight.compare.plan import check_output, execute, plan_runs, require_distinct_names
 from clight.compare.record import RunRecord, check_same_sequence, read_run
 from clight.compare.table import build_rows, notes, to_csv, to_markdown
@@ -52,12 +53,25 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
     command that produced it), CSV, JSON and figure."""
     check_same_sequence([(r.name, r.sequence) for r in records])
     rows, layout = build_rows(records, window)
+    groups = group_runs(records)
+    for g in groups:
+        for r in g.members:
+            next(row for row in rows if row["method"] == r.name)["group"] = g.name
     table = to_markdown(rows, layout)
     environment, warnings = environment_notes(records)
     lines = notes(records, rows, layout) + environment
     text = "\n".join(
         ["# Comparison", "", "Produced by", "", "```bash", command, "```", "", table, "", *[f"- {n}" for n in lines], ""]
     )
+    grouped: list[dict] = []
+    if any(len(g.members) > 1 for g in groups):
+        by_name = {r.name: run_figures(r, row) for r, row in zip(records, rows)}
+        columns = figure_columns(records, layout)
+        grouped = group_rows(groups, by_name, [key for _, key in columns])
+        text += "\n".join(
+            ["", "## Mean ± standard deviation over seeds and task orders", "", group_markdown(grouped, columns), ""]
+        )
+        text += "\n".join(["", *[f"- {n}" for n in group_notes(groups)], ""])
     out = Path(out)
     if is_rank_zero():  # compare_runs may be called on every rank of a distributed job
         out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +85,7 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
                 **layout,
                 "notes": lines,
                 "rows": rows,
+                "groups": grouped,
                 "runs": [_run_json(r) for r in records],
             },
         )
@@ -127,7 +142,9 @@ def compare_configs(
     returns the comparison (the others return an empty one)."""
     check_output(Path(out))
     plans = plan_runs([str(c) for c in configs], overrides, None if run_root is None else str(run_root), names)
-    check_same_sequence([(p.name, p.sequence) for p in plans])
+    sequences = [(p.name, p.sequence) for p in plans if p.sequence is not None]
+    assert len(sequences) == len(plans)  # plan_runs reads every run's sequence
+    check_same_sequence(sequences)
     execute(plans)
     if not is_rank_zero():  # rank 0 writes the run folders and the comparison; the others would race it
         return Comparison([], [], {}, "", Path(out))

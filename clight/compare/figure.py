@@ -4,8 +4,9 @@ sequence (running mean) where runs scored only the new task, and every control o
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -36,10 +37,14 @@ def run_colours(records: list[RunRecord]) -> dict[str, tuple]:
 def _final_accuracy(ax, records: list[RunRecord], colours: dict) -> None:
     shown = [r for r in records if r.final_accuracy is not None]
     width = 0.8 / len(shown)
+    names = shown[0].task_names
     for i, r in enumerate(shown):
-        x = np.arange(1, r.num_tasks + 1) + (i - (len(shown) - 1) / 2) * width
-        ax.bar(x, 100 * np.nan_to_num(np.asarray(r.final_accuracy)), width, label=r.name, color=colours[r.name])
-    ax.set_xlabel("task")
+        # runs in another task order: each bar over the task's position in the first run's order
+        by_name = r.final_by_task() if r.task_names != names else {}
+        values = [by_name.get(n, math.nan) for n in names] if by_name else r.final_accuracy
+        x = np.arange(1, len(values) + 1) + (i - (len(shown) - 1) / 2) * width
+        ax.bar(x, 100 * np.nan_to_num(np.asarray(values)), width, label=r.name, color=colours[r.name])
+    ax.set_xlabel("task" if len({tuple(r.task_names) for r in shown}) == 1 else f"task ({', '.join(names)})")
     ax.set_ylabel("accuracy after the last task (%)")
     ax.set_ylim(0, 100)
     ax.set_title("final accuracy per task")
@@ -74,14 +79,14 @@ def plot_comparison(records: list[RunRecord], path: Path, smooth: Optional[int] 
     """One panel per view; one colour per run in every panel."""
     plt = _pyplot()
     num_tasks = max(r.num_tasks for r in records)
-    panels = []
+    panels: list[Callable[[Any, list[RunRecord], dict], None]] = []
     if any(r.final_accuracy is not None for r in records):
         panels.append(_final_accuracy)
     if any(r.schedule == "sequential_current" for r in records):
         window = smooth or (5 if num_tasks >= 20 else 1)
-        panels.append(lambda ax, rs, cs: _new_task_accuracy(ax, rs, cs, window))
+        panels.append(partial(_new_task_accuracy, smooth=window))
     names = list(dict.fromkeys(c.name for r in records for c in r.controls))
-    panels += [lambda ax, rs, cs, n=n: _control(ax, rs, cs, n) for n in names]
+    panels += [partial(_control, name=n) for n in names]
     columns = min(PANELS_PER_ROW, len(panels))
     rows = math.ceil(len(panels) / columns)
     legend_height = 0.25 * math.ceil(len(records) / LEGEND_COLUMNS) + 0.2  # inches, below the panels, so no panel is covered

@@ -84,7 +84,7 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Parse every config (with ``overrides``), find its run folder and its state, and refuse a
     folder that holds a run of a different config. Nothing is trained or written."""
-    from clight.cli import build_fit_parser
+    from clight.fit_config import build_fit_parser
 
     if names is not None and len(names) != len(configs):
         raise ConfigError(f"--names gives {len(names)} names for {len(configs)} configs")
@@ -165,8 +165,8 @@ def execute(plans: list[PlannedRun]) -> None:
     """Start the missing runs and resume the unfinished ones, in order; finished runs are left as they are."""
     from rich.console import Console
 
-    from clight.cli import runner_from_args
     from clight.distributed import is_rank_zero
+    from clight.fit_config import runner_from_args
 
     console = Console(stderr=True)
     todo = [p for p in plans if p.state != "finished"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import yaml
 
 from clight.compare.controls import Control, read_controls
 from clight.compare.routing import RoutingShares, read_routing
@@ -56,11 +57,21 @@ def sequence_differences(a: dict, b: dict) -> list[str]:
     return diffs
 
 
+def task_set(identity: dict) -> dict:
+    """A sequence identity without what replicates may vary (the seed, the task order): the
+    tasks sorted by name, each with its number of classes instead of their global ids."""
+    tasks = [
+        dict(t, classes=len(t["classes"]) if isinstance(t.get("classes"), list) else t.get("classes")) for t in identity["tasks"]
+    ]
+    return {**{k: v for k, v in identity.items() if k != "seed"}, "tasks": sorted(tasks, key=lambda t: str(t.get("name")))}
+
+
 def check_same_sequence(sequences: list[tuple[str, dict]]) -> None:
-    """Raise ``SequenceMismatch`` naming every run whose sequence differs from the first run's."""
+    """Raise ``SequenceMismatch`` naming every run whose tasks differ from the first run's. Runs may
+    differ by seed and by task order (``clight compare`` groups such replicates)."""
     (first, reference), problems = sequences[0], []
     for name, identity in sequences[1:]:
-        diffs = sequence_differences(reference, identity)
+        diffs = sequence_differences(task_set(reference), task_set(identity))
         if diffs:
             listed = diffs[:_MAX_LISTED] + ([f"... and {len(diffs) - _MAX_LISTED} more"] if len(diffs) > _MAX_LISTED else [])
             problems.append(f"{name} differs from {first} in\n    " + "\n    ".join(listed))
@@ -68,15 +79,16 @@ def check_same_sequence(sequences: list[tuple[str, dict]]) -> None:
         raise SequenceMismatch(
             "these runs do not share one task sequence, so their figures are not comparable (nothing was run):\n  "
             + "\n  ".join(problems)
-            + "\nGive every config the same data scenario and seed_everything (batch size and replay may differ)."
+            + "\nGive every config the same tasks (seed, task order, batch size and replay may differ)."
         )
 
 
 @dataclass
 class RunRecord:
     """A finished run: its name in the table, folder, how the comparison got it (``read``,
-    ``resumed`` or ``started``), metrics.json, the accuracy matrix, the logged controls and the
-    routing shares of a method that routes samples without a task id."""
+    ``resumed`` or ``started``), metrics.json, the accuracy matrix, the logged controls, the
+    routing shares of a method that routes samples without a task id, the run's other score
+    matrices (``exact_match``, ``rouge_l``, ...) and its config."""
 
     name: str
     run_dir: Path
@@ -85,6 +97,23 @@ class RunRecord:
     matrix: np.ndarray
     controls: list[Control] = field(default_factory=list)
     routing: Optional[RoutingShares] = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    config: Optional[dict] = None
+
+    @property
+    def seed(self) -> Any:
+        return (self.metrics.get("data") or {}).get("seed")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [str(t.get("name")) for t in (self.metrics.get("data") or {}).get("tasks", [])]
+
+    def final_by_task(self, matrix: Optional[np.ndarray] = None) -> dict[str, float]:
+        """``{task name: score after the last fit}`` (accuracy, or another score's ``matrix``)."""
+        matrix = self.matrix if matrix is None else matrix
+        if self.schedule == "sequential_current" or len(self.task_names) != matrix.shape[1]:
+            return {}
+        return {name: float(v) for name, v in zip(self.task_names, matrix[-1])}
 
     @property
     def schedule(self) -> str:
@@ -156,7 +185,17 @@ def read_run(run_dir: Union[str, Path], name: Optional[str] = None, status: str 
             "config to `clight compare`, which resumes unfinished runs."
         )
     metrics = read_json(run_dir / "metrics.json")
-    matrix = np.array(manifest["matrices"]["correct"], dtype=float)
+    matrices = {k: np.array(v, dtype=float) for k, v in manifest["matrices"].items()}
+    scores = {k: v for k, v in matrices.items() if k not in ("correct", "correct_task_aware")}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
     return RunRecord(
-        name or run_dir.name, run_dir, status, metrics, matrix, read_controls(run_dir, metrics), read_routing(metrics)
+        name or run_dir.name,
+        run_dir,
+        status,
+        metrics,
+        matrices["correct"],
+        read_controls(run_dir, metrics),
+        read_routing(metrics),
+        scores,
+        config,
     )

@@ -29,7 +29,7 @@ def default_window(num_tasks: int) -> int:
 def joint_reference(records: list[RunRecord]) -> tuple[Optional[RunRecord], Optional[IntransigenceReference], str]:
     """The first joint run, as an intransigence reference, with its provenance written out."""
     joint = next((r for r in records if r.schedule == "joint"), None)
-    if joint is None:
+    if joint is None or joint.final_accuracy is None:
         return None, None, ""
     others = [r.name for r in records if r.schedule == "joint" and r is not joint]
     provenance = (
@@ -45,6 +45,27 @@ def _mean(values: Optional[list[float]]) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
+SCORE_NAMES = {"exact_match": "EM", "rouge_l": "ROUGE-L", "label_accuracy": "label acc."}
+
+
+def score_average(r: RunRecord, name: str) -> Optional[float]:
+    """A score's final average over the tasks (``metrics.json``; else the mean of the matrix's last row)."""
+    recorded = ((r.metrics.get("scores") or {}).get(name) or {}).get("average_accuracy")
+    if recorded is not None or name not in r.scores or r.schedule == "sequential_current":
+        return recorded
+    return float(np.nanmean(r.scores[name][-1]))
+
+
+def task_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
+    """``(key, header)`` of the per-task columns: by position when every run has the same task
+    order, else by task name (the first run's order)."""
+    orders = {tuple(r.task_names) for r in records}
+    num_tasks = max(r.num_tasks for r in records)
+    if len(orders) <= 1 or any(len(r.task_names) != r.num_tasks for r in records):
+        return [(f"task_{j + 1}", f"task {j + 1}") for j in range(num_tasks)]
+    return [(f"task_{name}", name) for name in records[0].task_names]
+
+
 def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[list[dict], dict]:
     """One dict per run (raw values, keyed by CSV column), and what the columns depend on."""
     num_tasks = max(r.num_tasks for r in records)
@@ -54,14 +75,20 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
     joint, reference, provenance = joint_reference(records)
     control_names = list(dict.fromkeys(c.name for r in records for c in r.controls))
     routed = any(r.routing is not None for r in records)
+    found = {name for r in records for name in r.scores}
+    score_names = [n for n in SCORE_NAMES if n in found] + sorted(found - set(SCORE_NAMES))
+    columns = task_columns(records)
     rows = []
     for r in records:
         row: dict[str, Any] = {"method": r.name, "schedule": r.schedule, "status": r.status, "run_dir": str(r.run_dir)}
         if with_matrix:
             final = r.final_accuracy or [None] * num_tasks
-            row.update({f"task_{j + 1}": final[j] if j < len(final) else None for j in range(num_tasks)})
-            for key in ("average_accuracy", "backward_transfer", "forgetting"):
+            by_name = r.final_by_task() if r.final_accuracy is not None else {}
+            for j, (key, header) in enumerate(columns):
+                row[key] = by_name.get(header) if key == f"task_{header}" else (final[j] if j < len(final) else None)
+            for key in ("average_accuracy", "backward_transfer", "forgetting", "forward_transfer"):
                 row[key] = r.metrics.get(key)
+            row.update({f"{name}_average": score_average(r, name) for name in score_names})
         if reference is not None:
             diagonal = r.new_task_accuracy
             row["intransigence"] = intransigence(r.matrix, reference)[0] if diagonal is not None and r is not joint else None
@@ -89,6 +116,8 @@ def build_rows(records: list[RunRecord], window: Optional[int] = None) -> tuple[
         "new_task_only": new_task_only,
         "controls": control_names,
         "routing": routed,
+        "scores": score_names,
+        "task_columns": columns,
         "intransigence_reference": provenance or None,
     }
     return rows, layout
@@ -131,10 +160,18 @@ def markdown_columns(layout: dict) -> list[tuple[str, Callable[[dict], str]]]:
     columns: list[tuple[str, Callable[[dict], str]]] = [("method", lambda row: row["method"])]
     if layout["with_matrix"]:
         if layout["num_tasks"] <= MAX_TASK_COLUMNS:
-            columns += [(f"task {j + 1}", lambda row, j=j: _percent(1)(row[f"task_{j + 1}"])) for j in range(layout["num_tasks"])]
+            columns += [(header, lambda row, key=key: _percent(1)(row[key])) for key, header in layout["task_columns"]]
         columns += [
             (header, lambda row, key=key: _percent(2)(row[key]))
-            for header, key in (("AA", "average_accuracy"), ("BWT", "backward_transfer"), ("forgetting", "forgetting"))
+            for header, key in (
+                ("AA", "average_accuracy"),
+                ("BWT", "backward_transfer"),
+                ("FWT", "forward_transfer"),
+                ("forgetting", "forgetting"),
+            )
+        ]
+        columns += [
+            (SCORE_NAMES.get(name, name), lambda row, key=f"{name}_average": _percent(2)(row[key])) for name in layout["scores"]
         ]
     if layout["intransigence_reference"]:
         columns.append(("intransigence", lambda row: _percent(2)(row["intransigence"])))
@@ -167,14 +204,22 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
     """What the table's numbers are and where they come from, one line each."""
     out = []
     if layout["with_matrix"]:
-        points = "BWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT and forgetting"
+        points = "BWT, FWT, forgetting and intransigence" if layout["intransigence_reference"] else "BWT, FWT and forgetting"
         out.append(
             "Accuracies in %: task j = accuracy on task j after the last task (the last row of the accuracy matrix); "
             f"AA = mean of that row over the tasks seen; {points} in percentage points."
         )
+        if layout["scores"]:
+            named = ", ".join(f"{SCORE_NAMES.get(n, n)} = {n}" for n in layout["scores"])
+            out.append(f"Other scores in % ({named}): each one's mean over the tasks after the last task.")
         convention = next((r.metrics["forgetting_convention"] for r in records if r.metrics.get("forgetting_convention")), None)
         if convention:
             out.append(f"Forgetting: {convention}.")
+        fwt = next(
+            (r.metrics["forward_transfer_convention"] for r in records if r.metrics.get("forward_transfer_convention")), None
+        )
+        if fwt:
+            out.append(f"FWT: {fwt} (n/a where the initial model was not scored on every task).")
     if layout["new_task_only"]:
         out.append(
             f"New-task accuracy: a[t][t], accuracy on task t right after training it, averaged over the first and the "
@@ -184,7 +229,8 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
         out.append(f"Intransigence: {layout['intransigence_reference']}.")
     seen: dict[str, str] = {}
     for c in (c for r in records for c in r.controls):
-        direction = {True: "lower is better", False: "higher is better"}.get(c.lower_is_better, "no better direction")
+        directions: dict[Optional[bool], str] = {True: "lower is better", False: "higher is better"}
+        direction = directions.get(c.lower_is_better, "no better direction")
         seen.setdefault(
             c.name, f"{c.name}: {c.what}; start = {c.before_label}, end = after the last task; {direction} (from {c.source})."
         )

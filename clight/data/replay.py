@@ -72,7 +72,7 @@ class ReservoirMemory(ReplayMemory):
         entries, labels = self.entries.tolist(), self.labels.tolist()
         draws = torch.rand(len(targets), generator=g, dtype=torch.float64)
         for i, y in enumerate(targets.tolist()):
-            if len(entries) < self.capacity:
+            if self.capacity is None or len(entries) < self.capacity:  # None: unbounded
                 entries.append([task_id, i])
                 labels.append(y)
             else:
@@ -95,20 +95,58 @@ class ClassBalancedMemory(ReplayMemory):
         entries = torch.cat([self.entries, new])
         labels = torch.cat([self.labels, targets.long()])
         self.seen += n
+        if self.capacity is None:  # unbounded: every sample stays
+            self.entries, self.labels = entries, labels
+            return
         classes = labels.unique()
         quota, extra = divmod(self.capacity, len(classes))
         g = seeded_generator(self.seed, 11, task_id)
-        keep = []
+        kept = []
         for rank, c in enumerate(classes.tolist()):
             members = (labels == c).nonzero().flatten()
             share = quota + (1 if rank < extra else 0)
-            keep.append(members[torch.randperm(len(members), generator=g)[:share]])
-        keep = torch.cat(keep).sort().values
+            kept.append(members[torch.randperm(len(members), generator=g)[:share]])
+        keep = torch.cat(kept).sort().values
         self.entries, self.labels = entries[keep], labels[keep]
 
 
-MEMORIES = {m.kind: m for m in (ReservoirMemory, ClassBalancedMemory, UnboundedMemory)}
-MemoryKind = Literal["reservoir", "class_balanced", "all"]
+class GreedyClassBalancedMemory(ReplayMemory):
+    """GDumb's greedy class-balancing sampler (Prabhu et al., ECCV 2020, Algorithm 1).
+
+    The samples arrive in index order. One is stored while its class holds fewer than
+    ``capacity / (classes seen so far)`` members; when the memory is full, a random member of the
+    largest class (the lowest class id among equals) makes room for it. Otherwise it is passed over.
+    """
+
+    kind = "greedy"
+
+    def add_task(self, task_id: int, targets: torch.Tensor) -> None:
+        draws = torch.rand(len(targets), generator=seeded_generator(self.seed, 12, task_id), dtype=torch.float64).tolist()
+        by_class: dict[int, list[list[int]]] = {}
+        for entry, y in zip(self.entries.tolist(), self.labels.tolist()):
+            by_class.setdefault(y, []).append(entry)
+        stored = len(self.entries)
+        for i, y in enumerate(targets.tolist()):
+            members = by_class.setdefault(y, [])
+            if len(members) >= self.capacity / len(by_class):
+                continue
+            if stored >= self.capacity:
+                largest = max(by_class, key=lambda c: (len(by_class[c]), -c))
+                crowded = by_class[largest]
+                j = int(draws[i] * len(crowded))
+                crowded[j] = crowded[-1]  # remove member j: the last one takes its place
+                crowded.pop()
+                stored -= 1
+            members.append([task_id, i])
+            stored += 1
+        self.seen += len(targets)
+        rows = sorted((entry, y) for y, members in by_class.items() for entry in members)
+        self.entries = torch.tensor([e for e, _ in rows], dtype=torch.long).reshape(-1, 2)
+        self.labels = torch.tensor([y for _, y in rows], dtype=torch.long)
+
+
+MEMORIES = {m.kind: m for m in (ReservoirMemory, ClassBalancedMemory, UnboundedMemory, GreedyClassBalancedMemory)}
+MemoryKind = Literal["reservoir", "class_balanced", "all", "greedy"]
 ReplayMode = Literal["mix", "uniform"]
 
 
@@ -116,8 +154,8 @@ ReplayMode = Literal["mix", "uniform"]
 class Replay:
     """Experience replay settings of a ``TaskSequence``.
 
-    memory: ``reservoir`` or ``class_balanced`` (``capacity`` samples) or ``all`` (every past
-    sample: the compute-budgeted baseline). mode: ``mix`` adds ``batch_size`` replayed samples to
+    memory: ``reservoir``, ``class_balanced`` or ``greedy`` (GDumb's sampler; ``capacity``
+    samples) or ``all`` (every past sample: the compute-budgeted baseline). mode: ``mix`` adds ``batch_size`` replayed samples to
     every batch of the current task; ``uniform`` draws every batch uniformly from the current
     task and the memory together.
     """

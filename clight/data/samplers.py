@@ -89,3 +89,17 @@ def evaluation_batches(n: int, batch_size: int, rank: int = 0, world_size: int =
     """Rank ``rank``'s share (every W-th sample) of an ordered pass, in batches: no sample twice."""
     mine = list(range(rank, n, world_size))
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def memory_batch(n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of a global batch of up to ``batch_size`` distinct positions in ``[0, n)``.
+
+    The global batch is drawn from ``generator`` (which every rank holds in the same state) and cut
+    to a multiple of the world size; rank ``r`` takes the r-th contiguous slice, as
+    ``ShardedBatchSampler`` does, so W ranks together see the batch one process sees.
+    """
+    size = min(batch_size, n)
+    size -= size % world_size
+    chosen = torch.randperm(n, generator=generator)[:size]
+    share = size // world_size
+    return chosen[rank * share : (rank + 1) * share]

@@ -11,7 +11,7 @@ from typing import Literal, Optional, Sequence, Union
 
 import torch
 
-from clight.choices import check_choice
+from clight.choices import Setting, check_choice
 from clight.data.sources import Source, SourceData, resolve_source
 from clight.data.task import Task
 from clight.data.views import TaskView, dataset_targets, fetch_pairs
@@ -35,7 +35,7 @@ def split_train_val(indices: torch.Tensor, val_fraction: float, generator: torch
 class Scenario:
     """Builds ``Task`` objects. Subclasses set ``setting`` and implement ``build``."""
 
-    setting: str = "class_incremental"
+    setting: Setting = "class_incremental"
 
     def build(self, seed: int, val_fraction: float) -> list[Task]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -150,8 +150,9 @@ class FashionMNIST(Source):
         return folders + [DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST"]
 
     def _load_folder(self, folder: Path) -> Optional[SourceData]:
-        paths = {key: _find_idx(folder, stem) for key, stem in self.stems.items()}
-        if any(p is None for p in paths.values()):
+        found = {key: _find_idx(folder, stem) for key, stem in self.stems.items()}
+        paths = {key: p for key, p in found.items() if p is not None}
+        if len(paths) < len(found):
             return None
         arrays = {key: torch.from_numpy(read_idx(p).copy()) for key, p in paths.items()}
         for split in ("train", "test"):

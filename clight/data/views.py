@@ -8,7 +8,8 @@ Python call per sample.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sized
+from typing import Callable, Optional, Sequence, Union, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -69,7 +70,7 @@ class TaskView(Dataset):
     def targets(self) -> torch.Tensor:
         return dataset_targets(self.base)[self.indices]
 
-    def __getitems__(self, indices: Sequence[int]) -> dict:
+    def __getitems__(self, indices: Union[Sequence[int], torch.Tensor]) -> dict:
         x, y = fetch_pairs(self.base, self.indices.index_select(0, torch.as_tensor(indices, dtype=torch.long)))
         if self.transform is not None:
             x = self.transform(x)
@@ -88,13 +89,14 @@ class ConcatViews(Dataset):
     """
 
     def __init__(self, views: Sequence[Dataset]) -> None:
-        self.views = [w for v in views for w in (v.views if isinstance(v, ConcatViews) else [v])]
-        sizes = torch.tensor([len(v) for v in self.views], dtype=torch.long)
+        self.views: list[Dataset] = [w for v in views for w in (v.views if isinstance(v, ConcatViews) else [v])]
+        sizes = torch.tensor([len(cast(Sized, v)) for v in self.views], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
         self._merged: Optional[TaskView] = None
-        if self.views and all(type(v) is TaskView and v.base is self.views[0].base and v.transform is None for v in self.views):
-            self._merged = TaskView(self.views[0].base, torch.cat([v.indices for v in self.views]), -1)
-            self._task_ids = torch.cat([torch.full((len(v),), v.task_id, dtype=torch.long) for v in self.views])
+        plain = [v for v in self.views if type(v) is TaskView]
+        if self.views and len(plain) == len(self.views) and all(v.base is plain[0].base and v.transform is None for v in plain):
+            self._merged = TaskView(plain[0].base, torch.cat([v.indices for v in plain]), -1)
+            self._task_ids = torch.cat([torch.full((len(v),), v.task_id, dtype=torch.long) for v in plain])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

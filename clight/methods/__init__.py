@@ -1,4 +1,4 @@
 from clight.methods.base import ContinualCallback
-from clight.methods.regularization import EWC, LwF
+from clight.methods.regularization import EWC, MAS, SI, LwF
 
-__all__ = ["EWC", "ContinualCallback", "LwF"]
+__all__ = ["EWC", "MAS", "SI", "ContinualCallback", "LwF"]

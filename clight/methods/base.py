@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from clight.choices import SETTINGS
 from clight.contract import ConfigError, RunContext, require
 from clight.data.task import SequenceInfo, Task
+from clight.distributed_state import StateLayout
+from clight.lightning_internals import callback_state_key
 
 
 def _stable(value: Any) -> Any:
@@ -44,11 +46,23 @@ class ContinualCallback(Callback):
     plain Python values (checkpoints are loaded with ``weights_only=True``); it is stored under
     ``state_key``, which is built from the class and its init arguments, so two instances of one
     method coexist. Anything that edits parameters must make the same edit on every rank.
+    How its state lives across ranks is declared in ``state_layout``; a method that cannot run
+    with sharded parameters says why in ``unshardable``.
     """
 
     settings: ClassVar[tuple[str, ...]] = SETTINGS
     module_protocol: ClassVar[Optional[type]] = None
     data_protocol: ClassVar[Optional[type]] = None
+    #: the method learns without gradient steps (class statistics gathered in ``on_task_end``):
+    #: a fit in which nothing is trainable is then skipped instead of refused as a misconfiguration
+    gradient_free: ClassVar[bool] = False
+    #: how each entry of ``state_dict`` lives across ranks: ``replicated``, ``reduced`` or
+    #: ``sharded`` (like its parameter); see ``clight.distributed_state`` and docs/contract.md
+    state_layout: ClassVar[dict[str, StateLayout]] = {}
+    #: why the method cannot run with sharded parameters (``None``: it can); refused before the run
+    unshardable: ClassVar[Optional[str]] = None
+    _init_arguments: tuple[tuple, dict]  # set in __new__
+    _state_key_suffix: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "ContinualCallback":
         obj = super().__new__(cls)
@@ -65,6 +79,10 @@ class ContinualCallback(Callback):
             raise ConfigError(f"{name} applies to {list(self.settings)} sequences; this one is {info.setting!r}")
         require(name, module, self.module_protocol, "model")
         require(name, datamodule, self.data_protocol, "data module")
+
+    def sharding_refusal(self, module: Any) -> Optional[str]:
+        """Why this method cannot run on ``module`` with sharded parameters (default ``unshardable``)."""
+        return self.unshardable
 
     # -- the sequence -------------------------------------------------------------------------
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
@@ -100,7 +118,7 @@ class ContinualCallback(Callback):
         # Lightning reads the key on every hook call (to name profiler sections): build it once.
         base = self.__dict__.get("_state_key_base")
         if base is None:
-            base = self._state_key_base = self._generate_state_key(**_stable(self.init_arguments()))
+            base = self._state_key_base = callback_state_key(self, **_stable(self.init_arguments()))
         return base + getattr(self, "_state_key_suffix", "")
 
     def disambiguate(self, occurrence: int) -> None:

@@ -9,7 +9,7 @@ Intransigence also needs a reference model's accuracy per task (``IntransigenceR
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def summarize(acc, initial: Optional[Sequence[float]] = None, reference: Optiona
     """All metrics after the last finished row, as a JSON-ready dict. Intransigence is included
     only when a ``reference`` is given."""
     a = _as_matrix(acc)
-    summary = {
+    summary: dict[str, Any] = {
         "tasks_finished": int(a.shape[0]),
         "average_accuracy": average_accuracy(a),
         "average_incremental_accuracy": average_incremental_accuracy(a),

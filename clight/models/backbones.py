@@ -3,7 +3,7 @@ input batch to ``[B, num_features]``; small ones can size themselves from the in
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,11 +39,13 @@ class MLP(nn.Module):
             self._build(in_features)
 
     def _build(self, in_features: int) -> None:
-        layers, width = [], in_features
+        layers: list[nn.Module] = []
+        width = in_features
+        norm = NORMS[self.norm]
         for h in self.hidden_sizes:
             layers.append(nn.Linear(width, h))
-            if NORMS[self.norm] is not None:
-                layers.append(NORMS[self.norm](h))
+            if norm is not None:
+                layers.append(norm(h))
             layers.append(self.activation())
             width = h
         self.layers = nn.Sequential(*layers)
@@ -99,6 +101,9 @@ class TimmBackbone(nn.Module):
     mean and std, so 28x28 grey images feed an ImageNet model correctly.
     """
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(
         self,
         name: str = "resnet18",
@@ -119,9 +124,9 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
         if weights_file is not None:
-            classifier = self.model.pretrained_cfg.get("classifier")
+            classifier = _pretrained_cfg(self.model).get("classifier")
             load_local_weights(self.model, weights_file, key_map, drop_prefixes=[f"{classifier}."] if classifier else None)
-        cfg = self.model.pretrained_cfg
+        cfg = _pretrained_cfg(self.model)
         channels, height, width = cfg.get("input_size", (3, 224, 224))
         self.in_chans = channels
         self.image_size = (image_size, image_size) if image_size else (height, width)
@@ -143,3 +148,19 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(x))
+
+
+def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """The ``pretrained_cfg`` timm sets on every model it creates (``create_model`` is typed as
+    returning a plain ``nn.Module``)."""
+    cfg = model.pretrained_cfg
+    assert isinstance(cfg, dict)
+    return cfg
+
+
+def feature_width(backbone: nn.Module) -> int:
+    """A backbone's output width: its ``num_features`` (timm's contract)."""
+    width = getattr(backbone, "num_features", None)
+    if not isinstance(width, int):
+        raise ValueError(f"backbone {type(backbone).__name__} must expose `num_features` (its output width)")
+    return width

@@ -5,7 +5,9 @@ language-model cross-entropy on answer tokens (labels -100 elsewhere); when a ba
 replayed general samples with task samples, ``general_ce`` decides how their cross-entropies
 combine (``equal``: the mean of the two token-averaged losses, as the released GeRe code does).
 Evaluation scores each candidate answer's log-likelihood after the prompt and counts the
-argmax as correct (``evaluation="generate"``: greedy generation must reproduce the answer).
+argmax as correct (one pass per prompt, candidates scored from its cache), or with
+``evaluation="generate"`` scores greedy generations by exact match, ROUGE-L and label accuracy
+(``clight.models.lm_scoring``).
 Mixed precision comes from the Trainer (``precision: bf16-mixed`` on GPUs that support it);
 ``dtype`` sets the weights' storage dtype.
 """
@@ -115,6 +117,7 @@ class ContinualCausalLM(ContinualModule):
         general_ce: GeneralCE = "equal",
         evaluation: Evaluation = "likelihood",
         length_normalize: bool = False,
+        max_new_tokens: int = 32,
         tiny_config: Optional[dict] = None,
         seed: int = 0,
         gradient_checkpointing: bool = False,
@@ -135,7 +138,9 @@ class ContinualCausalLM(ContinualModule):
         if self.lora_config:
             self.net = add_lora(self.net, self.lora_config)
         self.dtype_name, self.general_ce = dtype, general_ce
-        self.evaluation, self.length_normalize = evaluation, length_normalize
+        if max_new_tokens < 1:
+            raise ValueError(f"ContinualCausalLM.max_new_tokens must be at least 1, got {max_new_tokens}")
+        self.evaluation, self.length_normalize, self.max_new_tokens = evaluation, length_normalize, max_new_tokens
 
     @property
     def hidden_size(self) -> int:
@@ -204,7 +209,9 @@ class ContinualCausalLM(ContinualModule):
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def choice_scores(self, batch: dict) -> torch.Tensor:
-        """Log-likelihood ``[B, K]`` of each candidate answer after its prompt (-inf for padding choices)."""
+        """Log-likelihood ``[B, K]`` of each candidate answer after its prompt (-inf for padding
+        choices), every candidate run with its whole prompt: the reference the cached scoring of
+        ``evaluation_counts`` (``lm_decoding.cached_candidate_scores``) is tested against."""
         b, k, length = batch["choice_input_ids"].shape
         ids, mask = batch["choice_input_ids"].view(b * k, length), batch["choice_attention_mask"].view(b * k, length)
         labels = batch["choice_labels"].view(b * k, length)
@@ -216,33 +223,13 @@ class ContinualCausalLM(ContinualModule):
             score = score / valid.sum(1).clamp_min(1)
         return score.view(b, k).masked_fill(~batch["choice_valid"], float("-inf"))
 
-    def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
-        if "choice_input_ids" not in batch:
-            raise ValueError("evaluation batches need candidate answers: build them with TextCollator(choices=True)")
-        if self.evaluation == "generate":
-            correct = self._generate_matches(batch)
-        else:
-            correct = self.choice_scores(batch).argmax(1) == batch["target"]
-        return {"correct": correct.sum(), "total": torch.tensor(len(correct), device=correct.device)}
-
     @torch.no_grad()
-    def _generate_matches(self, batch: dict) -> torch.Tensor:
-        """Exact match of greedy generation with the gold answer (one sample at a time: no left padding)."""
-        matches = []
-        for i in range(len(batch["target"])):
-            labels = batch["labels"][i]
-            answer = labels[labels != IGNORE]
-            prompt_len = int((labels == IGNORE).logical_and(batch["attention_mask"][i].bool()).sum())
-            prompt = batch["input_ids"][i, :prompt_len].unsqueeze(0)
-            out = self.net.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=len(answer),
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            matches.append(torch.equal(out[0, prompt_len:], answer))
-        return torch.tensor(matches, device=batch["input_ids"].device)
+    def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
+        from clight.models.lm_scoring import generation_counts, likelihood_counts
+
+        if "prompt_input_ids" not in batch:
+            raise ValueError("evaluation batches need the prompts: build them with TextCollator(choices=True)")
+        return generation_counts(self, batch) if self.evaluation == "generate" else likelihood_counts(self, batch)
 
     @torch.no_grad()
     def perplexity(self, loader) -> float:
@@ -259,6 +246,13 @@ class ContinualCausalLM(ContinualModule):
         self.train(was_training)
         return math.exp(total / max(count, 1))
 
+    def export_pretrained(self, state: dict, folder) -> dict:
+        """``hf/`` and, with LoRA, ``adapter/`` folders from the whole module's ``state`` (``clight.export``)."""
+        from clight.models.hf_export import export_causal_lm
+
+        net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+        return export_causal_lm(self.net, net_state, folder, self.has_adapters)
+
     def describe(self) -> dict:
         out = super().describe()
         out.update(
@@ -268,6 +262,7 @@ class ContinualCausalLM(ContinualModule):
                 "dtype": self.dtype_name,
                 "general_ce": self.general_ce,
                 "evaluation": self.evaluation,
+                "max_new_tokens": self.max_new_tokens if self.evaluation == "generate" else None,
                 "hidden_size": self.hidden_size,
             }
         )

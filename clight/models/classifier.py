@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Callable, Optional, Protocol, Sequence, cast, runtime_checkable
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _NormBase
 
 from clight.data.task import SequenceInfo, Task
-from clight.models.backbones import MLP
+from clight.models.backbones import MLP, feature_width
 from clight.models.module import ContinualModule, default_optimizer
 
 
@@ -33,6 +33,9 @@ class ContinualClassifier(ContinualModule):
     keeps every trainable parameter in use, as DDP requires.
     """
 
+    seen_mask: torch.Tensor  # buffers
+    local_index: torch.Tensor
+
     def __init__(
         self,
         backbone: Optional[nn.Module] = None,
@@ -43,8 +46,7 @@ class ContinualClassifier(ContinualModule):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.backbone = backbone if backbone is not None else MLP()
-        if not hasattr(self.backbone, "num_features"):
-            raise ValueError(f"backbone {type(self.backbone).__name__} must expose `num_features` (its output width)")
+        feature_width(self.backbone)  # checked before anything else
         self.train_backbone = train_backbone
         self.train_old_heads = train_old_heads
         self.heads = nn.ModuleDict()
@@ -67,14 +69,14 @@ class ContinualClassifier(ContinualModule):
             local[torch.tensor(classes)] = torch.arange(len(classes))
         self.local_index = local.to(self.local_index.device)
         if not self.multi_head and "all" not in self.heads:
-            self.heads["all"] = nn.Linear(self.backbone.num_features, info.num_classes)
+            self.heads["all"] = nn.Linear(feature_width(self.backbone), info.num_classes)
         self.backbone.requires_grad_(self.train_backbone)
 
     def on_task_start(self, task: Task) -> None:
         super().on_task_start(task)
         if self.multi_head:
             if str(task.index) not in self.heads:
-                self.heads[str(task.index)] = nn.Linear(self.backbone.num_features, task.num_classes).to(self.device)
+                self.heads[str(task.index)] = nn.Linear(feature_width(self.backbone), task.num_classes).to(self.device)
             for key, head in self.heads.items():
                 head.requires_grad_(key == str(task.index) or self.train_old_heads)
         self.seen_mask[torch.tensor(task.classes, device=self.seen_mask.device)] = True
@@ -109,10 +111,9 @@ class ContinualClassifier(ContinualModule):
             raise ValueError("a task-incremental model needs the task id of every sample")
         # every head on every sample, then each sample's own row: no data-dependent branching,
         # so the same code runs batched under torch.func (EWC's per-sample gradients)
-        width = max(head.out_features for head in self.heads.values())
-        stacked = torch.stack(
-            [F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in self.heads.values()]
-        )
+        heads = [cast(nn.Linear, head) for head in self.heads.values()]
+        width = max(head.out_features for head in heads)
+        stacked = torch.stack([F.pad(head(features), (0, width - head.out_features), value=float("-inf")) for head in heads])
         return stacked[self._head_position(task_id), torch.arange(len(features), device=features.device)]
 
     def _mask_unseen(self, raw_logits: torch.Tensor) -> torch.Tensor:
@@ -135,6 +136,7 @@ class ContinualClassifier(ContinualModule):
         """The sorted classes of ``tasks`` as an index tensor, built once per set of tasks (LwF asks every step)."""
         key = (tuple(tasks), device)
         if key not in self._class_indices:
+            assert self.sequence is not None, "setup_sequence comes first"
             classes = sorted({c for t in tasks for c in self.sequence.task_classes[t]})
             self._class_indices[key] = torch.tensor(classes, device=device)
         return self._class_indices[key]
@@ -152,13 +154,21 @@ class ContinualClassifier(ContinualModule):
         loss = F.cross_entropy(logits, self._targets(batch))
         return loss, {"features": features, "logits": logits}
 
+    def set_evaluation_scores(self, scores: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        """Score classes in evaluation with ``scores(features) -> [B, num_classes]`` instead of the
+        head (a method's classifier: iCaRL's nearest mean of exemplars); ``None`` restores the head.
+        Single-head models only: a task-incremental model scores each sample with its task's head."""
+        if scores is not None and self.multi_head:
+            raise ValueError("evaluation scores replace the single head; a task-incremental model has one head per task")
+        self.evaluation_scores = scores
+
     @torch.no_grad()
     def evaluation_counts(self, batch: dict) -> dict[str, torch.Tensor]:
         features = self.features(batch["input"], batch["task_id"])
         if self.multi_head:
             logits = self.logits(features, batch["task_id"])
         else:  # the head once, for both the class-incremental and the task-aware count
-            raw = self.heads["all"](features)
+            raw = self.heads["all"](features) if self.evaluation_scores is None else self.evaluation_scores(features)
             logits = self._mask_unseen(raw)
         correct = (logits.argmax(1) == self._targets(batch)).sum()
         counts = {"correct": correct, "total": torch.tensor(len(logits), device=logits.device)}
@@ -170,6 +180,7 @@ class ContinualClassifier(ContinualModule):
         """Task-incremental accuracy of a single-head model: argmax within the sample's task."""
         key = ("task_classes", raw_logits.device)
         if key not in self._class_indices:  # [task, class]: whether the class belongs to the task
+            assert self.sequence is not None, "setup_sequence comes first"
             table = torch.zeros(len(self.sequence.task_classes), raw_logits.shape[1], dtype=torch.bool)
             for t, classes in enumerate(self.sequence.task_classes):
                 table[t, classes] = True

@@ -65,6 +65,11 @@ class ContinualCLIP(ContinualModule):
 
     settings = ("class_incremental", "domain_incremental", "task_incremental")
     settings_reason = " (task-incremental with label_space: task)"
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    seen_mask: torch.Tensor
 
     def __init__(
         self,

@@ -13,7 +13,9 @@ from torchmetrics.aggregation import MeanMetric
 from clight.choices import SETTINGS
 from clight.contract import ConfigError
 from clight.data.task import SequenceInfo, Task
+from clight.lightning_internals import CURRENT_HOOK_ATTRIBUTE, attached_trainer, logger_writes_this_step
 from clight.models.finite import FiniteLossCheck, NonFiniteLossError
+from clight.models.sharding import ShardingRecord, reshard, shard_for_fit, transformer_blocks
 
 __all__ = ["ContinualModule", "NonFiniteLossError", "default_optimizer"]
 
@@ -58,6 +60,8 @@ class ContinualModule(L.LightningModule):
     settings_reason: ClassVar[str] = ""
     #: check the loss for NaN / inf on every step (None: on the CPU only, where it costs nothing)
     check_finite_every_step: Optional[bool] = None
+    #: why the model cannot be trained with sharded parameters (None: it can; ``clight.models.sharding``)
+    unshardable: ClassVar[Optional[str]] = None
 
     def __init__(
         self,
@@ -68,16 +72,20 @@ class ContinualModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.loss_terms: dict[str, LossTerm] = {}
+        self.task_loss_replaced_by: Optional[str] = None  # a loss term trained on instead of the task loss
+        # a method's classifier used in evaluation instead of the heads (iCaRL's nearest mean of exemplars)
+        self.evaluation_scores: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.current_task = 0
         self.sequence: Optional[SequenceInfo] = None
         # correct / total summed over every rank before dividing (exact under DDP)
         self.val_accuracy = MeanMetric()
         self._finite = FiniteLossCheck()
+        self.sharding = ShardingRecord()
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets this around each of the dozens of hook calls of a step; it is never a
         # parameter, buffer or submodule, so nn.Module's checks for those are skipped.
-        if name == "_current_fx_name":
+        if name == CURRENT_HOOK_ATTRIBUTE:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -107,6 +115,17 @@ class ContinualModule(L.LightningModule):
             raise ValueError(f"loss term name {name!r} is reserved")
         self.loss_terms[name] = term
 
+    def replace_task_loss(self, name: str, term: LossTerm) -> None:
+        """Train on the loss term ``name`` instead of the task loss (iCaRL's sigmoid loss replaces
+        the cross-entropy). ``task_loss`` still runs, for the outputs the terms read, and is still
+        logged as ``train/task_loss``, but it adds nothing to the loss."""
+        if self.task_loss_replaced_by not in (None, name):
+            raise ValueError(
+                f"the task loss is already replaced by {self.task_loss_replaced_by!r}; {name!r} cannot replace it too"
+            )
+        self.add_loss_term(name, term)
+        self.task_loss_replaced_by = name
+
     # -- what methods may call ------------------------------------------------------------------
     def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -129,11 +148,11 @@ class ContinualModule(L.LightningModule):
         return True
 
     def frozen_copy(self) -> "ContinualModule":
-        """A deep copy with no gradients, in eval mode, detached from the Trainer and from the
-        loss terms (which belong to the methods that added them)."""
-        memo: dict[int, Any] = {id(self.loss_terms): {}}
-        if self._trainer is not None:
-            memo[id(self._trainer)] = None
+        """A deep copy with no gradients, in eval mode, detached from the Trainer and from what
+        methods attached (loss terms, evaluation scores: they belong to the methods)."""
+        memo: dict[int, Any] = {id(self.loss_terms): {}, id(self.evaluation_scores): None}
+        if (trainer := attached_trainer(self)) is not None:
+            memo[id(trainer)] = None
         copied = copy.deepcopy(self, memo)
         copied.requires_grad_(False)
         return copied.eval()
@@ -141,10 +160,10 @@ class ContinualModule(L.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         task_loss, outputs = self.task_loss(batch)
-        loss, terms = task_loss, {}
+        loss, terms = (task_loss if self.task_loss_replaced_by is None else None), {}
         for name, term in self.loss_terms.items():
             terms[name] = term(self, batch, outputs)
-            loss = loss + terms[name]
+            loss = terms[name] if loss is None else loss + terms[name]
         step = self.global_step
         logged = self._logs_this_step(step)
         self._finite.observe(loss, self.current_task, step, due=logged, every_step=self.check_finite_every_step)
@@ -161,10 +180,10 @@ class ContinualModule(L.LightningModule):
         """Whether Lightning's logger writes this step's metrics, or it ends the epoch or the fit.
         A ``self.log`` call costs about a tenth of a small model's step, and what is handed over
         on the steps in between is never written."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return False
-        return trainer._logger_connector.should_update_logs or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
+        return logger_writes_this_step(trainer) or trainer.is_last_batch or 0 < trainer.max_steps <= step + 1
 
     # Non-finite losses not yet read back from an accelerator are checked before anything is saved.
     def on_train_epoch_end(self) -> None:
@@ -194,6 +213,19 @@ class ContinualModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # -- sharding (trainer.strategy: sharded) ----------------------------------------------------
+    def configure_model(self) -> None:
+        """Under a sharded strategy, FSDP2 on the first fit and on what later tasks add only
+        (``clight.models.sharding``); nothing under any other strategy."""
+        shard_for_fit(self, self.sharding)
+
+    def on_fit_end(self) -> None:
+        reshard(self)  # a sharded model leaves every fit as its shards
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The blocks sharded one by one before the rest (default: Hugging Face transformer blocks)."""
+        return transformer_blocks(self)
 
     def describe(self) -> dict:
         """Hyper-parameters worth recording in the run folder."""

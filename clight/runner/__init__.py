@@ -9,7 +9,8 @@ _LAZY = {
     **dict.fromkeys(["RESERVED_TRAINER_KEYS", "KeepBestWeights", "RunnerSettings"], "clight.runner.fit"),
     **dict.fromkeys(["RunResult", "SequenceRunner"], "clight.runner.loop"),
     "RunInterrupted": "clight.runner.interrupt",
-    **dict.fromkeys(["MANIFEST", "Progress", "RunFolder", "RunFolderError"], "clight.runner.run_folder"),
+    **dict.fromkeys(["MANIFEST", "Progress", "RunFolder"], "clight.runner.run_folder"),
+    "RunFolderError": "clight.runner.errors",
     **dict.fromkeys(["Fit", "Joint", "NewTaskOnly", "Schedule", "Sequential", "make_schedule"], "clight.runner.schedule"),
 }
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from clight.runner.errors import RunFolderError
+
 #: the keys of the boundary checkpoint that say what it is the state after
 SAVED = "boundary"
 
@@ -30,8 +32,6 @@ def reconcile(
     """The progress to resume from, checked against the manifest: the boundary checkpoint's (a dict
     of ``Progress`` fields), or ``None`` where the manifest's is the only one (no finished fit yet,
     or a checkpoint written before checkpoints held their progress)."""
-    from clight.runner.run_folder import RunFolderError
-
     saved = boundary.get(SAVED) if boundary is not None else None
     if saved is None:
         return None

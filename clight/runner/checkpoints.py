@@ -25,7 +25,11 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from clight.io import UnreadableFileError, load_checkpoint, save_tensors_atomic
+from clight.distributed import shards_parameters
+from clight.io import UnreadableFileError, save_tensors_atomic
+from clight.lightning_internals import start_next_epoch_afresh
+from clight.runner.errors import RunFolderError
+from clight.runner.sharded_checkpoints import commit_checkpoint, read_epoch_checkpoint, remove_checkpoint
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt")
 KEPT = 2
@@ -56,8 +60,6 @@ class ResumePoint:
 
     def check_fits(self, module: torch.nn.Module) -> None:
         """Refuse a checkpoint written for another model (before Lightning loads it without ``strict``)."""
-        from clight.runner.run_folder import RunFolderError
-
         state = module.state_dict()
         expected = {k: tuple(state[k].shape) for k in changing_state_keys(module)}
         if expected == self.shapes:
@@ -79,14 +81,16 @@ def find_resume_point(folder: Path) -> Optional[ResumePoint]:
     """The newest readable epoch checkpoint in ``folder``; damaged ones are skipped with a warning."""
     for path in epoch_checkpoints(folder):
         try:
-            checkpoint = load_checkpoint(path, mmap=True)
+            checkpoint = read_epoch_checkpoint(path)  # a file, or a sharded run's folder
             missing = [k for k in _REQUIRED if k not in checkpoint]
             if missing:
                 raise UnreadableFileError(path, f"not a clight epoch checkpoint (no {missing})")
         except UnreadableFileError as exc:
             warnings.warn(f"{exc}; falling back to the checkpoint before it", stacklevel=2)
             continue
-        epoch = int(EPOCH_FILE.fullmatch(path.name).group(1))
+        name = EPOCH_FILE.fullmatch(path.name)
+        assert name is not None  # epoch_checkpoints lists only these
+        epoch = int(name.group(1))
         own = checkpoint["callbacks"].get(EpochCheckpoint.__qualname__, {})
         shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
         return ResumePoint(path, epoch, shapes, own.get("log_rows"))
@@ -122,13 +126,11 @@ class EpochCheckpoint(Checkpoint):
         # The checkpoint is at an epoch boundary: nothing is left to finish mid-epoch. Lightning
         # treats every resume of a max_steps fit as one, and would end the saved epoch again
         # (its epoch-end hooks twice) and skip the first batch; start the next epoch afresh.
-        trainer.fit_loop.epoch_loop.restarting = False
-        trainer.fit_loop._restarting = False
         # Afresh also for the data iterator: a resuming fit would keep the one made before the
         # epoch-start hooks, so EpochSeed's reseed would come before its draw of the loader's base
         # seed from the global generator instead of after it, as in a run never stopped: dropout
         # and all other global draws of the epoch (and any workers' seeds) would differ.
-        trainer.fit_loop._resuming_from_checkpoint = False
+        start_next_epoch_afresh(trainer)
         if self.should_stop:  # early stopping had asked to stop when the checkpoint was written
             trainer.should_stop = True
 
@@ -138,11 +140,23 @@ class EpochCheckpoint(Checkpoint):
         logger = trainer.logger
         if logger is not None and hasattr(logger, "flush"):
             self.log_rows = logger.flush()
-        # every rank takes part; rank 0 writes (RunFolderCheckpointIO: atomic); ends with a barrier
-        trainer.save_checkpoint(self.folder / f"epoch_{epoch}.ckpt", weights_only=False)
+        path = self.folder / f"epoch_{epoch}.ckpt"
+        if shards_parameters(trainer.strategy):
+            # a folder the strategy writes in place (DCP shards from every rank): staged, then renamed whole
+            tmp = self.folder / f".epoch_{epoch}.ckpt.tmp"
+            if trainer.is_global_zero:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                remove_checkpoint(tmp)  # no stale shards of a killed write in it
+            trainer.strategy.barrier()
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; ends with a barrier
+            if trainer.is_global_zero:
+                commit_checkpoint(tmp, path)
+        else:
+            # every rank takes part; rank 0 writes (RunFolderCheckpointIO: atomic); ends with a barrier
+            trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             for old in epoch_checkpoints(self.folder)[KEPT:]:
-                old.unlink(missing_ok=True)
+                remove_checkpoint(old)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         # written at the end of the epoch: record the epoch as completed (Lightning counts it

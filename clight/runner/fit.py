@@ -13,9 +13,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from clight.choices import check_choice
+from clight.distributed import world_size
 from clight.runner.checkpoints import EpochCheckpoint, write_checkpoints_in_place
 from clight.runner.interrupt import StopOnSignal, StopRequest
 from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
+from clight.runner.sharding import fit_strategy
 from clight.seeding import reseed_globals
 
 RESERVED_TRAINER_KEYS = ("callbacks", "logger", "default_root_dir", "use_distributed_sampler")
@@ -31,6 +33,8 @@ class RunnerSettings:
     fixes a compute budget in optimizer steps. ``early_stopping_patience`` and ``select_best``
     watch ``monitor`` on the validation split. ``checkpoint_every_epoch`` keeps a checkpoint
     after every epoch of the running task, so a killed run resumes from its last epoch.
+    ``check_rank_consistency`` compares every rank's parameters and methods' state after every
+    task and stops on any difference (``clight.rank_check``; it costs a pass over the model).
     """
 
     baseline: Baseline = "sequential"
@@ -40,6 +44,7 @@ class RunnerSettings:
     monitor: str = "val/acc"
     select_best: bool = False
     checkpoint_every_epoch: bool = True
+    check_rank_consistency: bool = False
 
     def __post_init__(self) -> None:
         check_choice("runner.baseline", self.baseline, Baseline)
@@ -56,11 +61,12 @@ class KeepBestWeights(Callback):
     restores them when the fit ends (frozen parameters cannot change, so they are not copied)."""
 
     def __init__(self, monitor: str) -> None:
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
+        self.monitor, self.best = monitor, -float("inf")
+        self.state: Optional[dict[str, torch.Tensor]] = None
 
     @staticmethod
     def _changing_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        state = {k: p for k, p in module.named_parameters() if p.requires_grad}
+        state: dict[str, torch.Tensor] = {k: p for k, p in module.named_parameters() if p.requires_grad}
         state.update(module.named_buffers())
         return state
 
@@ -114,6 +120,8 @@ def make_trainer(
 ) -> L.Trainer:
     """A fresh Trainer for one fit: the run's methods and logger, fresh per-fit callbacks."""
     kwargs = copy.deepcopy(trainer_kwargs)
+    if "strategy" in kwargs:
+        kwargs["strategy"] = fit_strategy(kwargs["strategy"], world_size())
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("log_every_n_steps", 10)
     if settings.max_steps_per_task is not None:

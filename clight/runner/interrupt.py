@@ -14,7 +14,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Optional
+from types import FrameType
+from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from clight.distributed import is_rank_zero
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]  # as signal.getsignal returns
 
 
 class RunInterrupted(Exception):
@@ -41,7 +43,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     def install(self) -> None:
         """Take SIGINT and SIGTERM (main thread only: Python delivers signals there)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from clight.io import write_text_atomic
-from clight.runner.run_folder import RunFolderError
+from clight.runner.errors import RunFolderError
 
 try:
     import fcntl

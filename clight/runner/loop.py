@@ -17,11 +17,13 @@ from clight.data.datamodule import TaskSequence
 from clight.distributed import broadcast_from_rank_zero
 from clight.environment import with_current
 from clight.evaluation import evaluate_tasks
+from clight.export import export_model
 from clight.io import StorageError, read_json
 from clight.logger import SequenceCSVLogger
 from clight.methods.base import ContinualCallback, RunContext
 from clight.models.module import ContinualModule
 from clight.progress import SequenceProgress, quiet_lightning_banners
+from clight.rank_check import check_rank_consistency
 from clight.runner.checkpoints import EpochCheckpoint, ResumePoint
 from clight.runner.fit import RunnerSettings, check_trainer_kwargs, make_trainer
 from clight.runner.interrupt import RunInterrupted, StopRequest
@@ -32,6 +34,7 @@ from clight.runner.processes import start_processes
 from clight.runner.restore import load_boundary_state
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
+from clight.runner.sharding import shards_parameters
 from clight.seeding import reseed_globals
 from clight.shorten import shorten
 
@@ -88,8 +91,8 @@ class SequenceRunner:
         self.seed, self.resume, self.config = seed, resume, config
         self.allow_config_change = allow_config_change
         self.schedule = self.settings.schedule()
-        self.progress: Optional[Progress] = None
-        self.logger: Optional[SequenceCSVLogger] = None
+        self.progress: Progress  # both set by run()
+        self.logger: SequenceCSVLogger
         self.trainable_per_fit: list[int] = []  # counted after each fit's on_task_start hooks
         self.stop = StopRequest()
         self._resume_point: Optional[ResumePoint] = None
@@ -172,7 +175,8 @@ class SequenceRunner:
             self.model.on_task_start(task)
             for method in self.methods:
                 method.on_task_start(self.model, task)
-        self.trainable_per_fit[fit.index :] = [sum(p.numel() for p in self.model.trainable_parameters())]
+        trainable = sum(p.numel() for p in self.model.trainable_parameters())
+        self.trainable_per_fit[fit.index :] = [trainable]
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
             self.folder.save_progress(self.progress)
@@ -193,18 +197,25 @@ class SequenceRunner:
             fit.index,
             self.stop,
         )
-        self.model.train()  # Lightning keeps a module's eval mode when a fit starts
-        self._fit(trainer, point)
+        if trainable == 0 and any(m.gradient_free for m in self.methods):
+            # nothing to step (a prototype classifier on a frozen backbone): no Lightning fit, whose DDP
+            # wrapper refuses a model without trainable parameters; the methods learn in on_task_end
+            self.model.to(trainer.strategy.root_device)
+        else:
+            self.model.train()  # Lightning keeps a module's eval mode when a fit starts
+            self._fit(trainer, point)
         for task in tasks:
             self.model.on_task_end(task)
             for method in self.methods:
                 method.on_task_end(self.model, task)
             self.data.on_task_end(task.index)
+        if self.settings.check_rank_consistency:
+            check_rank_consistency(self.model, self.methods, self.data, fit.index)
         row = evaluate_tasks(self.model, self.data, trainer.strategy, tasks=self.schedule.tasks_to_evaluate(fit))
         self.progress.add_row(row, time.perf_counter() - started + _seconds_before(trainer), len(tasks))
         self.logger.step_offset += trainer.global_step
         self.progress.step_offset = self.logger.step_offset
-        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
+        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
         self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
         self._commit_boundary()
@@ -274,7 +285,7 @@ class SequenceRunner:
         self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
 
     def _finish(self) -> RunResult:
-        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"))
+        metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
         metrics.update(
             {
                 "baseline": self.settings.baseline,
@@ -291,6 +302,8 @@ class SequenceRunner:
                 "methods": [m.describe() for m in self.methods],
             }
         )
+        if shards_parameters(self.trainer_kwargs.get("strategy", "auto")):  # DCP checkpoints: one plain copy anyone can load
+            export_model(self.model, self.run_dir / "final")
         self.folder.finish(metrics, self.progress)
         return self._result(metrics)
 
@@ -301,7 +314,8 @@ class SequenceRunner:
 
 def _seconds_before(trainer: L.Trainer) -> float:
     """The seconds a fit resumed from an epoch checkpoint had run before it was killed."""
-    return sum(c.seconds_before for c in trainer.callbacks if isinstance(c, EpochCheckpoint))
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set on every Trainer by Lightning's callback connector, not declared
+    return sum(c.seconds_before for c in callbacks if isinstance(c, EpochCheckpoint))
 
 
 def _row_log(fit: Fit, row: list[float], metrics: dict) -> dict:

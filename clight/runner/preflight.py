@@ -73,6 +73,7 @@ def check_optimizer(model: torch.nn.Module) -> None:
 def check_run(model: Any, data: Any, methods: Sequence[Any], trainer: dict, settings: RunnerSettings) -> Any:
     """Everything that can be checked before the run folder is touched; returns the sequence's ``SequenceInfo``."""
     from clight.methods.base import assign_state_keys
+    from clight.runner.sharding import check_sharding
 
     info = data.info  # loads the data: a missing or malformed data set fails before the run folder exists
     model.check_compatible(info)
@@ -82,4 +83,5 @@ def check_run(model: Any, data: Any, methods: Sequence[Any], trainer: dict, sett
     check_finite(trainer, "trainer")
     check_training_length(trainer, settings)
     check_optimizer(model)
+    check_sharding(trainer, model, methods)
     return info

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from clight.runner.errors import RunFolderError
 from clight.runner.schedule import Fit
 
 
@@ -14,8 +15,6 @@ def load_boundary_state(
 ) -> None:
     """Rebuild what the model creates per task (heads, adapters) for the ``finished`` fits, then
     load the model's, every method's and the data module's state from ``state``."""
-    from clight.runner.run_folder import RunFolderError
-
     for fit in finished:
         for t in fit.tasks:
             model.on_task_start(data.tasks[t])

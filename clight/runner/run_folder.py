@@ -21,7 +21,6 @@ from clight.distributed import is_rank_zero
 from clight.io import (
     StorageError,
     UnreadableFileError,
-    load_checkpoint,
     read_json,
     remove_leftovers,
     save_tensors_atomic,
@@ -32,6 +31,8 @@ from clight.io import (
 from clight.runner.boundary import committed_state, reconcile
 from clight.runner.checkpoints import ResumePoint, find_resume_point
 from clight.runner.config_diff import config_changes, describe_changes
+from clight.runner.errors import RunFolderError
+from clight.runner.sharded_checkpoints import BOUNDARY_FOLDER, holds_dtensors, read_boundary, save_sharded_boundary
 from clight.shorten import shorten
 
 MANIFEST = "manifest.json"
@@ -39,10 +40,6 @@ CONFIG = "config.yaml"
 CONFIG_CHANGES = "config_changes.json"
 BOUNDARY_CHECKPOINT = "checkpoints/last_task.pt"
 MANIFEST_FORMAT = 3
-
-
-class RunFolderError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -146,8 +143,8 @@ class RunFolder:
         manifest = self._read(MANIFEST, read_json)
         progress = self._progress(manifest, num_tasks, schedule)
         changes = self._check_config(config, allow_config_change)
-        has_boundary = progress.finished_fits or (self.path / BOUNDARY_CHECKPOINT).exists()
-        boundary = self._read(BOUNDARY_CHECKPOINT, load_checkpoint) if has_boundary else None
+        has_boundary = progress.finished_fits or any((self.path / p).exists() for p in (BOUNDARY_CHECKPOINT, BOUNDARY_FOLDER))
+        boundary = self._read(BOUNDARY_CHECKPOINT, read_boundary) if has_boundary else None
         saved = reconcile(progress.finished_fits, boundary, fit_names, self.manifest_path, self.path / BOUNDARY_CHECKPOINT)
         if saved is not None:  # the commit point's progress (one fit ahead if killed before the manifest followed it)
             progress = Progress(**saved)
@@ -244,11 +241,17 @@ class RunFolder:
             write_json_atomic(self.manifest_path, progress.manifest(status, **extra))
 
     def save_boundary(self, state: dict[str, Any], progress: Progress, fit_names: list[str]) -> None:
-        """Commit a task boundary (rank 0): the state after the finished fits with their progress, in
-        one file; then the manifest (a copy of that progress) and the finished fit's epoch checkpoints."""
+        """Commit a task boundary: the state after the finished fits with their progress, in one file
+        (rank 0) or, for a sharded model, one folder (every rank its shards, so every rank calls it);
+        then the manifest (a copy of that progress) and the finished fit's epoch checkpoints go."""
+        state = committed_state(state, asdict(progress), fit_names)
+        sharded = holds_dtensors(state["model"])
+        if sharded:
+            save_sharded_boundary(self.path / BOUNDARY_FOLDER, state)
         if not is_rank_zero():
             return
-        save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, committed_state(state, asdict(progress), fit_names))
+        if not sharded:
+            save_tensors_atomic(self.path / BOUNDARY_CHECKPOINT, state)
         write_json_atomic(self.manifest_path, progress.manifest("running"))
         shutil.rmtree(self.fit_checkpoint_dir(progress.finished_fits - 1), ignore_errors=True)
 

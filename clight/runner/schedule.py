@@ -16,6 +16,7 @@ from typing import ClassVar, Literal, Optional
 import numpy as np
 
 from clight.metrics import summarize
+from clight.metrics.scores import final_scores, summarize_scores
 from clight.plots import plot_matrix, plot_new_task_accuracy, plot_task_curves
 
 Baseline = Literal["sequential", "joint"]
@@ -51,8 +52,10 @@ class Schedule:
         return f"Task {fit.index + 1}/{num_tasks} · {fit.name}"
 
     def summary(
-        self, matrices: dict[str, list[list[float]]], initial: Optional[list[float]]
+        self, matrices: dict[str, list[list[float]]], initial: Optional[list[float]], initial_scores: Optional[dict] = None
     ) -> dict:  # pragma: no cover - interface
+        """The metrics of ``matrices`` (``correct``, and any other score the model counts);
+        ``initial``: the untrained model's accuracy row, ``initial_scores`` its row of every score."""
         raise NotImplementedError
 
     def row_labels(self, rows: int) -> list[str]:
@@ -70,10 +73,16 @@ class Sequential(Schedule):
     scores_initial_model = True
     plot_files = ("accuracy_matrix.png", "task_accuracy.png")
 
-    def summary(self, matrices, initial):
+    def summary(self, matrices, initial, initial_scores=None):
         metrics = summarize(np.array(matrices["correct"], dtype=float), _complete(initial))
         if "correct_task_aware" in matrices:
             metrics["task_aware"] = summarize(matrices["correct_task_aware"])
+        metrics["accuracy_matrix"] = [
+            [None if np.isnan(v) else v for v in row] for row in np.array(matrices["correct"], float).tolist()
+        ]
+        scores = summarize_scores(matrices, initial_scores)
+        if scores:
+            metrics["scores"] = scores
         return metrics
 
     def plot(self, matrix, folder):
@@ -89,7 +98,7 @@ class NewTaskOnly(Schedule):
     def tasks_to_evaluate(self, fit):
         return list(fit.tasks)
 
-    def summary(self, matrices, initial):
+    def summary(self, matrices, initial, initial_scores=None):
         matrix = np.array(matrices["correct"], dtype=float)
         diagonal = [float(matrix[k, k]) for k in range(matrix.shape[0])]
         return {
@@ -113,8 +122,9 @@ class Joint(Schedule):
     def title(self, fit, num_tasks):
         return f"Joint training on all {num_tasks} tasks"
 
-    def summary(self, matrices, initial):
+    def summary(self, matrices, initial, initial_scores=None):
         matrix = np.array(matrices["correct"], dtype=float)
+        scores = final_scores(matrices)
         return {
             "tasks_finished": int(matrix.shape[1]),
             "average_accuracy": float(np.nanmean(matrix[-1])),
@@ -123,7 +133,7 @@ class Joint(Schedule):
             "forgetting": None,
             "forward_transfer": None,
             "note": "joint training: one model trained on all tasks at once; one row of accuracies",
-        }
+        } | ({"scores": scores} if scores else {})
 
     def row_labels(self, rows):
         return ["joint"] * rows

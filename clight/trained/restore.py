@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from clight.contract import RunContext
-from clight.io import load_checkpoint, read_json
+from clight.io import read_json
 from clight.runner.boundary import SAVED
-from clight.runner.run_folder import BOUNDARY_CHECKPOINT, MANIFEST, Progress, RunFolder, RunFolderError
+from clight.runner.errors import RunFolderError
+from clight.runner.run_folder import BOUNDARY_CHECKPOINT, MANIFEST, Progress, RunFolder
+from clight.runner.sharded_checkpoints import BOUNDARY_FOLDER, read_boundary
 
 PathLike = Union[str, Path]
 
@@ -66,15 +68,15 @@ def open_run(
             raise ValueError("open_run(model=...) needs the data module too (data=...), configured as for the run")
         seed = int(getattr(data, "seed", 0))
     checkpoint = folder.path / BOUNDARY_CHECKPOINT
-    if not checkpoint.exists():
+    if not checkpoint.exists() and not (folder.path / BOUNDARY_FOLDER).exists():
         raise RunFolderError(f"{folder.path} has no finished task yet ({BOUNDARY_CHECKPOINT} is missing): nothing to load.")
-    state = load_checkpoint(checkpoint)
+    state = read_boundary(checkpoint)
     progress = Progress(**state[SAVED]["progress"]) if SAVED in state else Progress.from_manifest(manifest)
     return _restored(folder.path, model, data, list(methods), progress, state, seed)
 
 
 def _built_from_config(folder: RunFolder, config: Optional[PathLike], overrides: Sequence[str]) -> tuple:
-    from clight.cli import runner_from_args
+    from clight.fit_config import runner_from_args
 
     if config is None:
         text = folder.current_config()

@@ -16,20 +16,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from clight import Replay, SequenceRunner, SplitClasses, TaskSequence  # noqa: E402
-from clight.data.views import collate_dict_batch  # noqa: E402
 from clight.methods.selective_update import SPU  # noqa: E402
 from clight.models.clip import ContinualCLIP  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddp_helpers import rank_inverted  # noqa: E402
 from test_spu import MaskLog  # noqa: E402
-
-
-def rank_inverted(items):
-    batch = collate_dict_batch(items)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
-        batch["input"] = 1.0 - batch["input"]
-    return batch
-
 
 out, devices = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)

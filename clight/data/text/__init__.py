@@ -12,7 +12,9 @@ set of general samples is mixed into every task's training stream; held-out gene
 - ``tasks``: prompts and answers, tokenised once (``TextTaskSpec``, ``TextTasks``);
 - ``general``: the replayed general set and the held-out split;
 - ``batches``: padding and the batch layout;
-- ``datamodule``: ``TextTaskSequence``.
+- ``datamodule``: ``TextTaskSequence``;
+- ``instruct``: your own tasks (Alpaca, chat, prompt/completion, O-LoRA CL_Benchmark folders,
+  Hugging Face datasets) and named task orders: ``InstructionSequence``, ``InstructionTask``.
 """
 
 from clight.data.text.batches import IGNORE, TextCollator
@@ -27,6 +29,7 @@ from clight.data.text.general_sources import (
     TextFolder,
     WikiExcerpt,
 )
+from clight.data.text.instruct import HFSource, InstructionSequence, InstructionTask
 from clight.data.text.sources import CsvText, HFText, JsonlText, LabelledTexts, RottenTomatoes, TextSource, Tweets
 from clight.data.text.tasks import BUILTIN_TASKS, TextExamples, TextTasks, TextTaskSpec, encode_task, resolve_task
 
@@ -39,8 +42,11 @@ __all__ = [
     "GeneralMode",
     "GeneralSet",
     "GeneralSource",
+    "HFSource",
     "HFGeneral",
     "HFText",
+    "InstructionSequence",
+    "InstructionTask",
     "JsonlGeneral",
     "JsonlText",
     "LabelledTexts",

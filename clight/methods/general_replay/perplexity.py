@@ -19,6 +19,8 @@ class GeneralPerplexity(ContinualCallback):
     module_protocol = CausalLanguageModel
     data_protocol = GeneralTextData
 
+    state_layout = {"history": "replicated", "control_history": "replicated"}  # every rank scores the same held-out text
+
     def __init__(self, batch_size: int = 16) -> None:
         self.batch_size = batch_size
         self.history: list[float] = []

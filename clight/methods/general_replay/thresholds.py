@@ -61,6 +61,7 @@ def compute_thresholds(
         n += h.shape[0]
     if n < 2:
         raise ValueError("the general set has fewer than two tokens: thresholds need more text")
+    assert total is not None and sq is not None
     mu = total / n
     var = ((sq - n * mu * mu) / (n - 1 if unbiased else n)).clamp_min(0.0)
     return Thresholds(mu.float().cpu(), var.sqrt().float().cpu())

@@ -44,7 +44,7 @@ class ReplayLoss:
     """A loss on the general rows. ``needs_reference``: it reads thresholds / states / cached
     features of the base model (``BaseReference``)."""
 
-    name: ClassVar[str] = "replay"
+    name: str = "replay"  # FeatureImitation names each instance ("feature_l1" or "feature_l2")
     adds_term: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
 

@@ -42,6 +42,15 @@ class InfLoRA(TaskLoRAMethod):
     of each task the two passes read (all by default, as the paper; a seeded subset otherwise).
     """
 
+    state_layout = {
+        **TaskLoRAMethod.state_layout,
+        "bases": "replicated",
+        "kinds": "replicated",
+        "leaders": "replicated",
+        "history": "replicated",
+    }
+    unshardable = "its subspaces come from hooks on whole linear layers' inputs and its design writes whole LoRA matrices"
+
     per_task = True
     trained_parts = ("lora_B",)
 

@@ -45,6 +45,9 @@ class TaskLoRAMethod(ContinualCallback):
     LoRA branches per layer at every task; see ``adapters.py``), else peft's one branch per adapter.
     """
 
+    state_layout = {"finished": "replicated"}
+    unshardable = "not yet tested with sharded parameters (docs/scaling.md lists the methods that are)"
+
     per_task: ClassVar[bool] = True
     trained_parts: ClassVar[tuple[str, ...]] = LORA_PARTS
 

@@ -10,14 +10,16 @@ sample, so no task id is needed.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from collections.abc import Sized
+from typing import Any, Literal, Optional, Sequence, cast
 
 import torch
 
 from clight.choices import check_choice
 from clight.contract import ConfigError, RunContext
 from clight.data.task import SequenceInfo, Task
-from clight.distributed import broadcast_from_rank_zero, sum_across_ranks
+from clight.distributed import broadcast_from_rank_zero, shards_parameters, sum_across_ranks
+from clight.lightning_internals import finds_unused_parameters
 from clight.methods.base import ContinualCallback
 from clight.methods.moe_adapters.ddas import DDAS, FeatureTransform, Threshold
 from clight.methods.moe_adapters.follower import install_follower
@@ -45,6 +47,13 @@ class MoEAdapters(ContinualCallback):
     on the frozen model's features of ``ddas_samples`` training samples (all by default), and a
     threshold (``threshold``, ``threshold_quantile``, ``calibration_fraction``; see ``DDAS``).
     """
+
+    # experts and routers are model parameters (sharded with their block); DDAS stays whole
+    state_layout = {
+        "usage": "reduced",
+        "history": "replicated",
+        "routing_shares": "replicated",
+    }  # every rank routes every test sample
 
     def __init__(
         self,
@@ -96,7 +105,7 @@ class MoEAdapters(ContinualCallback):
             num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, scale=scale, dropout=dropout, noisy_gating=noisy_gating
         )
         self.blocks, self.tap, self.freeze_top, self.balance_weight = blocks, tap, freeze_top, balance_weight
-        self.ddas_kwargs = dict(
+        self.ddas_kwargs: dict[str, Any] = dict(
             code_dims=ae_code_dims,
             transform=feature_transform,
             threshold=threshold,
@@ -104,7 +113,7 @@ class MoEAdapters(ContinualCallback):
             calibration_fraction=calibration_fraction,
         )
         DDAS(1, 1, **self.ddas_kwargs)  # checks the DDAS options now
-        self.fit_kwargs = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
+        self.fit_kwargs: dict[str, Any] = dict(steps=ae_steps, batch_size=ae_batch_size, lr=ae_lr, weight_decay=ae_weight_decay)
         self.ddas_samples, self.feature_batch_size = ddas_samples, feature_batch_size
         self.state, self.follower_state = RouteState(), RouteState()
         self.layers: dict[str, MoELayer] = {}
@@ -132,11 +141,7 @@ class MoEAdapters(ContinualCallback):
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = trainer.strategy
-        if (
-            isinstance(strategy, DDPStrategy)
-            and trainer.world_size > 1
-            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
-        ):
+        if isinstance(strategy, DDPStrategy) and trainer.world_size > 1 and not finds_unused_parameters(strategy):
             raise ConfigError(
                 "MoEAdapters sends each sample to its top-k experts, so in a step some trainable experts get no "
                 "gradient: under DDP set trainer.strategy to ddp_find_unused_parameters_true"
@@ -192,10 +197,27 @@ class MoEAdapters(ContinualCallback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         for state in (self.state, self.follower_state):
             state.fit_task = state.count_task = int(pl_module.current_task)
+        for layer in self.layers.values():
+            layer.lockstep = shards_parameters(trainer.strategy)
+            layer.step_picked.zero_()
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """Sharded: an expert no row picked on any rank has no gradient, as on one device (it ran
+        on no rows only so that every rank reduces the same set)."""
+        layers = [layer for layer in self.layers.values() if layer.lockstep]
+        if not layers:
+            return
+        picked = sum_across_ranks(torch.stack([layer.step_picked.float() for layer in layers]))
+        for layer, row in zip(layers, picked):
+            for e in (row == 0).nonzero().flatten().tolist():
+                for p in layer.experts[e].parameters():
+                    p.grad = None
+            layer.step_picked.zero_()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         ids = batch.get("task_id") if isinstance(batch, dict) else None
         if torch.is_tensor(ids) and ids.dim() == 1:  # replayed samples go through their own task's router
+            assert self.state.fit_task is not None, "set in on_fit_start"
             self.state.batch_rows = torch.where(ids >= 0, ids, torch.full_like(ids, self.state.fit_task)).long()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -217,6 +239,8 @@ class MoEAdapters(ContinualCallback):
     def _leave_fit(self) -> None:
         for state in (self.state, self.follower_state):
             state.fit_task = state.count_task = state.batch_rows = None
+        for layer in self.layers.values():
+            layer.lockstep = False
 
     def _balance_term(self, module: Any, batch: dict, outputs: dict) -> torch.Tensor:
         losses = [layer.balance_loss for layer in self.layers.values() if layer.balance_loss is not None]
@@ -232,8 +256,11 @@ class MoEAdapters(ContinualCallback):
     def task_features(self, module: Any, task: Task) -> torch.Tensor:
         """The frozen model's DDAS features ``[N, d]`` of task ``task``'s training samples."""
         dataset = task.train
-        if self.ddas_samples is not None and self.ddas_samples < len(dataset):
-            rows = torch.randperm(len(dataset), generator=self._context.generator(SALT, int(self.key), 2, task.index))
+        assert self.target is not None and self.routing is not None, "setup_sequence comes first"
+        if self.ddas_samples is not None and self.ddas_samples < len(cast(Sized, dataset)):
+            rows = torch.randperm(
+                len(cast(Sized, dataset)), generator=self._context.generator(SALT, int(self.key), 2, task.index)
+            )
             dataset = torch.utils.data.Subset(dataset, rows[: self.ddas_samples].tolist())
         return self._features_of(module, dataset, f"DDAS features, task {task.index}")
 
@@ -255,6 +282,7 @@ class MoEAdapters(ContinualCallback):
         selector and frozen sets on every rank, so they are identical even where kernels are not."""
         features = self.task_features(module, task)
         generator = self._context.generator(SALT, int(self.key), 1, task.index)
+        assert self.selector is not None, "setup_sequence comes first"
         fitted = self.selector.fit(task.index, features, generator, **self.fit_kwargs)
         shared = broadcast_from_rank_zero(
             {

@@ -11,7 +11,7 @@ dimensions, in one feature space shared by all tasks (``transform``), so they co
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal, Union, cast
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from clight.choices import check_choice
 from clight.methods.moe_adapters.experts import init_linear_
+from clight.models.sharding import keep_whole
 
 FeatureTransform = Literal["standardize", "sigmoid", "none"]
 Threshold = Union[float, Literal["auto"]]
@@ -76,6 +77,13 @@ class DDAS(nn.Module):
     the defaults (0.99, a quarter of the samples) 1/(n + 1) up to n = 99, then about 1%.
     """
 
+    # buffers
+    fitted: torch.Tensor
+    thresholds: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    stats_ready: torch.Tensor
+
     def __init__(
         self,
         num_tasks: int,
@@ -87,6 +95,7 @@ class DDAS(nn.Module):
         calibration_fraction: float = 0.25,
     ) -> None:
         super().__init__()
+        keep_whole(self)  # fitted by the method between fits: whole on every rank when the model is sharded
         check_choice("DDAS.transform", transform, FeatureTransform)
         if not (threshold == "auto" or (isinstance(threshold, (int, float)) and threshold > 0)):
             raise ValueError(f"DDAS.threshold must be 'auto' or a positive number, got {threshold!r}")
@@ -103,6 +112,9 @@ class DDAS(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
+
+    def autoencoder(self, task: int) -> Autoencoder:
+        return cast(Autoencoder, self.autoencoders[task])
 
     @property
     def any_fitted(self) -> bool:
@@ -121,7 +133,7 @@ class DDAS(nn.Module):
             z = self.features_to_space(features)
             out = torch.full((len(z), len(self.autoencoders)), math.inf, device=z.device)
             for t in self.fitted.nonzero().flatten().tolist():
-                out[:, t] = self.autoencoders[t].errors(z)
+                out[:, t] = self.autoencoder(t).errors(z)
         return out
 
     @torch.no_grad()
@@ -160,7 +172,7 @@ class DDAS(nn.Module):
             self.scale.copy_(torch.maximum(spread, 1e-3 * features.pow(2).mean().sqrt()).clamp_min(1e-12))
             self.stats_ready.fill_(True)
         z = self.features_to_space(features)
-        ae = self.autoencoders[task]
+        ae = self.autoencoder(task)
         ae.reset_(generator)
         ae.requires_grad_(True)
         optimizer = torch.optim.Adam(ae.parameters(), lr=lr, weight_decay=weight_decay)
@@ -212,5 +224,5 @@ class DDAS(nn.Module):
             "expected rejection of the task's own samples (n + 1 - k) / (n + 1) (clight)"
             if self.threshold == "auto"
             else f"{self.threshold} for every task (paper: one hyper-parameter)",
-            "code_dims": self.autoencoders[0].encoder.out_features,
+            "code_dims": self.autoencoder(0).encoder.out_features,
         }

@@ -11,7 +11,7 @@ encoded under its own route (``ContinualCLIP.similarity`` takes such per-image c
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from clight.methods.moe_adapters.routing import NetworkRouting, attach
 
 class FollowerRouting(nn.Module):
     """The routing of a follower network: a ``RouteState`` per MoEAdapters instance."""
+
+    _leader: NetworkRouting
 
     def __init__(self, leader: NetworkRouting) -> None:
         super().__init__()
@@ -61,6 +63,7 @@ class FollowerRouting(nn.Module):
 
     def expand(self, network: nn.Module, args: tuple, kwargs: dict, output: Any, batch: int) -> Any:
         """Encode the prompts once more for every other distinct route; stack per image."""
+        assert self._plan is not None, "expand follows a decide that planned more than one route"
         following, combos, index = self._plan
         self._plan = None
         pooled = [output.pooler_output]
@@ -81,13 +84,13 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 
 
 def _before_forward(network: nn.Module, args: tuple, kwargs: dict) -> None:
-    routing: FollowerRouting = network.moe_routing
+    routing = cast(FollowerRouting, network.moe_routing)
     if not routing._computing:
         routing.decide(_batch_size(args, kwargs))
 
 
 def _after_forward(network: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    routing: FollowerRouting = network.moe_routing
+    routing = cast(FollowerRouting, network.moe_routing)
     if routing._computing:
         return None
     try:

@@ -47,6 +47,8 @@ class MoELayer(nn.Module):
     all of its tokens (per-token routing: each token its own experts).
     """
 
+    frozen: torch.Tensor  # buffer
+
     def __init__(
         self,
         dim: int,
@@ -75,6 +77,11 @@ class MoELayer(nn.Module):
         # the last training forward's load-balancing loss, kept only when a loss term reads it
         self.track_balance = False
         self.balance_loss: Optional[torch.Tensor] = None
+        # sharded parameters (set by the method): every trainable expert runs in every training
+        # forward, on no rows where none picked it, so FSDP reduces the same gradients on every
+        # rank; ``step_picked`` says which experts some row picked since the last optimizer step
+        self.lockstep = False
+        self.step_picked = torch.zeros(num_experts, dtype=torch.bool)
 
     @property
     def num_experts(self) -> int:
@@ -118,10 +125,13 @@ class MoELayer(nn.Module):
             gates = g if idx is None else gates.index_copy_(0, idx, g)
             balance = balance + loss
         y = torch.zeros_like(units)  # filled in place: one buffer, not a copy per expert
+        lockstep = self.lockstep and self.training
         for e, expert in enumerate(self.experts):
             idx = gates[:, e].nonzero().flatten()
-            if idx.numel():
+            if idx.numel() or (lockstep and not bool(self.frozen[e])):
                 y.index_add_(0, idx, gates[idx, e].view(-1, 1, 1) * expert(units[idx]))
+            if lockstep and idx.numel():
+                self.step_picked[e] = True
         if self.training:
             self.balance_loss = balance if self.track_balance else None
             self._count(gates, unit_rows, batch, length, per_token)

@@ -8,7 +8,10 @@ MoEAdapters instance's ``RouteState``:
 - inside a fit, the trained task for every sample (or each sample's own task for a batch that
   carries task ids, e.g. replayed samples);
 - otherwise DDAS: one forward of the network with every adapter off gives the frozen features,
-  each instance's selector turns them into per-sample routes, and the real forward follows.
+  each instance's selector turns them into per-sample routes, and the real forward follows;
+- inside ``hold_routes()``, the routes the first forward got are kept for every later forward
+  (a prompt, then its generated tokens or its candidate answers run from its key/value cache:
+  a batch ``m`` times as large repeats each sample's route ``m`` times, as the cache was repeated).
 
 A sample routed to none gets no adapter contribution at all, so its output is the pretrained
 network's, bit for bit.
@@ -17,7 +20,7 @@ network's, bit for bit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 from torch import nn
@@ -25,6 +28,8 @@ from torch import nn
 from clight.methods.moe_adapters.ddas import DDAS
 from clight.methods.moe_adapters.layer import RouteState
 from clight.methods.moe_adapters.targets import Target
+
+_NOT_HELD = object()  # module-level, so a deep copy of a network compares against the same object
 
 
 class NetworkRouting(nn.Module):
@@ -42,10 +47,14 @@ class NetworkRouting(nn.Module):
         self._forcing = False
         self._forced: Optional[torch.Tensor] = None
         self._computing = False
+        self._held: Optional[dict[str, Optional[torch.Tensor]]] = None
 
     def add(self, key: str, selector: DDAS, state: RouteState) -> None:
         self.selectors[key] = selector
         self.states[key] = state
+
+    def selector(self, key: str) -> DDAS:
+        return cast(DDAS, self.selectors[key])
 
     @contextmanager
     def forced(self, rows: Optional[torch.Tensor]) -> Iterator[None]:
@@ -56,6 +65,23 @@ class NetworkRouting(nn.Module):
             yield
         finally:
             self._forcing, self._forced = previous
+
+    @contextmanager
+    def hold_routes(self) -> Iterator[None]:
+        """The first forward inside decides the routes; every later one reuses them."""
+        previous, self._held = self._held, {}
+        try:
+            yield
+        finally:
+            self._held = previous
+
+    def _held_rows(self, key: str, batch: int) -> Any:
+        rows = self._held[key] if self._held is not None and key in self._held else _NOT_HELD
+        if rows is None or rows is _NOT_HELD:
+            return rows
+        if batch % len(rows):
+            raise ValueError(f"held MoE routes are for {len(rows)} samples, a later forward got {batch}")
+        return rows.repeat_interleave(batch // len(rows))
 
     @torch.no_grad()
     def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -72,7 +98,10 @@ class NetworkRouting(nn.Module):
         mask = self.target.token_mask(args, kwargs)
         features: Optional[torch.Tensor] = None
         for key, state in self.states.items():
-            if self._forcing:
+            held = self._held_rows(key, batch)
+            if held is not _NOT_HELD:
+                rows = held
+            elif self._forcing:
                 rows = self._forced
             elif state.fit_task is not None:
                 given = state.batch_rows is not None and len(state.batch_rows) == batch
@@ -82,11 +111,13 @@ class NetworkRouting(nn.Module):
             else:
                 if features is None:
                     features = self.frozen_features(network, args, kwargs)
-                rows = self.selectors[key].route(features)
+                rows = self.selector(key).route(features)
             if rows is not None and rows.shape != (batch,):
                 raise ValueError(f"MoE routes have shape {tuple(rows.shape)}, the network got {batch} samples")
             state.rows, state.token_mask = rows, mask
             self.last_rows[key] = rows
+            if self._held is not None and key not in self._held:
+                self._held[key] = rows
 
     def clear(self) -> None:
         for state in self.states.values():
@@ -94,17 +125,17 @@ class NetworkRouting(nn.Module):
 
     def route(self, features: torch.Tensor, key: Optional[str] = None) -> torch.Tensor:
         """DDAS routes of ``features`` by instance ``key``'s selector (the first one by default)."""
-        return self.selectors[key if key is not None else next(iter(self.selectors))].route(features)
+        return self.selector(key if key is not None else next(iter(self.selectors))).route(features)
 
 
 def _before_forward(network: nn.Module, args: tuple, kwargs: dict) -> None:
-    routing: NetworkRouting = network.moe_routing
+    routing = cast(NetworkRouting, network.moe_routing)
     if not routing._computing:
         routing.decide(network, args, kwargs)
 
 
 def _after_forward(network: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    routing: NetworkRouting = network.moe_routing
+    routing = cast(NetworkRouting, network.moe_routing)
     if not routing._computing:
         routing.clear()
 

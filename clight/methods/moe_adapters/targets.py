@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -119,9 +119,16 @@ class CausalLMTarget(Target):
 
     def frozen_features(self, network: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         from clight.models.causal_lm import routing_tokens
+        from clight.models.sharding import is_sharded
 
         ids, mask = self._ids_mask(args, kwargs)
-        hidden = network.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        if is_sharded(network):  # a sharded network gathers its parameters only when called through its own forward
+            out = network(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()  # the final norm's output, as last_hidden_state
+        else:
+            hidden = cast(nn.Module, network.base_model)(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state.float()
         tokens = routing_tokens()
         if tokens is None or tokens.shape != ids.shape:
             tokens = mask
@@ -205,11 +212,6 @@ def resolve_target(module: Any, owner: str = "MoEAdapters") -> Target:
         if module.lora_config:
             raise ConfigError(
                 f"{owner} adds its own adapters to the frozen model; {module.model_name} has LoRA: set model.lora to null"
-            )
-        if module.evaluation == "generate":
-            raise ConfigError(
-                f"{owner} routes each sample once by its whole input, but generation calls the network token by "
-                "token: set model.evaluation to likelihood"
             )
         target = CausalLMTarget()
     elif isinstance(module, ContinualClassifier):

@@ -74,6 +74,9 @@ class OSF(ContinualCallback):
     peft folder (it loads onto the weights as they stood when the task began).
     """
 
+    state_layout = {"finished": "replicated", "history": "replicated"}
+    unshardable = "it takes the SVD of whole weight matrices, which sharded parameters hold in pieces"
+
     def __init__(
         self,
         target_modules: Optional[list[str]] = None,

@@ -11,7 +11,7 @@ How chains are found: ``clight.methods.plasticity.discovery``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -19,6 +19,8 @@ from torch import nn
 UNIT_LAYERS = (nn.Linear, nn.Conv2d)
 PER_UNIT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 NORMS = PER_UNIT_NORMS + (nn.LayerNorm,)
+UnitLayer = Union[nn.Linear, nn.Conv2d]
+NormLayer = Union[nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm]
 ACTIVATIONS = (
     nn.ReLU,
     nn.LeakyReLU,
@@ -44,11 +46,11 @@ class Chain:
     """One replaceable layer: ``unit`` produces the units, ``consumer`` reads them."""
 
     unit_name: str
-    unit: nn.Module
+    unit: UnitLayer
     consumer_name: str
-    consumer: nn.Module
+    consumer: UnitLayer
     norm_name: Optional[str] = None
-    norm: Optional[nn.Module] = None
+    norm: Optional[NormLayer] = None
     path: list[str] = field(default_factory=list)
     #: consumer input columns per unit: ``H*W`` when a conv map reaches a Linear through a flatten
     #: (channel ``c`` owns columns ``c*H*W .. (c+1)*H*W - 1``), else 1

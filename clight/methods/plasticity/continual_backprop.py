@@ -39,6 +39,8 @@ class ContinualBackprop(UnitCallback):
     log_prefix = "cbp"
     cpu_keys = ("age", "accumulator")
 
+    state_layout = {**UnitCallback.state_layout, "optimizer_step_counts": "replicated"}
+
     def __init__(
         self,
         replacement_rate: float = 1e-4,

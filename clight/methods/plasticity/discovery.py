@@ -104,7 +104,10 @@ def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], 
     """From the unit layer's call ``start``, walk to its consumer. Returns (norm call, consumer
     call, path, reason-if-none, consumer columns per unit)."""
     tensor = calls[start].output
-    norm_at, path = None, []
+    norm_at: Optional[int] = None
+    path: list[str] = []
+    if tensor is None:
+        return None, None, path, f"{calls[start].name} returns no single tensor", 0
     block = 0  # set by a Flatten: positions per channel
     i = start
     while True:
@@ -165,15 +168,15 @@ def _follow(calls: list[_Call], start: int, conv: bool) -> tuple[Optional[int], 
                 0,
             )
         path.append(calls[j].name)
-        if calls[j].output is None:
-            return None, None, path, f"{calls[j].name} returns no single tensor", 0
         tensor = calls[j].output
+        if tensor is None:
+            return None, None, path, f"{calls[j].name} returns no single tensor", 0
         i = j
 
 
 def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> bool:
     """Zero the consumer's columns, perturb the units: the output must not move."""
-    probe = chain.unit if chain.exact else chain.norm  # a LayerNorm mixes units: perturb after it
+    probe = chain.norm if isinstance(chain.norm, nn.LayerNorm) else chain.unit  # a LayerNorm mixes units: perturb after it
     saved = chain.consumer.weight.detach().clone()
     # a zero-initialised norm scale (timm's zero_init_last) would hide every path: use 1 meanwhile
     norm_weight = getattr(chain.norm, "weight", None)
@@ -265,6 +268,9 @@ def find_chains(
                         skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
                         continue
                     norm = calls[norm_at] if norm_at is not None else None
+                    norm_module = norm.module if norm else None
+                    # _follow stops at a unit layer and takes a norm only
+                    assert isinstance(cons.module, UNIT_LAYERS) and (norm_module is None or isinstance(norm_module, NORMS))
                     chains.append(
                         Chain(
                             c.name,
@@ -272,7 +278,7 @@ def find_chains(
                             cons.name,
                             cons.module,
                             norm.name if norm else None,
-                            norm.module if norm else None,
+                            norm_module,
                             path,
                             block,
                         )

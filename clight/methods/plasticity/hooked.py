@@ -36,6 +36,12 @@ class UnitCallback(ContinualCallback):
     #: statistics the hook gathers per unit: "abs" (mean |h|), "mean" (mean h), "centered" (mean |h - m|)
     hook_stats: tuple[str, ...] = ("abs",)
 
+    state_layout = {"step_count": "replicated", "replaced": "replicated", "units": "reduced"}
+    unshardable = (
+        "it replaces units by whole rows and columns of weights (and their optimizer moments); that is not written "
+        "for FSDP's sharded parameters yet"
+    )
+
     def __init__(
         self,
         layers: Optional[Sequence[str]] = None,

@@ -92,6 +92,9 @@ class PlasticityMonitor(ContinualCallback):
     task just trained (``probe="current"``) or of task 0 (``probe="first"``). Written to
     ``run_dir/plasticity.json`` and plotted to ``run_dir/plots/plasticity.png``."""
 
+    state_layout = {"history": "replicated"}
+    unshardable = "it measures whole weight matrices and hooks submodules directly, which FSDP's sharded parameters do not allow"
+
     def __init__(
         self,
         probe_size: int = 2000,

@@ -93,6 +93,9 @@ class ShrinkPerturb(ContinualCallback):
 
     seed_salt = 73
 
+    state_layout = {"step_count": "replicated", "applied_tasks": "replicated"}
+    unshardable = "it draws its noise for whole parameters; that is not written for FSDP's sharded parameters yet"
+
     def __init__(
         self,
         mode: ShrinkMode = "boundary",

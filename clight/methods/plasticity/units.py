@@ -6,9 +6,8 @@ import math
 from typing import Optional
 
 import torch
-from torch import nn
 
-from clight.methods.plasticity.chain import Chain
+from clight.methods.plasticity.chain import PER_UNIT_NORMS, Chain, UnitLayer
 from clight.methods.plasticity.optim_state import reset_entries
 
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "kaiming_normal_fan_out", "xavier_uniform", "xavier_normal")
@@ -20,7 +19,7 @@ def check_init(init: str) -> str:
     return init
 
 
-def draw_incoming(layer: nn.Module, rows: int, generator: torch.Generator, init: str = "default") -> torch.Tensor:
+def draw_incoming(layer: UnitLayer, rows: int, generator: torch.Generator, init: str = "default") -> torch.Tensor:
     """``rows`` fresh rows of ``layer.weight`` from its initialiser, drawn with ``generator`` (on CPU,
     so the same seed gives the same values on every rank and device).
 
@@ -97,6 +96,6 @@ def replace_units(
         if getattr(norm, "bias", None) is not None:
             norm.bias[idx] = 0
             reset_entries(optimizer, norm.bias, idx, 0)
-        if getattr(norm, "running_mean", None) is not None:
+        if isinstance(norm, PER_UNIT_NORMS) and norm.running_mean is not None and norm.running_var is not None:
             norm.running_mean[idx] = 0
             norm.running_var[idx] = 1

@@ -151,7 +151,9 @@ def inject(
         if not targets:
             raise ValueError(f"no nn.Linear layer of {type(model).__name__} matches linear_targets {list(linear_patterns)}")
         for name in targets:
-            replace_module(model, name, ChannelAffine(model.get_submodule(name)))
+            linear = model.get_submodule(name)
+            assert isinstance(linear, nn.Linear)  # linear_targets names only these
+            replace_module(model, name, ChannelAffine(linear))
         norms = ALL_NORMS if norm_types is None else norm_types
     else:
         targets = conv_targets(model, variant)
@@ -159,7 +161,10 @@ def inject(
             raise ValueError(f"{type(model).__name__} has no convolution that variant {variant!r} reprograms")
         for name in targets:
             conv = model.get_submodule(name)
-            replace_module(model, name, ReprogrammedConv(conv, kernel_size_for(variant, conv.kernel_size, kernel_size)))
+            assert isinstance(conv, nn.Conv2d)  # conv_targets names only convolutions ...
+            size = kernel_size_for(variant, conv.kernel_size, kernel_size)
+            assert size is not None  # ... that the variant reprograms
+            replace_module(model, name, ReprogrammedConv(conv, size))
         norms = BATCH_NORMS if norm_types is None else norm_types
     wrapped += targets
     if per_task_norm:

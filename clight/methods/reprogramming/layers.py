@@ -152,7 +152,7 @@ class ChannelAffine(TaskKeyedLayer):
         return state
 
     def task_parameters(self, key: str) -> list[nn.Parameter]:
-        return list(self.task_state(key).values())
+        return [self.scales[key]] + ([self.shifts[key]] if self.use_bias else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(x)

@@ -12,8 +12,9 @@ from torch import nn
 from clight.data.task import SequenceInfo, Task
 from clight.methods.reprogramming import injection as clr_inject
 from clight.methods.reprogramming.layers import ChannelAffine, ReprogrammedConv, TaskKeyedLayer, TaskNorm
+from clight.models.backbones import feature_width
 from clight.models.classifier import ContinualClassifier
-from clight.models.module import default_optimizer
+from clight.models.module import ContinualModule, default_optimizer
 
 TaskRef = Union[int, str]
 
@@ -23,8 +24,9 @@ def clr_step_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.1)
 
 
-def clr_norm_penalty(module: "CLRClassifier", batch: dict, outputs: dict) -> torch.Tensor:
+def clr_norm_penalty(module: ContinualModule, batch: dict, outputs: dict) -> torch.Tensor:
     """``norm_penalty * sum over trainable tensors of ||theta||_2`` (the norm, not its square)."""
+    assert isinstance(module, CLRClassifier), "a loss term of CLRClassifier"
     params = module.trainable_parameters()
     return module.norm_penalty * torch.stack([p.norm(2) for p in params]).sum()
 
@@ -45,6 +47,8 @@ class CLRClassifier(ContinualClassifier):
 
     settings = ("task_incremental",)
     settings_reason = " (CLR: each task has its own reprogramming and head, chosen by the task id at test time)"
+
+    unshardable = "it adds each task's kernels inside layers that are already sharded, and reads parameters by task directly"
 
     def __init__(
         self,
@@ -101,7 +105,7 @@ class CLRClassifier(ContinualClassifier):
         if layers and key not in layers[0].task_keys():
             clr_inject.add_task(self.backbone, key)
         if key not in self.heads:
-            self.heads[key] = nn.Linear(self.backbone.num_features, num_classes).to(self.device)
+            self.heads[key] = nn.Linear(feature_width(self.backbone), num_classes).to(self.device)
 
     def remove_task(self, task: TaskRef) -> None:
         key = str(task)
@@ -154,6 +158,7 @@ class CLRClassifier(ContinualClassifier):
             if features is None:
                 features = part.new_empty((len(x),) + tuple(part.shape[1:]))
             features[rows] = part
+        assert features is not None, "a batch holds at least one sample"
         return features
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -25,13 +25,16 @@ from torch import nn
 from clight.choices import check_choice
 from clight.contract import ConfigError, LabelFreeOutputs, RunContext
 from clight.data.task import SequenceInfo, Task
+from clight.distributed import shards_parameters
 from clight.methods.base import ContinualCallback
 from clight.methods.selective_update.candidates import DEFAULT_HEADS, Selection, select
 from clight.methods.selective_update.importance import summed_gradients
 from clight.methods.selective_update.masks import pack_bits, top_k_mask, unpack_bits
 from clight.methods.selective_update.variants import VARIANTS, VariantName
+from clight.models.sharding import is_dtensor, local, local_part, whole
 
-SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+#: strategies that flatten parameters into shards of their own (clight shards per parameter: ``strategy: sharded``)
+FLAT_SHARDING = ("FSDPStrategy", "DeepSpeedStrategy")
 # What every SPU instance on a model trains, so one instance never freezes another's parameters.
 _CLAIMS: "weakref.WeakKeyDictionary[nn.Module, dict[str, set[str]]]" = weakref.WeakKeyDictionary()
 
@@ -55,6 +58,10 @@ class SPU(ContinualCallback):
     """
 
     module_protocol = LabelFreeOutputs
+
+    # masks: rank 0's top-k on every rank, saved whole at 1 bit per entry; in use (with sharded
+    # parameters) each rank keeps its shard of them and of the task-start weights
+    state_layout = {"mask_task": "replicated", "masks": "replicated", "shapes": "replicated", "records": "replicated"}
 
     def __init__(
         self,
@@ -118,28 +125,33 @@ class SPU(ContinualCallback):
     # -- inside a fit ---------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         self._release()
-        if type(trainer.strategy).__name__ in SHARDED_STRATEGIES:
+        if type(trainer.strategy).__name__ in FLAT_SHARDING:
             raise RuntimeError(
-                f"SPU masks whole parameter tensors on every rank: use a single device or strategy 'ddp', "
-                f"not {type(trainer.strategy).__name__} (it shards parameters)"
+                f"SPU masks parameter tensors entry by entry: use one device, strategy 'ddp' or strategy 'sharded', "
+                f"not {type(trainer.strategy).__name__} (it flattens parameters into shards of its own)"
             )
         if self.selection is None or self._frozen_for != pl_module.current_task:
             raise RuntimeError(
                 "SPU freezes the model when a task starts: call spu.on_task_start(model, task) before "
                 "trainer.fit (the SequenceRunner does)"
             )
+        # looked up again: sharding (in the first fit's configure_model) replaces the parameter objects
+        self.selection = self._select(pl_module)
         weights = self.selection.masked
         if self.mask_task != pl_module.current_task or set(self.masks) != set(weights):
             self._compute_masks(trainer, pl_module, weights)
-        self._device_masks = {n: self.masks[n].to(p.device) for n, p in weights.items()}
+        # with sharded parameters each rank keeps its shard of every mask and of every anchor
+        self._device_masks = {n: local_part(self.masks[n], p).to(p.device) for n, p in weights.items()}
         if self.variant.keeps_copy:  # on a resumed fit the current weights hold the task-start values outside the mask
-            self._anchors = {n: p.detach().clone() for n, p in weights.items()}
+            self._anchors = {n: local(p).detach().clone() for n, p in weights.items()}
         self._hooks = [optimizer.register_step_post_hook(self._after_step) for optimizer in trainer.optimizers]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        assert self.selection is not None  # checked in on_train_start
         self.variant.mask_gradients(self.selection.masked, self._device_masks)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
+        assert self.selection is not None
         self.variant.after_step(self.selection.masked, self._device_masks, self._anchors)
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -168,11 +180,20 @@ class SPU(ContinualCallback):
             itertools.islice(loader, count), total=count, desc=f"SPU importance, task {task}", leave=False, disable=not show
         )
         sums, rows = summed_gradients(
-            module, batches, weights, tasks, trainer.strategy.batch_to_device, trainer.precision_plugin.forward_context
+            module,
+            batches,
+            weights,
+            tasks,
+            trainer.strategy.batch_to_device,
+            trainer.precision_plugin.forward_context,
+            lockstep=shards_parameters(trainer.strategy),
         )
         packed = {}
         for name, total in sums.items():
-            total = trainer.strategy.reduce(total, reduce_op="sum")
+            if is_dtensor(total):  # sharded: FSDP has reduced (averaged) the gradients; the top-k needs the whole tensor
+                total = whole(total)
+            else:
+                total = trainer.strategy.reduce(total, reduce_op="sum")
             packed[name] = pack_bits(top_k_mask(total.abs(), self.fraction).cpu())
         packed = trainer.strategy.broadcast(packed, src=0)  # one selection on every rank, whatever topk's tie-breaking
         rows = int(trainer.strategy.reduce(torch.tensor(float(rows), device=module.device), reduce_op="sum").item())
@@ -187,6 +208,7 @@ class SPU(ContinualCallback):
         self.importance_seconds[task] = time.perf_counter() - started
 
     def _record(self, module: nn.Module, task: int, batches: int, rows: int) -> dict:
+        assert self.selection is not None
         params = dict(module.named_parameters())
         selected = sum(int(m.sum()) for m in self.masks.values())
         full = sum(p.numel() for p in self.selection.full.values())

@@ -122,11 +122,11 @@ def select(
             f"every transformer block by name ({patterns}). Name the layers to select with `targets` (regexes over "
             f"module names), e.g. some of this model's Linear layers: {linear}"
         )
-    masked = {f"{n}.weight": _weight_matrix(m) for n, m in layers.items()}
+    masked = {f"{n}.weight": w for n, m in layers.items() if (w := _weight_matrix(m)) is not None}  # every layer has one
     full_patterns = list(DEFAULT_FULL if full is None else full)
     if full is not None and _unmatched(list(params), full_patterns):
         raise ConfigError(f"SPU full {_unmatched(list(params), full_patterns)} match no parameter of {_describe_model(module)}")
-    trained_full = {f"{n}.bias": m.bias for n, m in layers.items() if isinstance(getattr(m, "bias", None), nn.Parameter)}
+    trained_full = {f"{n}.bias": b for n, m in layers.items() if isinstance(b := getattr(m, "bias", None), nn.Parameter)}
     trained_full.update(
         {
             n: p

@@ -14,6 +14,8 @@ from typing import Any, Callable, Collection, Iterable, Optional
 import torch
 from torch import nn
 
+from clight.models.module import ContinualModule
+
 
 def task_rows(batch: dict, tasks: Collection[int]) -> Optional[dict]:
     """The rows of ``batch`` from ``tasks`` that are not general samples (``None`` when there are none)."""
@@ -39,17 +41,19 @@ def label_free_objective(logits: torch.Tensor) -> torch.Tensor:
 
 
 def summed_gradients(
-    module: nn.Module,
+    module: ContinualModule,
     batches: Iterable[dict],
     weights: dict[str, nn.Parameter],
     tasks: Collection[int],
     to_device: Callable[[Any], Any] = lambda b: b,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    lockstep: bool = False,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Sum over ``batches`` of the objective's gradient for each of ``weights`` (float32), and
     the number of task rows used. ``forward_context`` makes the context of each forward pass
     (the Trainer's precision plugin: the autocast of training). Runs in eval mode (no dropout noise, no BatchNorm statistic
-    updates) and leaves every ``.grad`` empty."""
+    updates) and leaves every ``.grad`` empty. ``lockstep`` (sharded parameters: every rank must
+    run every forward and backward): a batch without task rows still runs, its objective times 0."""
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in weights.items()}
     rows = 0
     was_training = module.training
@@ -57,14 +61,15 @@ def summed_gradients(
     module.zero_grad(set_to_none=True)
     try:
         for batch in batches:
-            batch = task_rows(to_device(batch), tasks)
-            if batch is None:
+            whole_batch = to_device(batch)
+            batch = task_rows(whole_batch, tasks)
+            if batch is None and not lockstep:
                 continue
             with torch.enable_grad(), forward_context():
-                logits = module.output_logits(batch)
-                loss = label_free_objective(logits)
+                logits = module.output_logits(batch if batch is not None else whole_batch)
+                loss = label_free_objective(logits) * (1.0 if batch is not None else 0.0)
             loss.backward()
-            rows += len(logits)
+            rows += len(logits) if batch is not None else 0
             for name, p in weights.items():
                 if p.grad is not None:
                     sums[name] += p.grad.float()

@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from clight.models.sharding import local
+
 VariantName = Literal["exact", "released_code"]
 
 
@@ -35,7 +37,8 @@ class GradientMask:
     def mask_gradients(self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
         for name, p in weights.items():
             if p.grad is not None:
-                torch.where(masks[name], p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device), out=p.grad)
+                grad = local(p.grad)  # with sharded parameters: this rank's shard, masked by its shard of the mask
+                torch.where(masks[name], grad, torch.zeros((), dtype=grad.dtype, device=grad.device), out=grad)
 
     def after_step(
         self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]
@@ -58,7 +61,8 @@ class ExactMask(GradientMask):
         self, weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]
     ) -> None:
         for name, p in weights.items():
-            torch.where(masks[name], p, anchors[name], out=p)
+            value = local(p)
+            torch.where(masks[name], value, anchors[name], out=value)
 
 
 VARIANTS: dict[str, type[GradientMask]] = {"exact": ExactMask, "released_code": GradientMask}

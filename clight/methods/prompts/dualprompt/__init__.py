@@ -1,0 +1,3 @@
+from clight.methods.prompts.dualprompt.model import DualPrompt, DualPromptPrompts
+
+__all__ = ["DualPrompt", "DualPromptPrompts"]
