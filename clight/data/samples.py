@@ -122,7 +122,9 @@ def _fetch_concat(base: ConcatDataset, indices: torch.Tensor, keys: Keys) -> tup
     for part in which.unique().tolist():
         where = (which == part).nonzero().flatten()
         x, y = fetch_pairs(base.datasets[part], indices[where] - starts[part], keys)
-        xs.append(x), ys.append(y), positions.append(where)
+        xs.append(x)
+        ys.append(y)
+        positions.append(where)
     order = torch.argsort(torch.cat(positions))
     return torch.cat(xs)[order], torch.cat(ys)[order]
 
