@@ -143,7 +143,9 @@ def _report_error(command: str, exc: Exception) -> int:
     elif isinstance(error, ArgumentError):
         lines = [shorten(" ".join(line.split())) for line in str(error).splitlines()]  # each value cut short, one line
         text = f"{' '.join(line for line in lines if line)} (clight {command} --help lists the options)"
-    elif isinstance(error, _user_errors()):
+    elif isinstance(error, ImportError) and not str(error).lower().count("pip install"):
+        text = f"{error}: a package is missing (docs/install.md says what to install for language models, pretrained backbones, tests)"
+    elif isinstance(error, (*_user_errors(), ImportError)):
         text = str(error)
     else:
         code = 1

@@ -69,6 +69,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to (AVX512, AVX2, ...)
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "gpus": _gpus(),
@@ -96,7 +97,9 @@ def _flat(env: dict[str, Any]) -> dict[str, Any]:
 
 
 #: what may change a run's numbers when it differs (the rest is shown, not warned about)
-RESULT_KEYS = ("python", "cpu", "torch_threads", "gpus", "cuda", "clight_commit") + tuple(f"packages.{p}" for p in PACKAGES)
+RESULT_KEYS = ("python", "cpu", "cpu_capability", "torch_threads", "gpus", "cuda", "clight_commit") + tuple(
+    f"packages.{p}" for p in PACKAGES
+)
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -110,5 +113,6 @@ def summary(env: dict[str, Any]) -> str:
     packages = env.get("packages") or {}
     device = ", ".join(env.get("gpus") or []) or env.get("cpu") or "?"
     versions = ", ".join(f"{p} {packages[p]}" for p in ("torch", "lightning", "numpy", "transformers") if packages.get(p))
-    threads = env.get("torch_threads")
-    return f"Python {env.get('python')}, {versions}; {device}, {threads} thread(s); {env.get('platform')}"
+    threads, isa = env.get("torch_threads"), env.get("cpu_capability")
+    kernels = f" ({isa} kernels)" if isa else ""
+    return f"Python {env.get('python')}, {versions}; {device}{kernels}, {threads} thread(s); {env.get('platform')}"

@@ -35,6 +35,7 @@ from clight.runner.restore import load_boundary_state
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.runner.sharding import shards_parameters
+from clight.runner.user_loggers import ContinuingSteps, split_user_parts
 from clight.seeding import reseed_globals
 from clight.shorten import shorten
 
@@ -85,8 +86,11 @@ class SequenceRunner:
         **setting_overrides,
     ) -> None:
         self.settings = replace(settings or RunnerSettings(), **setting_overrides)
-        self.trainer_kwargs = check_trainer_kwargs(trainer or {})
+        kwargs, self._given_loggers, user_callbacks = split_user_parts(trainer or {})
+        self.user_loggers: list[ContinuingSteps] = []
+        self.trainer_kwargs = check_trainer_kwargs(kwargs)
         self.model, self.data, self.methods = model, data, list(methods)
+        self.user_callbacks = user_callbacks  # the user's Lightning callbacks, after the methods in every Trainer
         self.folder = RunFolder(Path(run_dir))
         self.seed, self.resume, self.config = seed, resume, config
         self.allow_config_change = allow_config_change
@@ -131,6 +135,7 @@ class SequenceRunner:
         self.committed = copy.deepcopy(self.progress)
         reseed_globals(self.seed)
         self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=resume.log_rows if resume else None, new_run=resume is None)
+        self.user_loggers = [ContinuingSteps(logger, self.logger) for logger in self._given_loggers]
         self.model.setup_sequence(info)
         trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
         context = RunContext(self.run_dir, self.seed, world.size, world.rank, trained_before)
@@ -155,14 +160,21 @@ class SequenceRunner:
                 self.stop.check()
                 self._run_fit(fit, display)
         except RunInterrupted as exc:
+            self._close_user_loggers("interrupted")
             self._mark("interrupted", interrupted_by=str(exc))
             raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
         except Exception as exc:
+            self._close_user_loggers("failed")
             self._mark("failed", error=shorten(f"{type(exc).__name__}: {exc}", 2000))
             raise
         finally:
             self.stop.restore()
+        self._close_user_loggers("success")
         return self._finish()
+
+    def _close_user_loggers(self, status: str) -> None:
+        for logger in self.user_loggers:
+            logger.close(status)
 
     def _fits(self) -> list[Fit]:
         return self.schedule.fits([t.name for t in self.data.tasks])
@@ -189,8 +201,8 @@ class SequenceRunner:
         trainer = make_trainer(
             self.trainer_kwargs,
             self.settings,
-            self.methods,
-            self.logger,
+            [*self.methods, *self.user_callbacks],
+            [self.logger, *self.user_loggers],
             self.run_dir,
             self.folder.fit_checkpoint_dir(fit.index),
             self.seed,
@@ -216,7 +228,8 @@ class SequenceRunner:
         self.logger.step_offset += trainer.global_step
         self.progress.step_offset = self.logger.step_offset
         metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
-        self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
+        for logger in (self.logger, *self.user_loggers):  # every task's row, at the fit's last global step
+            logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
         self._commit_boundary()
 
