@@ -13,6 +13,7 @@ _LAZY = {
             "DatasetSource",
             "Digits",
             "FashionMNIST",
+            "ImageFolders",
             "PermutedInputs",
             "Replay",
             "SplitClasses",
@@ -37,6 +38,9 @@ _LAZY = {
     ),
     "evaluate_tasks": "clight.evaluation",
     "export_model": "clight.export",
+    **dict.fromkeys(["load_run", "open_run", "TrainedRun"], "clight.trained.restore"),
+    "export_run": "clight.trained.export",
+    "predict": "clight.trained.predict",
     "RankMismatchError": "clight.rank_check",
     "ContinualCallback": "clight.methods",
     **dict.fromkeys(

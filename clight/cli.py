@@ -1,5 +1,6 @@
-"""The ``clight`` command: ``clight fit --config X.yaml``, ``clight report RUN_DIR`` and
-``clight compare CONFIG ... --out DIR``.
+"""The ``clight`` command: ``clight fit --config X.yaml``, ``clight report RUN_DIR``,
+``clight compare CONFIG ... --out DIR`` and, on a finished run, ``clight test``, ``predict``
+and ``export`` (``clight.trained.commands``).
 
 Configs are parsed by jsonargparse from the type hints of the classes (the same machinery as
 LightningCLI), so an unknown key, a wrong type or a bad value fails before anything runs, with
@@ -21,12 +22,15 @@ from clight.fit_config import build_fit_parser, runner_from_args, runner_from_co
 if TYPE_CHECKING:
     from clight.runner.interrupt import RunInterrupted
 
-USAGE = """usage: clight {fit,report,compare} ... [--debug]
+USAGE = """usage: clight {fit,report,compare,test,predict,export} ... [--debug]
 
   clight fit --config CONFIG.yaml [--key=value ...]   train a model on a task sequence
   clight fit --config CONFIG.yaml --resume RUN_DIR    continue a stopped run where it stopped
   clight report RUN_DIR                               print the metrics, rebuild tables and plots
   clight compare CONFIG [CONFIG ...] --out DIR        run/resume/read configs, one table + figure
+  clight test RUN_DIR                                 score a finished run's model on every task's test split
+  clight predict RUN_DIR --inputs FILE [--task N]     its predictions on new inputs (.pt/.npy, or prompts)
+  clight export RUN_DIR --out DIR [--no_merge]        its weights as files (a language model: a Hugging Face folder)
 
 Run `clight fit --help` for every option, `clight fit --config X --print_config` for the resolved config.
 Errors are one line; --debug shows the traceback.
@@ -80,7 +84,16 @@ def compare(argv: list[str]) -> int:
     return compare_main(argv)
 
 
-COMMANDS = {"fit": fit, "report": report, "compare": compare}
+def _trained(name: str):
+    def command(argv: list[str]) -> int:
+        from clight.trained import commands
+
+        return getattr(commands, name)(argv)
+
+    return command
+
+
+COMMANDS = {"fit": fit, "report": report, "compare": compare, **{n: _trained(n) for n in ("test", "predict", "export")}}
 
 
 DEBUG = "--debug"
@@ -130,7 +143,9 @@ def _report_error(command: str, exc: Exception) -> int:
     elif isinstance(error, ArgumentError):
         lines = [shorten(" ".join(line.split())) for line in str(error).splitlines()]  # each value cut short, one line
         text = f"{' '.join(line for line in lines if line)} (clight {command} --help lists the options)"
-    elif isinstance(error, _user_errors()):
+    elif isinstance(error, ImportError) and not str(error).lower().count("pip install"):
+        text = f"{error}: a package is missing (docs/install.md says what to install for language models, pretrained backbones, tests)"
+    elif isinstance(error, (*_user_errors(), ImportError)):
         text = str(error)
     else:
         code = 1

@@ -7,7 +7,8 @@ its parameters are sharded: every rank must call it; ``get_model_state_dict`` wi
 - ``model.pt``: the plain state dict of the ContinualModule, whole tensors on the CPU
   (``torch.load(..., weights_only=True)``);
 - for a model that can (``ContinualCausalLM``: ``export_pretrained``), ``hf/``: the network as a
-  plain ``transformers`` folder, and ``adapter/``: its LoRA adapters as a PEFT folder;
+  plain ``transformers`` folder with its tokenizer, and ``adapter/``: its LoRA adapters as a PEFT
+  folder (with ``merge``: the adapters merged into ``hf/``'s weights, no ``adapter/``);
 - ``export.json``: what was written and why anything was not.
 
 A sharded run calls it when it finishes (``run_dir/final/``).
@@ -38,21 +39,25 @@ def consolidated_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     )
 
 
-def export_model(module: Any, folder: Path) -> None:
-    """Write ``module``'s final state to ``folder`` (see the module docstring). Every rank must call it."""
+def export_model(module: Any, folder: Path, merge: bool = False) -> dict[str, str]:
+    """Write ``module``'s final state to ``folder`` (see the module docstring) and return what
+    ``export.json`` says was written. ``merge``: a language model's LoRA adapters merged into
+    ``hf/`` (a model that is not sharded: ``clight.export_run``). Every rank must call it."""
     from clight.runner.sharded_checkpoints import commit_folder
 
     state = consolidated_state_dict(module)
+    written: dict[str, str] = {}
     if is_rank_zero():
         folder = Path(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save(state, tmp / "model.pt")
-        written = {"model.pt": f"the plain state dict of {type(module).__name__}"}
+        written["model.pt"] = f"the plain state dict of {type(module).__name__}"
         exporter = getattr(module, "export_pretrained", None)
         if exporter is not None:
-            written.update(exporter(state, tmp))
+            written.update(exporter(state, tmp, merge=merge))
         write_json_atomic(tmp / "export.json", written)
         commit_folder(tmp, folder)
     barrier()
+    return written

@@ -72,11 +72,15 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
     check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
     init = parser.instantiate_classes(cfg)
+    trainer = _trainer_kwargs(cfg, parser)
+    for key in ("logger", "callbacks"):  # the user's Lightning loggers and callbacks, built
+        if key in trainer:
+            trainer[key] = init.trainer[key]
     runner = SequenceRunner(
         model=init.model,
         data=init.data,
         methods=init.methods,
-        trainer=_trainer_kwargs(cfg, parser),
+        trainer=trainer,
         run_dir=cfg.resume or cfg.run_dir,
         seed=cfg.seed_everything,
         resume=cfg.resume is not None,

@@ -82,6 +82,7 @@ def format_report(run_dir: Union[str, Path]) -> "object":
         summary.add_row(f"last {window} tasks", f"{diagonal[-window:].mean():.1f}")
         summary.add_row("all tasks", f"{diagonal.mean():.1f}")
         summary.add_row("status", manifest.get("status", "?"))
+        _environment_rows(summary, manifest)
         return summary
     table = Table(title=f"accuracy matrix (%) of {run_dir}")
     table.add_column("after task")
@@ -108,4 +109,16 @@ def format_report(run_dir: Union[str, Path]) -> "object":
     if metrics.get("forward_transfer") is not None:
         summary.add_row("FWT convention", escape(metrics.get("forward_transfer_convention", "")))
     summary.add_row("status", manifest.get("status", "?"))
+    _environment_rows(summary, manifest)
     return Group(table, summary)
+
+
+def _environment_rows(summary, manifest: dict) -> None:
+    """Where the run ran (``manifest.json``'s ``environments``: where it started, then where it was resumed)."""
+    from rich.markup import escape
+
+    from clight.environment import summary as environment_summary
+
+    environments = manifest.get("environments") or []
+    for k, env in enumerate(environments):
+        summary.add_row("environment" if k == 0 else "resumed in", escape(environment_summary(env)))

@@ -150,8 +150,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, quiet_trainer):
     assert manifest["status"] == "failed" and "learning rate" in manifest["error"] and manifest["finished_fits"] == 0
 
 
-def test_trainer_callbacks_are_rejected_with_a_hint(tmp_path):
-    with pytest.raises(ValueError, match="trainer.callbacks"):
+def test_trainer_callbacks_that_are_not_lightning_callbacks_are_rejected_with_a_hint(tmp_path):
+    with pytest.raises(ValueError, match="trainer.callbacks holds object, not a Lightning Callback"):
         SequenceRunner(small_model(), small_sequence(), trainer={"callbacks": [object()]}, run_dir=str(tmp_path / "x"))
 
 

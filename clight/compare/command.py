@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Optional, Sequence
 
 DESCRIPTION = """Run (or resume) configs that share one task sequence and seed, then write one
@@ -74,6 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clight.distributed import is_rank_zero
 
     if is_rank_zero():
+        for warning in result.warnings:
+            print(f"clight compare: warning: {warning}", file=sys.stderr)
         print(result.markdown)
         print("written: " + ", ".join(str(result.out / name) for name in OUTPUTS))
     return 0

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from clight.compare.environments import environment_notes
 from clight.compare.figure import plot_comparison
 from clight.compare.groups import figure_columns, group_markdown, group_notes, group_rows, group_runs, run_figures
 from clight.compare.plan import check_output, execute, plan_runs, require_distinct_names
@@ -27,6 +28,8 @@ class Comparison:
     layout: dict
     markdown: str
     out: Path
+    #: runs from different environments (``clight.compare.environments``); also in the notes
+    warnings: list[str] = field(default_factory=list)
 
 
 def equivalent_command(
@@ -55,7 +58,8 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
         for r in g.members:
             next(row for row in rows if row["method"] == r.name)["group"] = g.name
     table = to_markdown(rows, layout)
-    lines = notes(records, rows, layout)
+    environment, warnings = environment_notes(records)
+    lines = notes(records, rows, layout) + environment
     text = "\n".join(
         ["# Comparison", "", "Produced by", "", "```bash", command, "```", "", table, "", *[f"- {n}" for n in lines], ""]
     )
@@ -86,7 +90,7 @@ def write_comparison(records: list[RunRecord], out: PathLike, command: str, wind
             },
         )
         plot_comparison(records, out / "comparison.png")
-    return Comparison(records, rows, layout, text, out)
+    return Comparison(records, rows, layout, text, out, warnings)
 
 
 def _run_json(r: RunRecord) -> dict:

@@ -1,4 +1,5 @@
 from clight.data.datamodule import TaskSequence
+from clight.data.folders import ImageFolders
 from clight.data.replay import ClassBalancedMemory, Replay, ReplayMemory, ReservoirMemory, UnboundedMemory
 from clight.data.samplers import ShardedBatchSampler, evaluation_batches
 from clight.data.scenarios import DatasetList, PermutedInputs, PixelPermutation, Scenario, SplitClasses
@@ -14,6 +15,7 @@ __all__ = [
     "DatasetSource",
     "Digits",
     "FashionMNIST",
+    "ImageFolders",
     "PermutedInputs",
     "PixelPermutation",
     "Replay",

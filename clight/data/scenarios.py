@@ -210,6 +210,8 @@ class DatasetList(Scenario):
 
 
 class _OffsetTargets(torch.utils.data.Dataset):
+    batched_pairs = True
+
     def __init__(self, base, offset: int) -> None:
         self.base, self.offset = base, offset
         self.targets = dataset_targets(base) + offset

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clight.data.samples import as_pairs, dataset_targets
 from clight.data.views import ArrayDataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -251,7 +252,17 @@ class Torchvision(Source):
 
 
 class DatasetSource(Source):
-    """Any torch data sets the user passes (samples ``(input, target)`` or dicts)."""
+    """Any map-style torch data sets the user passes: ``torchvision.datasets.ImageFolder``, a
+    ``TensorDataset``, a ``Subset`` from ``random_split``, a ``ConcatDataset``, one's own.
+
+    Samples are ``(input, target, ...)`` tuples or dicts; ``keys`` names a dict's input and target
+    keys (default: the first pair of ``clight.data.samples.DICT_KEYS`` found, such as
+    ``input``/``target`` or ``image``/``label``). Inputs are tensors or arrays of one shape,
+    targets integer class ids ``0..num_classes-1``. ``num_classes`` defaults to the largest
+    target plus one, ``class_names`` to the train set's ``classes`` (as ``ImageFolder`` has).
+    ``load()`` checks a sample of each data set and every target, and refuses one that cannot
+    be used in one line: what it holds and what is needed (see docs/own_data.md).
+    """
 
     name = "custom"
 
@@ -259,18 +270,31 @@ class DatasetSource(Source):
         self,
         train: Dataset,
         test: Dataset,
-        num_classes: int,
+        num_classes: Optional[int] = None,
         val: Optional[Dataset] = None,
         class_names: Optional[Sequence[str]] = None,
         name: str = "custom",
+        keys: Optional[Sequence[str]] = None,
     ) -> None:
+        if keys is not None and len(keys) != 2:
+            raise ValueError(f"DatasetSource.keys names the input key and the target key (two names), got {list(keys)}")
         self.train, self.test, self.val = train, test, val
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.name = name
+        self.class_names = list(class_names) if class_names else None
+        self.name, self.keys = name, keys
 
     def load(self) -> SourceData:
-        return SourceData(self.train, self.test, self.num_classes, self.val, self.class_names, self.name)
+        splits = {"train": self.train, "test": self.test, "val": self.val}
+        ready = {
+            split: as_pairs(data, f"DatasetSource.{split}", self.keys, self.num_classes)
+            for split, data in splits.items()
+            if data is not None
+        }
+        num_classes = self.num_classes
+        if num_classes is None:
+            num_classes = 1 + max((int(dataset_targets(d).max()) for d in ready.values() if len(d)), default=-1)  # type: ignore[arg-type]
+        names = self.class_names or list(getattr(self.train, "classes", None) or [str(i) for i in range(num_classes)])
+        return SourceData(ready["train"], ready["test"], num_classes, ready.get("val"), names, self.name)
 
 
 SOURCES = {"digits": Digits, "fashion_mnist": FashionMNIST}

@@ -14,11 +14,15 @@ from typing import Callable, Optional, Sequence, Union, cast
 import torch
 from torch.utils.data import Dataset
 
+from clight.data.samples import dataset_targets, fetch_pairs
+
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ArrayDataset(Dataset):
     """``(inputs[i], targets[i])`` over tensors; uint8 inputs are scaled to [0, 1]."""
+
+    batched_pairs = True  # ``__getitems__`` gives (inputs, targets) batches (``clight.data.samples``)
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if len(inputs) != len(targets):
@@ -42,35 +46,6 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([int(i)])
         return x[0], y[0]
-
-
-def dataset_targets(dataset: Dataset) -> torch.Tensor:
-    """Integer class targets of a data set: its ``targets`` attribute, else read sample by sample."""
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [int(_split_sample(dataset[i])[1]) for i in range(len(cast(Sized, dataset)))]
-    return torch.as_tensor(targets).long()
-
-
-def _split_sample(sample) -> tuple:
-    if isinstance(sample, dict):
-        return sample["input"], sample["target"]
-    if isinstance(sample, (tuple, list)) and len(sample) >= 2:
-        return sample[0], sample[1]
-    raise TypeError(f"a data set sample must be (input, target) or a dict with 'input' and 'target', got {type(sample).__name__}")
-
-
-def fetch_pairs(base: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)`` of ``base`` at the positions in the long tensor ``indices``."""
-    if isinstance(base, ArrayDataset):
-        return base.rows(indices)
-    positions = indices.tolist()
-    if hasattr(base, "__getitems__"):
-        return base.__getitems__(positions)
-    pairs = [_split_sample(base[i]) for i in positions]
-    x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).float()
-    y = torch.as_tensor([int(p[1]) for p in pairs], dtype=torch.long)
-    return x, y
 
 
 class TaskView(Dataset):

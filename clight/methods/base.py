@@ -37,6 +37,7 @@ class ContinualCallback(Callback):
       ``RunContext`` (run folder, seed, world size, rank, whether the run is resumed);
     - ``on_task_start`` / ``on_task_end``: between fits, the place to add loss terms, snapshot
       weights or rebuild state (never inside a fit: DDP needs a fixed set of trainable parameters);
+    - ``on_restored(module, tasks)``: when a run is opened for inference, after its state is loaded;
     - ``describe()``: its hyper-parameters and the variant that ran, as JSON-ready values.
 
     Where it applies is declared, and checked by the runner before anything runs: ``settings``
@@ -92,6 +93,11 @@ class ContinualCallback(Callback):
 
     def on_task_end(self, module: Any, task: Task) -> None:
         """After task ``task`` is trained, before the accuracy row is evaluated."""
+
+    def on_restored(self, module: Any, tasks: list[Task]) -> None:
+        """After a run's state was loaded for inference (``clight.load_run``), with the finished
+        ``tasks``: leave the model as the last ``on_task_end`` left it, in what the state dicts do
+        not hold (which adapters are applied, say). Default: nothing to do."""
 
     def describe(self) -> dict:
         return {"class": type(self).__name__}

@@ -246,12 +246,16 @@ class ContinualCausalLM(ContinualModule):
         self.train(was_training)
         return math.exp(total / max(count, 1))
 
-    def export_pretrained(self, state: dict, folder) -> dict:
-        """``hf/`` and, with LoRA, ``adapter/`` folders from the whole module's ``state`` (``clight.export``)."""
+    def export_pretrained(self, state: dict, folder, merge: bool = False) -> dict:
+        """``hf/`` (with the tokenizer) and, with LoRA, ``adapter/`` folders from the whole module's
+        ``state`` (``clight.export``); ``merge``: the LoRA adapters merged into ``hf/``'s weights."""
         from clight.models.hf_export import export_causal_lm
 
         net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-        return export_causal_lm(self.net, net_state, folder, self.has_adapters)
+        written = export_causal_lm(self.net, net_state, folder, self.has_adapters, merge)
+        if (folder / "hf").is_dir():
+            self.tokenizer.save_pretrained(folder / "hf")
+        return written
 
     def describe(self) -> dict:
         out = super().describe()

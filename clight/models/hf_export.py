@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,26 @@ def _strip_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_causal_lm(net: Any, state: dict[str, torch.Tensor], folder: Path, has_adapters: bool) -> dict[str, str]:
+def _merged(net: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's state with the adapters peft applies (its active ones) merged into the weights."""
+    copy_ = copy.deepcopy(net)
+    copy_.load_state_dict(state)
+    return copy_.merge_and_unload().state_dict()
+
+
+def export_causal_lm(
+    net: Any, state: dict[str, torch.Tensor], folder: Path, has_adapters: bool, merge: bool = False
+) -> dict[str, str]:
     """Write ``hf/`` (and ``adapter/`` with LoRA) from ``state``, the whole network's state dict
-    (keys as ``net.state_dict()``). Returns ``{name: what}``; a network with parts plain
-    ``transformers`` does not know (MoE adapters' experts) gets no ``hf/``, with the reason."""
+    (keys as ``net.state_dict()``). ``hf/`` holds the base weights, or with ``merge`` the applied
+    adapters merged into them (a network that is not sharded only). Returns ``{name: what}``; a
+    network with parts plain ``transformers`` does not know (MoE adapters' experts) gets no
+    ``hf/``, with the reason."""
     from transformers import AutoModelForCausalLM
 
     written: dict[str, str] = {}
-    base_state = _strip_peft(state) if has_adapters else dict(state)
+    merge = merge and has_adapters
+    base_state = _merged(net, state) if merge else _strip_peft(state) if has_adapters else dict(state)
     config = (net.get_base_model() if has_adapters else net).config
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config)
@@ -43,8 +56,13 @@ def export_causal_lm(net: Any, state: dict[str, torch.Tensor], folder: Path, has
     else:
         plain.load_state_dict(base_state, assign=True)
         plain.save_pretrained(folder / "hf")
-        written["hf"] = f"the network as a plain transformers {type(plain).__name__} (AutoModelForCausalLM.from_pretrained)"
-    if has_adapters:
+        weights = (
+            "LoRA merged into the weights" if merge else "base weights, without the LoRA adapters" if has_adapters else "weights"
+        )
+        written["hf"] = (
+            f"the network as a plain transformers {type(plain).__name__}, {weights} (AutoModelForCausalLM.from_pretrained)"
+        )
+    if has_adapters and not merge:  # merged, the adapters are in hf/ already
         net.save_pretrained(folder / "adapter", state_dict=state)
         written["adapter"] = "the LoRA adapters as a PEFT folder (PeftModel.from_pretrained(hf model, this folder))"
     return written

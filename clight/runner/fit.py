@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -20,7 +20,7 @@ from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
 from clight.runner.sharding import fit_strategy
 from clight.seeding import reseed_globals
 
-RESERVED_TRAINER_KEYS = ("callbacks", "logger", "default_root_dir", "use_distributed_sampler")
+RESERVED_TRAINER_KEYS = ("default_root_dir", "use_distributed_sampler")
 
 
 @dataclass
@@ -103,7 +103,7 @@ def check_trainer_kwargs(trainer: dict) -> dict:
     trainer = dict(trainer)
     for key in RESERVED_TRAINER_KEYS:
         if trainer.pop(key, None) is not None:
-            raise ValueError(f"trainer.{key} is managed by the runner; use `methods` for callbacks that keep state")
+            raise ValueError(f"trainer.{key} is managed by the runner (the run folder); leave it out")
     return trainer
 
 
@@ -111,14 +111,15 @@ def make_trainer(
     trainer_kwargs: dict,
     settings: RunnerSettings,
     methods: Sequence[Callback],
-    logger,
+    loggers: Sequence[Any],
     run_dir: Path,
     checkpoint_dir: Path,
     seed: int,
     fit_index: int,
     stop: StopRequest,
 ) -> L.Trainer:
-    """A fresh Trainer for one fit: the run's methods and logger, fresh per-fit callbacks."""
+    """A fresh Trainer for one fit: the run's methods, loggers (clight's CSV first) and the user's
+    callbacks (``methods``), fresh per-fit callbacks."""
     kwargs = copy.deepcopy(trainer_kwargs)
     if "strategy" in kwargs:
         kwargs["strategy"] = fit_strategy(kwargs["strategy"], world_size())
@@ -139,7 +140,7 @@ def make_trainer(
         # small model's step); a tqdm bar updated every 10th step costs nothing measurable.
         fresh.append(TQDMProgressBar(refresh_rate=10, leave=False))
     trainer = L.Trainer(
-        **kwargs, callbacks=[*methods, *fresh], logger=logger, default_root_dir=str(run_dir), use_distributed_sampler=False
+        **kwargs, callbacks=[*methods, *fresh], logger=list(loggers), default_root_dir=str(run_dir), use_distributed_sampler=False
     )
     write_checkpoints_in_place(trainer)
     return trainer

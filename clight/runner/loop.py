@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from clight.data.datamodule import TaskSequence
 from clight.distributed import broadcast_from_rank_zero
+from clight.environment import with_current
 from clight.evaluation import evaluate_tasks
 from clight.export import export_model
 from clight.io import StorageError, read_json
@@ -30,9 +31,11 @@ from clight.runner.lock import FolderLock
 from clight.runner.opening import open_run_folder, reopen_finished
 from clight.runner.preflight import check_run
 from clight.runner.processes import start_processes
+from clight.runner.restore import load_boundary_state
 from clight.runner.run_folder import BOUNDARY_CHECKPOINT, Progress, Resume, RunFolder, RunFolderError
 from clight.runner.schedule import Fit
 from clight.runner.sharding import shards_parameters
+from clight.runner.user_loggers import ContinuingSteps, split_user_parts
 from clight.seeding import reseed_globals
 from clight.shorten import shorten
 
@@ -83,8 +86,11 @@ class SequenceRunner:
         **setting_overrides,
     ) -> None:
         self.settings = replace(settings or RunnerSettings(), **setting_overrides)
-        self.trainer_kwargs = check_trainer_kwargs(trainer or {})
+        kwargs, self._given_loggers, user_callbacks = split_user_parts(trainer or {})
+        self.user_loggers: list[ContinuingSteps] = []
+        self.trainer_kwargs = check_trainer_kwargs(kwargs)
         self.model, self.data, self.methods = model, data, list(methods)
+        self.user_callbacks = user_callbacks  # the user's Lightning callbacks, after the methods in every Trainer
         self.folder = RunFolder(Path(run_dir))
         self.seed, self.resume, self.config = seed, resume, config
         self.allow_config_change = allow_config_change
@@ -124,10 +130,12 @@ class SequenceRunner:
     def _train(self, info, resume: Optional[Resume]) -> RunResult:
         world = start_processes(self.trainer_kwargs)
         self.progress = resume.progress if resume else Progress(self.data.num_tasks, self.schedule.describe(), log_rows=0)
+        self.progress.environments = with_current(self.progress.environments)
         self.folder.prepare(self.config, self.progress, resume)
         self.committed = copy.deepcopy(self.progress)
         reseed_globals(self.seed)
         self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=resume.log_rows if resume else None, new_run=resume is None)
+        self.user_loggers = [ContinuingSteps(logger, self.logger) for logger in self._given_loggers]
         self.model.setup_sequence(info)
         trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
         context = RunContext(self.run_dir, self.seed, world.size, world.rank, trained_before)
@@ -152,14 +160,21 @@ class SequenceRunner:
                 self.stop.check()
                 self._run_fit(fit, display)
         except RunInterrupted as exc:
+            self._close_user_loggers("interrupted")
             self._mark("interrupted", interrupted_by=str(exc))
             raise RunInterrupted(exc.signum, self._interrupted_message(exc, len(fits))) from None
         except Exception as exc:
+            self._close_user_loggers("failed")
             self._mark("failed", error=shorten(f"{type(exc).__name__}: {exc}", 2000))
             raise
         finally:
             self.stop.restore()
+        self._close_user_loggers("success")
         return self._finish()
+
+    def _close_user_loggers(self, status: str) -> None:
+        for logger in self.user_loggers:
+            logger.close(status)
 
     def _fits(self) -> list[Fit]:
         return self.schedule.fits([t.name for t in self.data.tasks])
@@ -186,8 +201,8 @@ class SequenceRunner:
         trainer = make_trainer(
             self.trainer_kwargs,
             self.settings,
-            self.methods,
-            self.logger,
+            [*self.methods, *self.user_callbacks],
+            [self.logger, *self.user_loggers],
             self.run_dir,
             self.folder.fit_checkpoint_dir(fit.index),
             self.seed,
@@ -213,7 +228,8 @@ class SequenceRunner:
         self.logger.step_offset += trainer.global_step
         self.progress.step_offset = self.logger.step_offset
         metrics = self.schedule.summary(self.progress.matrices, self.progress.initial.get("correct"), self.progress.initial)
-        self.logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
+        for logger in (self.logger, *self.user_loggers):  # every task's row, at the fit's last global step
+            logger.log_metrics(_row_log(fit, row["correct"], metrics), step=0)
         display.end(fit.index, row["correct"], metrics, self.progress.wall_time_per_task[-1])
         self._commit_boundary()
 
@@ -278,21 +294,8 @@ class SequenceRunner:
         }
 
     def _restore(self, state: dict) -> None:
-        for fit in self.schedule.fits([t.name for t in self.data.tasks])[: self.progress.finished_fits]:
-            for t in fit.tasks:  # rebuild what the model creates per task (heads, adapters) before loading it
-                self.model.on_task_start(self.data.tasks[t])
-                self.model.on_task_end(self.data.tasks[t])
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise RunFolderError(
-                f"{self.run_dir / BOUNDARY_CHECKPOINT} was written for another model ({str(exc).splitlines()[-1].strip()}). "
-                "Resume with the config the run was started with, or start a new run_dir."
-            ) from exc
-        for method in self.methods:
-            if method.state_key in state["methods"]:
-                method.load_state_dict(state["methods"][method.state_key])
-        self.data.load_state_dict(state["data"])
+        finished = self._fits()[: self.progress.finished_fits]
+        load_boundary_state(self.model, self.data, self.methods, finished, state, self.run_dir / BOUNDARY_CHECKPOINT)
         self.logger.step_offset = int(state["step_offset"])
         self.trainable_per_fit = [int(n) for n in state.get("trainable_per_fit", [])]
 

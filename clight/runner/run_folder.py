@@ -45,8 +45,9 @@ MANIFEST_FORMAT = 3
 @dataclass
 class Progress:
     """What a run has done so far: rows of every accuracy matrix, the initial model's row,
-    the wall time of every fit, the logger's step offset and how many rows of
-    ``logs/metrics.csv`` belong to the finished fits."""
+    the wall time of every fit, the logger's step offset, how many rows of
+    ``logs/metrics.csv`` belong to the finished fits, and the environments it ran in (the one it
+    started in, then each different one it was resumed in: ``clight.environment``)."""
 
     num_tasks: int
     schedule: dict
@@ -57,6 +58,7 @@ class Progress:
     wall_time_per_task: list[float] = field(default_factory=list)
     step_offset: int = 0
     log_rows: Optional[int] = None
+    environments: list[dict[str, Any]] = field(default_factory=list)
 
     def add_row(self, row: dict[str, list[float]], seconds: float, trained_tasks: int) -> None:
         for name, values in row.items():
@@ -80,6 +82,7 @@ class Progress:
             wall_time_per_task=manifest["wall_time_per_task"],
             step_offset=int(manifest.get("step_offset", 0)),
             log_rows=manifest.get("log_rows"),
+            environments=list(manifest.get("environments") or []),
         )
 
 

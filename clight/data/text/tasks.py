@@ -19,7 +19,9 @@ class TextTaskSpec:
     """How one task turns labelled text into prompts and answers.
 
     ``template`` holds ``{instruction}`` and ``{text}``; ``answers`` are the words the model
-    must produce per label (default: the label names), each preceded by a space.
+    must produce per label (default: the label names), each preceded by a space. ``test``: a
+    separate test file (a ``TextSource`` whose labels are among ``source``'s); without it,
+    ``test_fraction`` of ``source`` is held out by the seed.
     """
 
     def __init__(
@@ -30,10 +32,11 @@ class TextTaskSpec:
         name: Optional[str] = None,
         template: str = "{instruction}\nText: {text}\nAnswer:",
         max_text_chars: int = 600,
+        test: Optional[TextSource] = None,
     ) -> None:
         if "{text}" not in template:
             raise ValueError("template must contain {text}")
-        self.source, self.instruction, self.answers = source, instruction, answers
+        self.source, self.test, self.instruction, self.answers = source, test, instruction, answers
         self.name = name or source.name
         self.template, self.max_text_chars = template, max_text_chars
 
@@ -135,22 +138,25 @@ class TextTasks(Scenario):
             data = spec.source.load()
             g = seeded_generator(seed, 31, t)
             perm = torch.randperm(len(data.texts), generator=g)
-            n_test = max(1, int(round(self.test_fraction * len(perm))))
+            test_data = _test_texts(spec, data)
+            n_test = 0 if test_data is not None else max(1, int(round(self.test_fraction * len(perm))))
             n_val = max(1, int(round(val_fraction * (len(perm) - n_test))))
             test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+            if test_data is not None:
+                test = torch.arange(len(test_data.texts))
             if self.max_test is not None:
                 test, val = test[: self.max_test], val[: self.max_test]
             if self.max_train is not None:
                 train = train[: self.max_train]
             k = len(data.label_names)
-            make = functools.partial(encode_task, spec, data, tokenizer=self.tokenizer, max_length=self.max_length, task_id=t)
+            make = functools.partial(encode_task, spec, tokenizer=self.tokenizer, max_length=self.max_length, task_id=t)
             tasks.append(
                 Task(
                     t,
                     spec.name,
-                    make(train),
-                    make(val),
-                    make(test),
+                    make(data=data, rows=train),
+                    make(data=data, rows=val),
+                    make(data=test_data or data, rows=test),
                     list(range(first, first + k)),
                     info={"answers": spec.answers or data.label_names},
                 )
@@ -158,3 +164,18 @@ class TextTasks(Scenario):
             self._label_counts.append(k)
             first += k
         return tasks
+
+
+def _test_texts(spec: TextTaskSpec, train: LabelledTexts) -> Optional[LabelledTexts]:
+    """The task's separate test file with its labels numbered as the training file's, or ``None``."""
+    if spec.test is None:
+        return None
+    test = spec.test.load()
+    index = {name: i for i, name in enumerate(train.label_names)}
+    unknown = sorted({test.label_names[label] for label in test.labels} - set(index))
+    if unknown:
+        raise ValueError(
+            f"task {spec.name}: the test file's labels {unknown[:5]} are not among the training file's {train.label_names[:10]}. "
+            "Give both files the same labels."
+        )
+    return LabelledTexts(test.texts, [index[test.label_names[label]] for label in test.labels], train.label_names)

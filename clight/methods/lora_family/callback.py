@@ -89,6 +89,10 @@ class TaskLoRAMethod(ContinualCallback):
         if self.save_adapters and folder is not None and self.context.is_rank_zero:
             self.adapters.save(task.index, folder)
 
+    def on_restored(self, module: Any, tasks: list[Task]) -> None:
+        if tasks:  # the adapters on_task_end left applied (the checkpoint holds their weights, not which are applied)
+            self.adapters.activate(max(t.index for t in tasks), trainable=())
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"finished": self.finished}
