@@ -91,6 +91,7 @@ class TaskLoRAMethod(ContinualCallback):
 
     def on_restored(self, module: Any, tasks: list[Task]) -> None:
         if tasks:  # the adapters on_task_end left applied (the checkpoint holds their weights, not which are applied)
+            assert self.adapters is not None, "setup_sequence comes first"
             self.adapters.activate(max(t.index for t in tasks), trainable=())
 
     # -- state ------------------------------------------------------------------------------------
