@@ -27,14 +27,21 @@ RESERVED_TRAINER_KEYS = ("default_root_dir", "use_distributed_sampler")
 class RunnerSettings:
     """How every task is trained and scored (the ``runner`` section of a config).
 
-    ``baseline``: ``sequential`` (task after task) or ``joint`` (all tasks at once, one fit).
-    ``evaluate``: ``all`` (every task after every task: the accuracy matrix) or ``current``
-    (only the task just trained, for sequences of hundreds of tasks). ``max_steps_per_task``
-    fixes a compute budget in optimizer steps. ``early_stopping_patience`` and ``select_best``
-    watch ``monitor`` on the validation split. ``checkpoint_every_epoch`` keeps a checkpoint
-    after every epoch of the running task, so a killed run resumes from its last epoch.
-    ``check_rank_consistency`` compares every rank's parameters and methods' state after every
-    task and stops on any difference (``clight.rank_check``; it costs a pass over the model).
+    Args:
+        baseline: ``sequential`` (task after task) or ``joint`` (all tasks at once, one fit: the
+            upper bound a continual method is compared with).
+        evaluate: ``all`` (every task after every task: the accuracy matrix) or ``current`` (only
+            the task just trained, for sequences of hundreds of tasks).
+        max_steps_per_task: a compute budget in optimizer steps per task (overrides
+            trainer.max_epochs); null: the trainer's limits.
+        early_stopping_patience: stop a task's fit after this many validation checks without a
+            better ``monitor``; null: no early stopping.
+        monitor: the validation metric early stopping and select_best watch (higher is better).
+        select_best: restore the weights of the best validation epoch when a task's fit ends.
+        checkpoint_every_epoch: keep a checkpoint after every epoch of the running task, so a
+            killed run resumes from its last epoch (not only from its last finished task).
+        check_rank_consistency: compare every rank's parameters and methods' state after every
+            task and stop on any difference (clight.rank_check; it costs a pass over the model).
     """
 
     baseline: Baseline = "sequential"
