@@ -5,6 +5,9 @@ seconds to import), so ``import clight`` and ``clight --help`` start at once.
 """
 
 from clight._lazy import lazy_attributes
+from clight.dependency_warnings import filter_dependency_warnings
+
+filter_dependency_warnings()
 
 _LAZY = {
     **dict.fromkeys(

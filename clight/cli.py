@@ -68,7 +68,9 @@ def _print_report(run_dir: Path) -> None:
 def report(argv: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="clight report", description="Print a run's metrics and rebuild its tables and plots.")
+    parser = ArgumentParser(
+        prog="clight report", description="Print a run's metrics and rebuild its tables and plots.", exit_on_error=False
+    )
     parser.add_argument("run_dir", type=str)
     args = parser.parse_args(argv)
     from clight.report import write_report

@@ -9,7 +9,7 @@ Lightning and jsonargparse are imported inside the functions, so importing this 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from clight.runner import SequenceRunner
 
 
-def build_fit_parser() -> ArgumentParser:
+def build_fit_parser(list_classes: bool = False) -> ArgumentParser:
+    """The ``clight fit`` parser; with ``list_classes`` (for ``--help``: it imports every model
+    and method) the help of ``--model`` and ``--methods`` names every class clight ships."""
     import lightning as L
     from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, lazy_instance
 
@@ -41,15 +43,29 @@ def build_fit_parser() -> ArgumentParser:
         default=False,
         help="resume even though this config differs from the run's (the change is recorded in config_changes.json)",
     )
-    parser.add_subclass_arguments(ContinualModule, "model", required=True, help="the model (class_path, init_args)")
+    shipped = _shipped_help() if list_classes else {"models": "", "methods": ""}
+    parser.add_subclass_arguments(
+        ContinualModule, "model", required=True, help=f"the model (class_path, init_args){shipped['models']}"
+    )
     parser.add_subclass_arguments(
         TaskSequence, "data", default=lazy_instance(TaskSequence), help="the task sequence (class_path optional: TaskSequence)"
     )
-    parser.add_argument("--methods", type=list[ContinualCallback], default=[], help="method callbacks, kept for the whole run")
+    parser.add_argument(
+        "--methods",
+        type=list[ContinualCallback],
+        default=[],
+        help=f"method callbacks, kept for the whole run{shipped['methods']}",
+    )
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=set(RESERVED_TRAINER_KEYS))
     parser.add_class_arguments(RunnerSettings, "runner", instantiate=False, help="how every task is trained and scored")
     parser.link_arguments("seed_everything", "data.init_args.seed")
     return parser
+
+
+def _shipped_help() -> dict[str, str]:
+    from clight.shipped import shipped_classes
+
+    return {kind: f"; clight ships {', '.join(names)}" for kind, names in shipped_classes().items()}
 
 
 def _trainer_kwargs(cfg: Namespace, parser: ArgumentParser) -> dict:
@@ -66,12 +82,11 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
     from clight.runner import RunnerSettings, SequenceRunner
     from clight.runner.preflight import check_finite
 
-    parser = build_fit_parser()
-    parser.exit_on_error = False  # its errors are printed as one line by main()
-    cfg = parser.parse_args(argv)
+    parser = build_fit_parser(list_classes=any(a in ("-h", "--help") for a in argv))
+    cfg = parse_fit_args(parser, argv)
     check_finite(cfg.as_dict())
     L.seed_everything(cfg.seed_everything, verbose=False)
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     trainer = _trainer_kwargs(cfg, parser)
     for key in ("logger", "callbacks"):  # the user's Lightning loggers and callbacks, built
         if key in trainer:
@@ -84,12 +99,26 @@ def runner_from_args(argv: list[str]) -> SequenceRunner:
         run_dir=cfg.resume or cfg.run_dir,
         seed=cfg.seed_everything,
         resume=cfg.resume is not None,
-        config=parser.dump(cfg, skip_none=False),
+        config=parser.dump(cfg, skip_unset=False),
         settings=RunnerSettings(**cfg.runner.as_dict()),
         allow_config_change=cfg.allow_config_change,
     )
     runner.resume_command = resume_command(argv, cfg.resume or cfg.run_dir)
     return runner
+
+
+def parse_fit_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
+    """``argv`` parsed, or an ``ArgumentError`` of one line (see clight.config_errors) that
+    ``clight`` prints without the usage block."""
+    from argparse import ArgumentError
+
+    from clight.config_errors import explain_parse_error
+
+    parser.exit_on_error = False
+    try:
+        return parser.parse_args(list(argv))
+    except ArgumentError as exc:
+        raise ArgumentError(None, explain_parse_error(exc, parser, argv)) from exc
 
 
 def resume_command(argv: list[str], run_dir: str) -> str:

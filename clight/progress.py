@@ -50,16 +50,23 @@ class SequenceProgress:
     def end(self, t: int, row: list[float], metrics: dict, seconds: float) -> None:
         if not self.enabled:
             return
+        title = f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s)"
+        average = metrics.get("average_accuracy")
         if len(row) > 12:  # long sequences: one line per task
-            self.console.print(f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s): accuracy on it {100 * row[t]:.1f}%")
+            self.console.print(f"{title}: accuracy on it {100 * row[t]:.1f}%", soft_wrap=True)
+            return
+        cells = ["-" if math.isnan(a) else f"{100 * a:.1f}" for a in row]
+        average_cell = "-" if average is None else f"{100 * average:.1f}"
+        if not self.console.is_terminal:  # a log file: one line per task
+            self.console.print(
+                f"{title}: accuracy (%) on tasks 1-{len(row)}: {' '.join(cells)}; AA {average_cell}", soft_wrap=True
+            )
             return
         from rich.table import Table
 
-        table = Table(title=f"after task {t + 1}/{self.data.num_tasks} ({seconds:.1f} s)", show_edge=False)
+        table = Table(title=title, show_edge=False)
         for j in range(len(row)):
             table.add_column(f"T{j + 1}", justify="right", style="green" if j <= t else "dim")
         table.add_column("AA", justify="right", style="bold")
-        cells = ["-" if math.isnan(a) else f"{100 * a:.1f}" for a in row]
-        average = metrics.get("average_accuracy")
-        table.add_row(*cells, "-" if average is None else f"{100 * average:.1f}")
+        table.add_row(*cells, average_cell)
         self.console.print(table)

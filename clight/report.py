@@ -9,17 +9,20 @@ from typing import Union
 import numpy as np
 
 from clight.io import read_json, write_text_atomic
+from clight.metrics import FWT_CLASS_INCREMENTAL
 from clight.runner.schedule import schedule_from_manifest
 
 MATRIX_FILES = {"correct": "accuracy_matrix.csv", "correct_task_aware": "accuracy_matrix_task_aware.csv"}
-SUMMARY_KEYS = (
-    "average_accuracy",
-    "average_incremental_accuracy",
-    "backward_transfer",
-    "forgetting",
-    "forward_transfer",
-    "wall_time_seconds",
-)
+#: the metrics ``clight report`` shows, with their units (accuracies in %, differences of
+#: accuracies in percentage points)
+SUMMARY_KEYS = {
+    "average_accuracy": "%",
+    "average_incremental_accuracy": "%",
+    "backward_transfer": "pp",
+    "forgetting": "pp",
+    "forward_transfer": "pp",
+    "wall_time_seconds": "s",
+}
 
 
 def _matrix_csv(matrix: np.ndarray, row_label: str = "after_task") -> str:
@@ -92,22 +95,22 @@ def format_report(run_dir: Union[str, Path]) -> "object":
         table.add_row(label, *["-" if math.isnan(v) else f"{100 * v:.1f}" for v in row])
     metrics_path = run_dir / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.exists() else schedule.summary(manifest["matrices"], None)
-    summary = Table(title="metrics", show_header=False)
-    for key in SUMMARY_KEYS:
+    summary = Table(title="metrics (% accuracy; pp: percentage points)", show_header=False)
+    for key, unit in SUMMARY_KEYS.items():
         value = metrics.get(key)
         if value is None:
             text = "n/a"
         elif key == "wall_time_seconds":
             text = f"{value:.1f} s"
         else:
-            text = f"{100 * value:.2f}"
+            text = f"{100 * value:.2f} {unit}"
         summary.add_row(key, text)
     for name, score in (metrics.get("scores") or {}).items():
-        summary.add_row(
-            f"{name}: final average", "n/a" if score.get("average_accuracy") is None else f"{100 * score['average_accuracy']:.2f}"
-        )
+        average = score.get("average_accuracy")
+        summary.add_row(f"{name}: final average", "n/a" if average is None else f"{100 * average:.2f} %")
     if metrics.get("forward_transfer") is not None:
-        summary.add_row("FWT convention", escape(metrics.get("forward_transfer_convention", "")))
+        convention = metrics.get("forward_transfer_convention", "")
+        summary.add_row("FWT convention", escape(f"{convention}; {FWT_CLASS_INCREMENTAL}"))
     summary.add_row("status", manifest.get("status", "?"))
     _environment_rows(summary, manifest)
     return Group(table, summary)

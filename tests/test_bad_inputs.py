@@ -241,7 +241,7 @@ NEW_RUN: list[tuple[str, Callable[[Path], list[str]], str]] = [
     (
         "YAML alias bomb",
         lambda t: _fit(_alias_bomb(t)),
-        "Parser key \"seed_everything\": Expected a <class 'int'>. Got value: [[[[['lol', 'lol',",
+        "seed_everything in TMP/bomb.yaml (line 10): Expected a <class 'int'>. Got value: [[[[['lol', 'lol',",
     ),
     (
         "compare --out inside a file",

@@ -63,7 +63,8 @@ def test_help_and_print_config(capsys):
         (["--data.batch_size=many"], "batch_size"),  # wrong type
         (
             ["--data.replay.memory=ring"],
-            "Parser key \"memory\": Expected a typing.Literal['reservoir', 'class_balanced', 'all', 'greedy']. Got value: ring",
+            "data.init_args.replay.init_args.memory (clight.Replay) on the command line (--data.replay.memory): "
+            "Expected a typing.Literal['reservoir', 'class_balanced', 'all', 'greedy']. Got value: ring",
         ),  # bad value: the field and the choices
         (
             [

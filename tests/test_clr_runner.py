@@ -83,7 +83,7 @@ def test_configs_parse_and_build(name):
 
     parser = build_fit_parser()
     cfg = parser.parse_args(["--config", str(CONFIGS / f"{name}.yaml")])
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     assert init.data.scenario.setting == "task_incremental"
     assert init.model.backbone.image_size == (64, 64)
     if name == "clr_fmnist":

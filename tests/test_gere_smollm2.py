@@ -125,7 +125,7 @@ def test_gere_tm_lora_config_runs_on_cpu(tmp_path):
             "2",
         ]
     )
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     trainer = {
         **cfg.trainer,
         "accelerator": "cpu",

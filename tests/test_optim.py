@@ -88,5 +88,5 @@ def test_usable_from_yaml_as_the_models_optimizer():
     parser = ArgumentParser()
     parser.add_argument("--optimizer", type=OptimizerCallable)
     config = parser.parse_string("optimizer:\n  class_path: clight.optim.AdamPerEntryStep\n  init_args: {lr: 0.01}\n")
-    optimizer = parser.instantiate_classes(config).optimizer(tiny_net().parameters())
+    optimizer = parser.instantiate(config).optimizer(tiny_net().parameters())
     assert isinstance(optimizer, AdamPerEntryStep) and optimizer.param_groups[0]["lr"] == 0.01

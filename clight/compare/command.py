@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from clight.config_errors import OneLineParser
+
 DESCRIPTION = """Run (or resume) configs that share one task sequence and seed, then write one
 comparison table (comparison.md, comparison.csv, comparison.json) and one figure
 (comparison.png) to --out. Finished runs are read, not re-run; unfinished ones are resumed;
@@ -20,7 +22,7 @@ to every config.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="clight compare", description=DESCRIPTION, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("configs", nargs="*", help="config files (as for clight fit --config)")

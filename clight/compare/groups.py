@@ -162,7 +162,8 @@ def group_markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def group_notes(groups: list[RunGroup]) -> list[str]:
     out = [
         "Group rows: runs whose configs differ only by seed or task order; mean ± sample standard deviation over its "
-        "n runs (no ± for one run); per-task columns by task name, whatever position the task had in each run."
+        "n runs (no ± for one run); per-task columns by task name, whatever position the task had in each run; "
+        "accuracies and scores in %, BWT, FWT and forgetting in percentage points, controls in their own units."
     ]
     out += [
         f"{g.name} (n={len(g.members)}): " + "; ".join(f"{r.name} ({v})" for r, v in zip(g.members, g.variants)) for g in groups

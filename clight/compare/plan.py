@@ -61,8 +61,10 @@ def config_differences(stored: Any, requested: Any, prefix: str = "") -> list[st
 
 
 def _parse(parser: Any, config: Path, fit_args: list[str]) -> Any:
+    from clight.fit_config import parse_fit_args
+
     try:
-        return parser.parse_args(fit_args)
+        return parse_fit_args(parser, fit_args)
     except argparse.ArgumentError as exc:
         raise ConfigError(f"{config}: {exc}") from None
 
@@ -75,8 +77,7 @@ def _data_sequence(cfg: Any) -> dict:
 
     parser = ArgumentParser()
     parser.add_subclass_arguments(TaskSequence, "data")
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return task_sequence(instantiate(Namespace(data=cfg.data)).data.describe())
+    return task_sequence(parser.instantiate(Namespace(data=cfg.data)).data.describe())
 
 
 def plan_runs(
@@ -100,7 +101,7 @@ def plan_runs(
         cfg = _parse(parser, config, fit_args)
         run_dir = Path(cfg.run_dir)
         plan = PlannedRun(names[i] if names else config.stem, config, fit_args, run_dir, run_state(run_dir))
-        _check_folder(plan, yaml.safe_load(parser.dump(cfg, skip_none=False)))
+        _check_folder(plan, yaml.safe_load(parser.dump(cfg, skip_unset=False)))
         _check_usable(plan)
         plan.sequence = (
             task_sequence(read_json(run_dir / "metrics.json")["data"]) if plan.state == "finished" else _data_sequence(cfg)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from clight.compare.record import RunRecord
-from clight.metrics import IntransigenceReference, intransigence
+from clight.metrics import FWT_CLASS_INCREMENTAL, IntransigenceReference, intransigence
 
 MAX_TASK_COLUMNS = 12  # the markdown table shows per-task columns up to this many tasks (the CSV always)
 
@@ -223,14 +223,14 @@ def notes(records: list[RunRecord], rows: list[dict], layout: dict) -> list[str]
             (r.metrics["forward_transfer_convention"] for r in records if r.metrics.get("forward_transfer_convention")), None
         )
         if fwt:
-            out.append(f"FWT: {fwt} (n/a where the initial model was not scored on every task).")
+            out.append(f"FWT: {fwt} (n/a where the initial model was not scored on every task); {FWT_CLASS_INCREMENTAL}.")
     if layout["new_task_only"]:
         out.append(
             f"New-task accuracy: a[t][t], accuracy on task t right after training it, averaged over the first and the "
             f"last {layout['window']} tasks."
         )
     if layout["intransigence_reference"]:
-        out.append(f"Intransigence: {layout['intransigence_reference']}.")
+        out.append(f"Intransigence, in percentage points: {layout['intransigence_reference']}.")
     seen: dict[str, str] = {}
     for c in (c for r in records for c in r.controls):
         directions: dict[Optional[bool], str] = {True: "lower is better", False: "higher is better"}

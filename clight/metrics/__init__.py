@@ -1,5 +1,6 @@
 from clight.metrics.cl_metrics import (
     FORGETTING_CONVENTION,
+    FWT_CLASS_INCREMENTAL,
     FWT_CONVENTION,
     REFERENCE_KINDS,
     IntransigenceReference,
@@ -14,6 +15,7 @@ from clight.metrics.cl_metrics import (
 
 __all__ = [
     "FORGETTING_CONVENTION",
+    "FWT_CLASS_INCREMENTAL",
     "FWT_CONVENTION",
     "REFERENCE_KINDS",
     "IntransigenceReference",

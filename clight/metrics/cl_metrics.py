@@ -14,6 +14,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 FWT_CONVENTION = "GEM convention: FWT = mean_{j>=1} (a[j-1][j] - b_j), b_j = accuracy of the untrained initial model on task j"
+#: why FWT reads 0.00 in class-incremental runs of classifiers that mask unseen classes
+FWT_CLASS_INCREMENTAL = (
+    "0.00 by construction in class-incremental runs of a classifier that masks the classes not yet seen "
+    "(ContinualClassifier): no task's classes can be predicted before it is trained, by the initial model either"
+)
 FORGETTING_CONVENTION = (
     "FM_k = mean_{j<k} max_{j<=i<k} (a[i][j] - a[k][j]): the best accuracy task j had after it was "
     "trained (rows i < j, before task j was trained, are not used)"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -27,6 +28,20 @@ def _merged(net: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     copy_ = copy.deepcopy(net)
     copy_.load_state_dict(state)
     return copy_.merge_and_unload().state_dict()
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' "Writing model shards" bar: a redraw per shard of a folder written in a second."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def export_causal_lm(
@@ -55,7 +70,8 @@ def export_causal_lm(
         )
     else:
         plain.load_state_dict(base_state, assign=True)
-        plain.save_pretrained(folder / "hf")
+        with _no_progress_bars():
+            plain.save_pretrained(folder / "hf")
         weights = (
             "LoRA merged into the weights" if merge else "base weights, without the LoRA adapters" if has_adapters else "weights"
         )
@@ -63,6 +79,7 @@ def export_causal_lm(
             f"the network as a plain transformers {type(plain).__name__}, {weights} (AutoModelForCausalLM.from_pretrained)"
         )
     if has_adapters and not merge:  # merged, the adapters are in hf/ already
-        net.save_pretrained(folder / "adapter", state_dict=state)
+        with _no_progress_bars():
+            net.save_pretrained(folder / "adapter", state_dict=state)
         written["adapter"] = "the LoRA adapters as a PEFT folder (PeftModel.from_pretrained(hf model, this folder))"
     return written

@@ -4,6 +4,8 @@ checkpoints, stopping on a signal, early stopping, best-epoch weights, the batch
 from __future__ import annotations
 
 import copy
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,20 +23,41 @@ from clight.runner.sharding import fit_strategy
 from clight.seeding import reseed_globals
 
 RESERVED_TRAINER_KEYS = ("default_root_dir", "use_distributed_sampler")
+#: clight's trainer.log_every_n_steps when the config gives none
+LOG_EVERY_N_STEPS = 10
+
+
+def _quiet_default_logging_interval() -> None:
+    """Lightning warns when a task has fewer batches than log_every_n_steps; with clight's default
+    (not the user's choice) that is every small task of every run. Steps are still logged every
+    10th optimizer step (counted across epochs, so a short task is no exception) and every
+    epoch's metrics at its end."""
+    warnings.filterwarnings(
+        "ignore",
+        message=rf"The number of training batches \(\d+\) is smaller than the logging interval Trainer\(log_every_n_steps={LOG_EVERY_N_STEPS}\)",
+        module=r"lightning\.pytorch\.loops\.fit_loop",
+    )
 
 
 @dataclass
 class RunnerSettings:
     """How every task is trained and scored (the ``runner`` section of a config).
 
-    ``baseline``: ``sequential`` (task after task) or ``joint`` (all tasks at once, one fit).
-    ``evaluate``: ``all`` (every task after every task: the accuracy matrix) or ``current``
-    (only the task just trained, for sequences of hundreds of tasks). ``max_steps_per_task``
-    fixes a compute budget in optimizer steps. ``early_stopping_patience`` and ``select_best``
-    watch ``monitor`` on the validation split. ``checkpoint_every_epoch`` keeps a checkpoint
-    after every epoch of the running task, so a killed run resumes from its last epoch.
-    ``check_rank_consistency`` compares every rank's parameters and methods' state after every
-    task and stops on any difference (``clight.rank_check``; it costs a pass over the model).
+    Args:
+        baseline: ``sequential`` (task after task) or ``joint`` (all tasks at once, one fit: the
+            upper bound a continual method is compared with).
+        evaluate: ``all`` (every task after every task: the accuracy matrix) or ``current`` (only
+            the task just trained, for sequences of hundreds of tasks).
+        max_steps_per_task: a compute budget in optimizer steps per task (overrides
+            trainer.max_epochs); null: the trainer's limits.
+        early_stopping_patience: stop a task's fit after this many validation checks without a
+            better ``monitor``; null: no early stopping.
+        monitor: the validation metric early stopping and select_best watch (higher is better).
+        select_best: restore the weights of the best validation epoch when a task's fit ends.
+        checkpoint_every_epoch: keep a checkpoint after every epoch of the running task, so a
+            killed run resumes from its last epoch (not only from its last finished task).
+        check_rank_consistency: compare every rank's parameters and methods' state after every
+            task and stop on any difference (clight.rank_check; it costs a pass over the model).
     """
 
     baseline: Baseline = "sequential"
@@ -124,7 +147,9 @@ def make_trainer(
     if "strategy" in kwargs:
         kwargs["strategy"] = fit_strategy(kwargs["strategy"], world_size())
     kwargs.setdefault("enable_model_summary", False)
-    kwargs.setdefault("log_every_n_steps", 10)
+    if "log_every_n_steps" not in kwargs:
+        kwargs["log_every_n_steps"] = LOG_EVERY_N_STEPS
+        _quiet_default_logging_interval()
     if settings.max_steps_per_task is not None:
         kwargs.update(max_steps=settings.max_steps_per_task, max_epochs=-1)
     kwargs["enable_checkpointing"] = settings.checkpoint_every_epoch and kwargs.get("enable_checkpointing", True) is not False
@@ -135,6 +160,8 @@ def make_trainer(
         fresh.append(EarlyStopping(monitor=settings.monitor, mode="max", patience=settings.early_stopping_patience))
     if settings.select_best:
         fresh.append(KeepBestWeights(settings.monitor))
+    if kwargs.get("enable_progress_bar", True) and not sys.stdout.isatty():
+        kwargs["enable_progress_bar"] = False  # redraws in a log file: the runner prints a line per task instead
     if kwargs.get("enable_progress_bar", True):
         # Rich's live display redraws from a thread that competes for the GIL (about 5% of a
         # small model's step); a tqdm bar updated every 10th step costs nothing measurable.

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from clight.config_errors import OneLineParser
+
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"clight {prog}", description=description, allow_abbrev=False)
+    parser = OneLineParser(prog=f"clight {prog}", description=description, allow_abbrev=False)
     parser.add_argument("run_dir", help="the run folder (its run_dir)")
     parser.add_argument("--config", default=None, help="the config to rebuild it with (default: the run folder's)")
     return parser
