@@ -63,7 +63,7 @@ def test_help_and_print_config(capsys):
         (["--data.batch_size=many"], "batch_size"),  # wrong type
         (
             ["--data.replay.memory=ring"],
-            "Parser key \"memory\": Expected a typing.Literal['reservoir', 'class_balanced', 'all']. Got value: ring",
+            "Parser key \"memory\": Expected a typing.Literal['reservoir', 'class_balanced', 'all', 'greedy']. Got value: ring",
         ),  # bad value: the field and the choices
         (
             [
