@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -87,6 +88,9 @@ def main() -> None:
     for model in (moe_model, lora_model):
         model.setup_sequence(data.info)
     method.setup_sequence(moe_model, data, RunContext(seed=0))
+    # The hooks are driven by hand (the steps are timed outside Lightning's loop), with the
+    # Trainer of a one-device fit: the callback reads its strategy (sharded or not).
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     steps: dict = {"moe": [], "lora": []}
     params: dict = {"moe": [], "lora": []}
     for task in data.tasks:
@@ -95,7 +99,7 @@ def main() -> None:
             model.on_task_start(task)
             model.train()
         method.on_task_start(moe_model, task)
-        method.on_fit_start(None, moe_model)
+        method.on_fit_start(trainer, moe_model)
         optimizers = {
             name: torch.optim.AdamW(m.trainable_parameters(), lr=1e-4) for name, m in (("moe", moe_model), ("lora", lora_model))
         }
@@ -105,9 +109,9 @@ def main() -> None:
         for i, batch in enumerate(data.train_dataloader()):
 
             def moe_step(batch=batch, i=i, optimizers=optimizers):
-                method.on_train_batch_start(None, moe_model, batch, i)
+                method.on_train_batch_start(trainer, moe_model, batch, i)
                 train_step(moe_model, optimizers["moe"], batch)
-                method.on_train_batch_end(None, moe_model, None, batch, i)
+                method.on_train_batch_end(trainer, moe_model, None, batch, i)
 
             pair = [("moe", moe_step), ("lora", lambda b=batch, o=optimizers["lora"]: train_step(lora_model, o, b))]
             for name, step in pair if i % 2 else pair[::-1]:
@@ -132,10 +136,12 @@ def main() -> None:
     with torch.no_grad():
         for r in range(args.eval_rounds + 1):
             for t, batch in enumerate(batches):
-                rows = batch["choice_input_ids"].shape[0] * batch["choice_input_ids"].shape[1]
+                # one route per sample: scoring runs each prompt once, and its candidates' forward
+                # repeats the prompt's (held) routes
+                samples = len(batch["prompt_input_ids"])
 
-                def given(batch=batch, t=t, rows=rows):
-                    with routing.forced(torch.full((rows,), t)):
+                def given(batch=batch, t=t, samples=samples):
+                    with routing.forced(torch.full((samples,), t)):
                         moe_model.evaluation_counts(batch)
 
                 arms = [

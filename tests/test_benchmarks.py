@@ -25,15 +25,17 @@ NOT_SCRIPTS = {
     "clight_arms.py": "overhead.py's clight runs (split and plasticity protocols, Fisher passes): run by overhead.py",
     "costs.py": "overhead.py's per-row timing of a clight run: run by overhead.py's smoke run",
 }
-#: scripts over ~10 s in smoke mode on one core (each pays its own imports: torch, lightning, transformers)
-SLOW = {"overhead.py"}
+#: scripts whose smoke run starts two processes (ranks)
+DDP = {"scale.py"}
 #: scripts that read Fashion-MNIST (skipped, with the reason, where it is not installed)
 NEEDS_FASHION_MNIST = {"overhead.py"}
 
 
 def scripts() -> list:
+    """Every script, marked slow: a smoke run is a process that pays its own imports (torch,
+    Lightning, transformers: 7 to 9 s of CPU before its first step), so none is under ~10 s."""
     found = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in NOT_SCRIPTS)
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in found]
+    return [pytest.param(name, marks=[pytest.mark.slow, *([pytest.mark.ddp] if name in DDP else [])]) for name in found]
 
 
 def test_the_modules_that_are_not_scripts_exist():

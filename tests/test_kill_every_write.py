@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from run_outcome import differences
 
-pytestmark = pytest.mark.slow  # about 40 s of CPU: 40 kills and resumes of a short run, in one process
+# about 40 s of CPU: 40 kills and resumes of a short run, in one process; its tests read one report,
+# made once on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_kill_every_write.report")]
 
 SCRIPT = Path(__file__).parent / "scripts" / "kill_every_write.py"
 

@@ -29,12 +29,12 @@ def test_lwf_distils_the_previous_moe_model_through_its_own_ddas_routing(tmp_pat
     model.eval()
     x = next(iter(data.evaluation_loader(1)))["input"]
     with torch.no_grad():
-        mine, copied = model.features(x), lwf.previous.features(x)
+        mine, copied = model.features(x), lwf.previous.model.features(x)
         routing = network_routing(model.backbone)
         routes = routing.route(routing.frozen_features(model.backbone, (x,), {}))
     assert torch.equal(mine, copied)  # the copy routes by its own copy of DDAS, exactly as the model
     assert (routes >= 0).any()  # and that routing reaches the experts (not only the pretrained model)
-    assert network_routing(lwf.previous.backbone) is not network_routing(model.backbone)
+    assert network_routing(lwf.previous.model.backbone) is not network_routing(model.backbone)
     assert lwf.old_tasks == [0, 1]
 
 

@@ -59,6 +59,7 @@ def _close(a: dict, b: dict) -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")  # one worker makes the runs once
 def test_sharded_lora_gere_ends_with_the_weights_and_thresholds_of_ddp(runs):
     ddp, (rank0, rank1) = runs["ddp"][0]["lora"], runs["sharded"]
     sharded = rank0["lora"]
@@ -74,6 +75,7 @@ def test_sharded_lora_gere_ends_with_the_weights_and_thresholds_of_ddp(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_sharded_spu_selects_the_masks_of_ddp_and_keeps_the_same_entries_frozen(runs):
     ddp, sharded = runs["ddp"][0]["spu"], runs["sharded"][0]["spu"]
     initial = tiny_lm().state_dict()
@@ -91,6 +93,7 @@ def test_sharded_spu_selects_the_masks_of_ddp_and_keeps_the_same_entries_frozen(
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_sharded_moe_adapters_route_freeze_and_end_as_under_ddp(runs):
     ddp, sharded = runs["ddp"][0]["moe"], runs["sharded"][0]["moe"]
     assert sharded["frozen"] == ddp["frozen"] and any(any(f.values()) for f in sharded["frozen"])
@@ -102,6 +105,7 @@ def test_sharded_moe_adapters_route_freeze_and_end_as_under_ddp(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_a_head_added_by_a_later_task_is_sharded_then_and_trains_as_under_ddp(runs):
     ddp, sharded = runs["ddp"][0]["heads"], runs["sharded"][0]["heads"]
     assert sharded["sharding"] == [2, 1]  # the backbone and head 0 in the first fit; head 1 alone in the second
@@ -112,6 +116,7 @@ def test_a_head_added_by_a_later_task_is_sharded_then_and_trains_as_under_ddp(ru
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_sharded_ewc_keeps_its_fisher_and_anchor_in_shards_and_ends_as_under_ddp(runs):
     ddp, sharded = runs["ddp"][0]["ewc"], runs["sharded"][0]["ewc"]
     # DDP takes per-sample gradients with torch.func, sharded runs one backward pass per sample:
@@ -126,6 +131,7 @@ def test_sharded_ewc_keeps_its_fisher_and_anchor_in_shards_and_ends_as_under_ddp
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_bf16_runs_sharded_and_the_methods_statistics_stay_float32(runs):
     for precision, weights in (("bf16-true", torch.bfloat16), ("bf16-mixed", torch.float32)):
         run = runs["sharded"][0][precision]
@@ -137,6 +143,7 @@ def test_bf16_runs_sharded_and_the_methods_statistics_stay_float32(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_the_rank_check_runs_after_every_task_for_every_stateful_method_and_stops_a_difference(runs):
     ddp, sharded = runs["ddp"][0], runs["sharded"][0]
     assert all(ddp[run]["checks"] == sharded[run]["checks"] == 2 for run in ("lora", "spu", "moe", "heads", "ewc"))
@@ -147,6 +154,7 @@ def test_the_rank_check_runs_after_every_task_for_every_stateful_method_and_stop
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_a_killed_sharded_run_resumes_to_the_same_end(runs, tmp_path):
     killed = _launch(tmp_path, "sharded", "lora", "--stop-at=1,1,1")
     assert killed.returncode != 0 and "SimulatedKill" in killed.stderr, killed.stderr[-3000:]
@@ -168,6 +176,7 @@ def test_a_killed_sharded_run_resumes_to_the_same_end(runs, tmp_path):
 
 
 @pytest.mark.ddp
+@pytest.mark.xdist_group("test_scale.runs")
 def test_the_consolidated_model_loads_in_plain_transformers_with_the_same_logits(runs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -6,6 +6,7 @@ import torch
 
 from clight import MLP, ContinualClassifier, RunContext, SplitClasses, TaskSequence
 from clight.methods.regularization import MAS, SI
+from clight.methods.regularization.linear_sums import abs_gradient_sums
 
 
 def _setup(norm=None):
@@ -134,3 +135,16 @@ def test_mas_importance_accumulates_over_two_tasks(importance, accumulate, norm)
             p.add_(0.05)
     written = 2.0 * sum((expected[n] * (p - anchor[n]) ** 2).sum() for n, p in _params(model).items())
     assert mas.penalty(model, None, None).item() == pytest.approx(written.item(), rel=1e-5)
+
+
+def test_linear_sums_come_in_module_order_whatever_the_hash_seed():
+    # each rank all-reduces MAS's sums in the order they come in: an order that hangs on string
+    # hashes (a set's) differs between processes and pairs different tensors in the reduction
+    torch.manual_seed(0)
+    data = TaskSequence(SplitClasses("digits", num_tasks=2), batch_size=8, seed=0)
+    model = ContinualClassifier(MLP([8] * 10))
+    model.setup_sequence(data.info)
+    model.on_task_start(data.tasks[0])
+    sums = abs_gradient_sums(model, data.tasks[0].train, range(4), lambda m, b: m(b["input"], b["task_id"]).pow(2).sum())
+    assert len(sums) >= 20
+    assert list(sums) == [n for n, _ in model.named_parameters() if n in sums]

@@ -63,7 +63,8 @@ def abs_gradient_sums(
             hook.remove()
         module.train(was_training)
     sums = {}
-    for name in flat:  # a layer no sample reached has no gradient: zeros
+    # in module order, never the set's (string hashes differ between processes): ranks reduce these in turn
+    for name in (n for n in layers if n in flat):  # a layer no sample reached has no gradient: zeros
         for kind in ("weight", "bias"):
             param = getattr(layers[name], kind)
             if param is not None:
