@@ -532,3 +532,28 @@ def test_cbp_on_a_cnn_with_batchnorm_in_trainer():
     trainer(cb, max_epochs=2).fit(model, loader())
     assert cb.replaced["backbone.blocks.0"] > 0
     assert [c.norm_name for c in cb.chains] == ["backbone.blocks.1"]
+
+
+def test_monitor_redraws_its_plot_only_after_the_first_task_the_last_and_every_plot_every_s(tmp_path, monkeypatch):
+    from clight.methods.plasticity import monitor as monitor_module
+
+    drawn = []
+    monkeypatch.setattr(monitor_module, "plot_history", lambda history, path: drawn.append(len(history["run"])))
+    model = make_model(MLP([8, 8]))
+
+    class DM:
+        collate_fn = staticmethod(torch.utils.data.default_collate)
+        tasks = [Task(t, f"t{t}", DictData(40), None, None, [0, 1, 2, 3]) for t in range(4)]
+
+    mon = PlasticityMonitor(probe_size=16, plot_every_s=3600.0)
+    mon.setup_sequence(model, DM(), RunContext(tmp_path))
+    for task in DM.tasks:
+        mon.on_task_end(model, task)
+    assert drawn == [1, 4]  # the first task's plot and the last task's, none in between
+    assert len(json.loads((tmp_path / "plasticity.json").read_text())) == 4  # the history is written every time
+    drawn.clear()
+    mon = PlasticityMonitor(probe_size=16, plot_every_s=0.0)
+    mon.setup_sequence(model, DM(), RunContext(tmp_path))
+    for task in DM.tasks:
+        mon.on_task_end(model, task)
+    assert drawn == [1, 2, 3, 4]
