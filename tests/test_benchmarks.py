@@ -25,6 +25,22 @@ NOT_SCRIPTS = {
     "clight_arms.py": "overhead.py's clight runs (split and plasticity protocols, Fisher passes): run by overhead.py",
     "costs.py": "overhead.py's per-row timing of a clight run: run by overhead.py's smoke run",
 }
+#: every benchmark script, each run below in its smoke mode (the glob finds them; this list makes a
+#: script that disappears, or one added without a look at its smoke mode, fail by name)
+SCRIPTS = {
+    "clr.py",
+    "ddas_calibration.py",
+    "gere.py",
+    "lm_eval.py",
+    "lora_family.py",
+    "moe_adapters.py",
+    "overhead.py",
+    "plasticity.py",
+    "scale.py",
+    "seed_summary.py",
+    "spu.py",
+    "zoo_cost.py",
+}
 #: scripts whose smoke run starts two processes (ranks)
 DDP = {"scale.py"}
 #: scripts that read Fashion-MNIST (skipped, with the reason, where it is not installed)
@@ -36,6 +52,11 @@ def scripts() -> list:
     Lightning, transformers: 7 to 9 s of CPU before its first step), so none is under ~10 s."""
     found = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in NOT_SCRIPTS)
     return [pytest.param(name, marks=[pytest.mark.slow, *([pytest.mark.ddp] if name in DDP else [])]) for name in found]
+
+
+def test_the_scripts_found_are_the_listed_ones():
+    found = {p.name for p in BENCHMARKS.glob("*.py") if p.name not in NOT_SCRIPTS}
+    assert found == SCRIPTS, f"update SCRIPTS: found {sorted(found - SCRIPTS)} new, {sorted(SCRIPTS - found)} gone"
 
 
 def test_the_modules_that_are_not_scripts_exist():
