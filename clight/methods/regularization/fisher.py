@@ -89,8 +89,9 @@ def _batched(
 
     per_sample = vmap(grad(one_sample), in_dims=(None, 0))
     total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
+    dtype = _weights_dtype(module)
     for start in range(0, len(indices), chunk):
-        batch = fetch_samples(dataset, list(indices[start : start + chunk]), module.device, _weights_dtype(module))
+        batch = fetch_samples(dataset, list(indices[start : start + chunk]), module.device, dtype)
         grads = per_sample(trainable, {k: v for k, v in batch.items() if torch.is_tensor(v)})
         for k in total:
             total[k] += statistic(grads[f"m.{k}"].float()).sum(0)
@@ -101,9 +102,10 @@ def _looped(
     module: LightningModule, params: dict, dataset: Any, indices: Sequence[int], objective: Objective, statistic: Statistic
 ) -> dict[str, torch.Tensor]:
     total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
+    dtype = _weights_dtype(module)
     for i in indices:
         module.zero_grad(set_to_none=True)
-        objective(module, fetch_samples(dataset, [int(i)], module.device, _weights_dtype(module))).backward()
+        objective(module, fetch_samples(dataset, [int(i)], module.device, dtype)).backward()
         for k, p in params.items():
             if p.grad is not None:
                 total[k] += statistic(p.grad.detach().float())
