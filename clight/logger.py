@@ -6,7 +6,7 @@ import csv
 import io
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -26,15 +26,24 @@ class SequenceCSVLogger(CSVLogger):
     rows after them (logged by the killed attempt past its last checkpoint, and logged again
     by the resumed run) are dropped, so every step appears once (``None``: all are kept).
     ``new_run``: a log left in the folder is removed instead. ``flush()`` writes what is pending and
-    returns the number of rows in the file.
+    returns the number of rows in the file. ``columns``: keys known before the first row (one per
+    task), in the first header: a key first logged later makes the writer rewrite the whole file,
+    which after every one of 100 short tasks cost more than the task's other writes together.
     """
 
     _experiment: Optional[CrashSafeWriter]
 
-    def __init__(self, save_dir: str, name: str = "logs", keep_rows: Optional[int] = None, new_run: bool = False) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        name: str = "logs",
+        keep_rows: Optional[int] = None,
+        new_run: bool = False,
+        columns: Sequence[str] = (),
+    ) -> None:
         super().__init__(save_dir=save_dir, name=name, version="")
         self.step_offset = 0
-        self.keep_rows, self.new_run = keep_rows, new_run
+        self.keep_rows, self.new_run, self.columns = keep_rows, new_run, list(columns)
         self.rows = 0
 
     @property
@@ -44,6 +53,8 @@ class SequenceCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = CrashSafeWriter(self.log_dir)
             self.rows = self._experiment.start(self.keep_rows, self.new_run)
+            if not self._experiment.metrics_keys:  # no header yet (a resumed log keeps its own)
+                self._experiment.metrics_keys = sorted(set(self.columns))
         return self._experiment
 
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:

@@ -1,10 +1,13 @@
 """Damaged user files are named, with the line or the reason, instead of a raw parser traceback."""
 
+import json
+import math
+
 import pytest
 import torch
 
 from clight.data.text import JsonlGeneral, JsonlText
-from clight.io import UnreadableFileError, read_jsonl
+from clight.io import UnreadableFileError, json_text, read_jsonl
 from clight.models.weights import read_state_dict
 
 
@@ -36,3 +39,22 @@ def test_a_truncated_weights_file_is_named(tmp_path, suffix):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UnreadableFileError, match=f"weights{suffix}"):
         read_state_dict(path)
+
+
+def test_json_text_reads_back_as_json_dumps_and_keeps_each_matrix_row_on_one_line():
+    nan = float("nan")
+    obj = {
+        "matrix": [[0.5, nan, 1], [2.0, None, True], []],
+        "nested": {"empty": [], "none": {}, "mixed": [1, {"k": [1, 2]}], "deep": [[[1], [2]], [[3]]]},
+        "strings": [["a], [b", "c"]],  # a row break inside a string would corrupt it
+        7: (1, 2),
+    }
+    text = json_text(obj)
+    expected = json.loads(json.dumps(obj))
+    got = json.loads(text)
+    assert math.isnan(got["matrix"][0][1])
+    got["matrix"][0][1] = expected["matrix"][0][1] = 0.0
+    assert got == expected
+    lines = text.splitlines()
+    assert "    [0.5, 0.0, 1]," not in lines and "    [0.5, NaN, 1]," in lines and "    [2.0, null, true]," in lines
+    assert '    ["a], [b", "c"]' in lines

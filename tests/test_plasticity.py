@@ -526,6 +526,26 @@ def test_monitor_writes_history_and_plot(tmp_path):
     assert (tmp_path / "plots" / "plasticity.png").stat().st_size > 0
 
 
+def test_monitor_ranks_are_those_of_the_features_computed_apart_and_leave_no_tap_behind():
+    """The monitor takes the penultimate representation from its hooked forward (one forward, one SVD);
+    it must equal a separate ``features`` call's, and ``features`` must be the class's again afterwards."""
+    model = make_model(MLP([16, 12]))
+    batch = make_batch(40, seed=3)
+    stats = measure(model, batch)
+    with torch.no_grad():
+        features = model.eval().features(batch["input"], batch["task_id"])
+    assert stats["effective_rank"] == pytest.approx(effective_rank(features), abs=1e-12)
+    assert stats["stable_rank"] == stable_rank(features)
+    assert "features" not in model.__dict__
+
+    def forward_on_a_copy(module, b):  # not the batch's own input: the monitor makes its own features call
+        x = b["input"].clone()
+        return module.heads["all"](module.features(x, b["task_id"]))
+
+    fallback = measure(model, batch, forward=forward_on_a_copy)
+    assert fallback["effective_rank"] == pytest.approx(stats["effective_rank"], abs=1e-12)
+
+
 def test_cbp_on_a_cnn_with_batchnorm_in_trainer():
     model = make_model(SmallCNN([4, 6]), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     cb = ContinualBackprop(replacement_rate=0.1, maturity_threshold=1, init="kaiming_normal_fan_out")

@@ -201,6 +201,9 @@ class ContinualModule(L.LightningModule):
         total = counts["total"].float()
         if total > 0:
             self.val_accuracy.update(counts["correct"].float() / total, weight=total)
+
+    def on_validation_epoch_end(self) -> None:
+        # logged once per epoch, not once per batch: Lightning reads a logged metric only at the epoch's end
         self.log("val/acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

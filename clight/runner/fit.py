@@ -147,6 +147,8 @@ def make_trainer(
     if "strategy" in kwargs:
         kwargs["strategy"] = fit_strategy(kwargs["strategy"], world_size())
     kwargs.setdefault("enable_model_summary", False)
+    if fit_index > 0:  # the first fit's sanity check has tried the validation code; each later one cost ~12 ms a task
+        kwargs.setdefault("num_sanity_val_steps", 0)
     if "log_every_n_steps" not in kwargs:
         kwargs["log_every_n_steps"] = LOG_EVERY_N_STEPS
         _quiet_default_logging_interval()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -132,9 +131,14 @@ class SequenceRunner:
         self.progress = resume.progress if resume else Progress(self.data.num_tasks, self.schedule.describe(), log_rows=0)
         self.progress.environments = with_current(self.progress.environments)
         self.folder.prepare(self.config, self.progress, resume)
-        self.committed = copy.deepcopy(self.progress)
+        self.committed = self.progress.snapshot()
         reseed_globals(self.seed)
-        self.logger = SequenceCSVLogger(str(self.run_dir), keep_rows=resume.log_rows if resume else None, new_run=resume is None)
+        self.logger = SequenceCSVLogger(
+            str(self.run_dir),
+            keep_rows=resume.log_rows if resume else None,
+            new_run=resume is None,
+            columns=[_accuracy_key(j) for j in range(info.num_tasks)],
+        )
         self.user_loggers = [ContinuingSteps(logger, self.logger) for logger in self._given_loggers]
         self.model.setup_sequence(info)
         trained_before = resume is not None and (resume.boundary is not None or resume.point is not None)
@@ -192,7 +196,7 @@ class SequenceRunner:
         if fit.index == 0 and not self.progress.initial and self.schedule.scores_initial_model:
             self.progress.initial = evaluate_tasks(self.model, self.data)
             self.folder.save_progress(self.progress)
-            self.committed = copy.deepcopy(self.progress)
+            self.committed = self.progress.snapshot()
         display.start(self.schedule.title(fit, self.data.num_tasks))
         started = time.perf_counter()
         point, self._resume_point = self._resume_point, None
@@ -246,7 +250,7 @@ class SequenceRunner:
             raise RunFolderError(f"rank 0 could not write the task boundary of {self.run_dir} (its error says why)")
         if failure is not None:
             raise failure
-        self.committed = copy.deepcopy(self.progress)
+        self.committed = self.progress.snapshot()
 
     def _fit(self, trainer: L.Trainer, point: Optional[ResumePoint]) -> None:
         strict = self.model.strict_loading
@@ -333,8 +337,12 @@ def _seconds_before(trainer: L.Trainer) -> float:
     return sum(c.seconds_before for c in callbacks if isinstance(c, EpochCheckpoint))
 
 
+def _accuracy_key(task: int) -> str:
+    return f"cl/acc_task_{task}"
+
+
 def _row_log(fit: Fit, row: list[float], metrics: dict) -> dict:
-    log = {f"cl/acc_task_{j}": a for j, a in enumerate(row) if not np.isnan(a)}
+    log = {_accuracy_key(j): a for j, a in enumerate(row) if not np.isnan(a)}
     log.update({f"cl/{k}": v for k, v in metrics.items() if isinstance(v, float) and not np.isnan(v)})
     log["cl/tasks_finished"] = fit.index + 1
     return log

@@ -10,8 +10,10 @@ A task boundary has one commit point, the boundary checkpoint, which holds its p
 
 from __future__ import annotations
 
+import pickle
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,8 +69,18 @@ class Progress:
         self.finished_fits += 1
         self.finished_tasks += trained_tasks
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a dict of the progress's own values (not copies: serialise it at once).
+        ``dataclasses.asdict`` copies every row element by element, a third of a short task's
+        boundary once a run has a hundred rows."""
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+
+    def snapshot(self) -> "Progress":
+        """An independent copy (plain values only: a pickle round trip takes a quarter of ``copy.deepcopy``'s time)."""
+        return pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
     def manifest(self, status: str, **extra: Any) -> dict:
-        return {"format": MANIFEST_FORMAT, "status": status, **asdict(self), **extra}
+        return {"format": MANIFEST_FORMAT, "status": status, **self.as_dict(), **extra}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Progress":
@@ -244,7 +256,7 @@ class RunFolder:
         """Commit a task boundary: the state after the finished fits with their progress, in one file
         (rank 0) or, for a sharded model, one folder (every rank its shards, so every rank calls it);
         then the manifest (a copy of that progress) and the finished fit's epoch checkpoints go."""
-        state = committed_state(state, asdict(progress), fit_names)
+        state = committed_state(state, progress.as_dict(), fit_names)
         sharded = holds_dtensors(state["model"])
         if sharded:
             save_sharded_boundary(self.path / BOUNDARY_FOLDER, state)

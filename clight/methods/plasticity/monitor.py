@@ -22,6 +22,7 @@ from clight.methods.plasticity.statistics import (
     dormant_fraction,
     effective_rank,
     redo_dormant_fraction,
+    singular_values,
     stable_rank,
     weight_magnitude,
 )
@@ -43,6 +44,34 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class _FeaturesTap:
+    """Keeps the output of ``module.features`` on the batch's own input (that very object) while
+    installed, so the forward that the statistics hook into also gives the penultimate
+    representation: no second forward."""
+
+    def __init__(self, module: ContinualModule, batch: dict) -> None:
+        self.module = module
+        self.output: Optional[torch.Tensor] = None
+        original, expected = module.features, module.model_input(batch)
+
+        def features(x, *args, **kwargs):
+            out = original(x, *args, **kwargs)
+            if self.output is None and x is expected:
+                self.output = out
+            return out
+
+        object.__setattr__(module, "features", features)
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("features", None)
+
+    def result(self, batch: dict) -> torch.Tensor:
+        """The tapped output, or (a forward that never asked for the batch's features) a call of its own."""
+        if self.output is not None:
+            return self.output
+        return self.module.features(self.module.model_input(batch), batch.get("task_id"))
+
+
 @torch.no_grad()
 def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward, tau: float = 0.025) -> dict:
     """Plasticity statistics of ``module`` on ``batch`` (eval mode): over all hidden units of the
@@ -59,17 +88,22 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     ]
     flags = {n: m.training for n, m in module.named_modules()}
     module.eval()
+    features = _FeaturesTap(module, batch) if isinstance(module, ContinualModule) and isinstance(batch, dict) else None
     try:
         forward(module, batch)
-        if isinstance(module, ContinualModule) and isinstance(batch, dict):
-            penultimate = module.features(module.model_input(batch), batch.get("task_id"))
-        else:
+        if features is None:
             penultimate = captured[chains[-1].unit_name]
+        else:
+            features.remove()
+            penultimate = features.result(batch)
     finally:
+        if features is not None:
+            features.remove()
         for h in handles:
             h.remove()
         for n, m in module.named_modules():
             m.training = flags.get(n, m.training)
+    spectrum = singular_values(penultimate)
     units = sum(captured[c.unit_name].shape[1 if captured[c.unit_name].dim() == 4 else -1] for c in chains)
 
     def pooled(fn) -> float:
@@ -79,8 +113,8 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
         "dead_fraction": pooled(dead_fraction),
         "dormant_fraction": pooled(dormant_fraction),
         "dormant_redo_fraction": pooled(lambda h: redo_dormant_fraction(h, tau)),
-        "effective_rank": effective_rank(penultimate),
-        "stable_rank": stable_rank(penultimate),
+        "effective_rank": effective_rank(penultimate, spectrum=spectrum),
+        "stable_rank": stable_rank(penultimate, spectrum=spectrum),
         "weight_magnitude": weight_magnitude(module),
         "layers": {c.unit_name: dead_fraction(captured[c.unit_name]) for c in chains},
     }
