@@ -101,38 +101,50 @@ def plasticity_statistics(model: torch.nn.Sequential, x: torch.Tensor, tau: floa
     }
 
 
-def run(data: dict, tasks: list[dict], epochs: int = 3, batch_size: int = 16, lr: float = 0.3, probe: int = 1000) -> dict:
-    """Train on every task in turn; the accuracies, statistics and where the time went (seconds)."""
+def train_by_hand(model, x, y, epochs: int, batch_size: int, lr: float, g, after_epoch, losses: list) -> None:
+    """``epochs`` epochs of SGD over full batches in a fresh random order; ``after_epoch()`` after each."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=g)
+        for b in range(len(y) // batch_size):
+            index = order[b * batch_size : (b + 1) * batch_size]
+            loss = F.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 20.0)
+            optimizer.step()
+            if b % 10 == 0:
+                losses.append(loss.item())
+        model.eval()
+        after_epoch()
+
+
+def run(
+    data: dict, tasks: list[dict], epochs: int = 3, batch_size: int = 16, lr: float = 0.3, probe: int = 1000, train=train_by_hand
+) -> dict:
+    """Train on every task in turn (``train``: how a task is trained, ``train_by_hand`` or
+    ``bare_lightning.train_plasticity``); the accuracies, statistics and where the time went (seconds)."""
     model = make_model()
     g = torch.Generator().manual_seed(1)
     seconds = {"data_s": 0.0, "train_s": 0.0, "val_s": 0.0, "eval_s": 0.0, "monitor_s": 0.0}
-    results = {"test_accuracy": [], "val_accuracy": [], "statistics": [], "losses": []}
+    results: dict = {"test_accuracy": [], "val_accuracy": [], "statistics": [], "losses": []}
     began_run = clock()
     for task in tasks:
         began = clock()
         x, y = data["x"][task["train"]][:, task["perm"]], data["y"][task["train"]]
         vx, vy = data["x"][task["val"]][:, task["perm"]], data["y"][task["val"]]
         tx, ty = data["test_x"][task["test"]][:, task["perm"]], data["test_y"][task["test"]]
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         seconds["data_s"] += clock() - began
-        for _ in range(epochs):
-            began = clock()
-            model.train()
-            order = torch.randperm(len(y), generator=g)
-            for b in range(len(y) // batch_size):
-                index = order[b * batch_size : (b + 1) * batch_size]
-                loss = F.cross_entropy(model(x[index]), y[index])
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 20.0)
-                optimizer.step()
-                if b % 10 == 0:
-                    results["losses"].append(loss.item())
-            model.eval()
-            seconds["train_s"] += clock() - began
+
+        def validate(vx=vx, vy=vy) -> None:
             began = clock()
             results["val_accuracy"].append(accuracy(model, vx, vy))
             seconds["val_s"] += clock() - began
+
+        began, val_before = clock(), seconds["val_s"]
+        train(model, x, y, epochs, batch_size, lr, g, validate, results["losses"])
+        seconds["train_s"] += clock() - began - (seconds["val_s"] - val_before)
         began = clock()
         results["test_accuracy"].append(accuracy(model, tx, ty))
         seconds["eval_s"] += clock() - began

@@ -119,9 +119,16 @@ def part_plasticity(args) -> dict:
     data = handwritten_plasticity.load_data()
     rounds: dict = {"hand": {"run_s": [], "seconds": []}, "clight": {"run_s": [], "tasks_s": [], "fixed_s": []}}
     rounds["clight"].update(per_task_ms=[], per_run_s=[])
+    rounds["bare"] = {"run_s": [], "seconds": []}
     with tempfile.TemporaryDirectory() as tmp:
         arms = [
             ("hand", lambda n, e: handwritten_plasticity.run(data, handwritten_plasticity.draw_tasks(data, n), epochs=e)),
+            (
+                "bare",
+                lambda n, e: handwritten_plasticity.run(
+                    data, handwritten_plasticity.draw_tasks(data, n), epochs=e, train=bare_lightning.train_plasticity
+                ),
+            ),
             ("clight", lambda n, e: clight_arms.plasticity_run(n, f"{tmp}/run_{time.time_ns()}", args.clock, epochs=e)),
         ]
         if not args.smoke:  # warm-up
@@ -132,7 +139,7 @@ def part_plasticity(args) -> dict:
                 out = fn(args.plasticity_tasks, args.plasticity_epochs)
                 record = rounds[arm]
                 record["run_s"].append(out["run_s"])
-                if arm == "hand":
+                if arm in ("hand", "bare"):
                     record["seconds"].append({k: v for k, v in out.items() if k.endswith("_s")})
                 else:
                     for k in ("tasks_s", "fixed_s", "per_task_ms", "per_run_s"):
@@ -242,6 +249,10 @@ MEANINGS = {
     "plasticity_sequence": "configs/plasticity_backprop.yaml (permuted Fashion-MNIST, --plasticity-tasks tasks) as "
     "SequenceRunner.run against benchmarks/handwritten_plasticity.py doing the same work (the target)",
     "plasticity_per_task": "the same, clight's loop over the fits only (not the once-per-run work)",
+    "plasticity_bare_lightning_over_handwritten": "the hand-written plasticity loop with only its training moved into the "
+    "smallest Lightning program (bare_lightning.train_plasticity: a fresh Trainer per task, no logger, checkpoints, "
+    "validation loop or DataLoader): the floor of any framework that trains through Lightning's loop",
+    "plasticity_clight_over_bare_lightning": "what clight adds over that floor",
     "per_task_fixed_cost_ms": "clight's time per task, row by row (benchmarks/costs.py: exclusive times, medians "
     "over rounds); training_steps, evaluation and method_hooks are the work itself, the rest is fixed cost",
     "per_run_s": "clight's once-per-run rows (seconds)",
@@ -273,6 +284,11 @@ def summarize_new_parts(small: dict, plasticity: dict, fisher: dict, headline: d
         extra.setdefault("per_task_fixed_cost_ms", {})["plasticity"] = _row_medians(c["per_task_ms"])
         extra.setdefault("per_run_s", {})["plasticity"] = _row_medians(c["per_run_s"])
         extra["plasticity_handwritten_s"] = _row_medians(h["seconds"])
+        if plasticity.get("bare", {}).get("run_s"):
+            b = plasticity["bare"]
+            headline["plasticity_bare_lightning_over_handwritten"] = med(b["run_s"]) / med(h["run_s"])
+            headline["plasticity_clight_over_bare_lightning"] = med(c["run_s"]) / med(b["run_s"])
+            extra["plasticity_bare_lightning_s"] = _row_medians(b["seconds"])
     if fisher:
         extra["fisher"] = {
             path: {"first_pass_s": med([r["passes"][0] for r in runs]), "run_s": med([sum(r["passes"]) for r in runs])}
