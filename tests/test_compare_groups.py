@@ -9,7 +9,7 @@ from test_compare import finished, write_config  # noqa: F401 (the module fixtur
 
 from clight.cli import runner_from_config
 from clight.compare import compare_runs
-from clight.compare.groups import group_name, mean_std
+from clight.compare.groups import group_name, mean_std, same_configuration
 
 
 def test_runs_differing_only_by_seed_share_one_row_with_mean_std_and_n(finished, tmp_path):  # noqa: F811
@@ -40,3 +40,14 @@ def test_group_names_and_statistics():
     assert group_name(["adapters", "adapters_o2"]) == "adapters"
     assert mean_std([0.5, 0.7, None, float("nan")]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)), 2)
     assert mean_std([None]) == (None, None, 0)
+
+
+def test_an_option_only_one_config_has_does_not_split_a_group_but_a_shared_one_that_differs_does():
+    earlier = {"trainer": {"max_epochs": 1}, "methods": [{"class_path": "clight.EWC", "init_args": {"lam": 1.0}}]}
+    later = {"trainer": {"max_epochs": 1, "callbacks": None}, "runner": {"check_rank_consistency": False}}
+    later["methods"] = [{"class_path": "clight.EWC", "init_args": {"lam": 1.0, "online": False}}]
+    assert same_configuration(earlier, later) and same_configuration(later, earlier)
+    assert not same_configuration(earlier, {**later, "trainer": {"max_epochs": 2}})
+    other_method = [{"class_path": "clight.LwF", "init_args": {"lam": 1.0}}]
+    assert not same_configuration(earlier, {**later, "methods": other_method})
+    assert not same_configuration(earlier, {**later, "methods": later["methods"] * 2})

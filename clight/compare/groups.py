@@ -3,7 +3,8 @@ sample standard deviation and the number of runs of every figure.
 
 Two runs are in one group when their configs (``config.yaml`` in the run folder) are equal once
 the seed (``seed_everything``, ``data.init_args.seed``), the task order (``data.init_args.order``,
-and the order of a ``data.init_args.tasks`` list) and where the run is written are set aside. A
+and the order of a ``data.init_args.tasks`` list) and where the run is written are set aside, and
+options that only one of the two configs has (written by a later clight) are ignored. A
 run folder without ``config.yaml`` (a run driven from Python) is a group of its own. A group is
 named by what its members' names share (``lora_order1``, ``lora_order2`` -> ``lora``).
 """
@@ -41,17 +42,29 @@ def _drop(config: dict, dotted: str) -> None:
         node.pop(last, None)
 
 
-def group_key(record: RunRecord) -> str:
-    """The run's config without its seed, task order and folder (its own name without a config)."""
+def group_config(record: RunRecord) -> Optional[dict]:
+    """The run's config without its seed, task order and folder (``None``: the run has no config)."""
     if record.config is None:
-        return f"run:{record.name}"
+        return None
     config = json.loads(json.dumps(record.config, default=str))
     for key in VARIANT_KEYS:
         _drop(config, key)
     tasks = ((config.get("data") or {}).get("init_args") or {}).get("tasks")
     if isinstance(tasks, list):
         config["data"]["init_args"]["tasks"] = sorted(tasks, key=lambda t: json.dumps(t, sort_keys=True))
-    return json.dumps(config, sort_keys=True)
+    return config
+
+
+def same_configuration(a: Any, b: Any) -> bool:
+    """Equal, where a key that only one of two dicts has does not count: ``config.yaml`` holds every
+    option of the clight that wrote it, so an option added by a later version (``trainer.callbacks:
+    null``) is missing from an earlier run's config, not set otherwise. Class paths and every shared
+    key still have to agree."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(same_configuration(a[k], b[k]) for k in a.keys() & b.keys())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_configuration(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def group_name(names: list[str]) -> str:
@@ -79,10 +92,17 @@ class RunGroup:
 
 def group_runs(records: list[RunRecord]) -> list[RunGroup]:
     """Groups in the order their first run appears."""
-    keyed: dict[str, list[RunRecord]] = {}
+    grouped: list[tuple[Optional[dict], list[RunRecord]]] = []
     for record in records:
-        keyed.setdefault(group_key(record), []).append(record)
-    groups = [RunGroup(group_name([r.name for r in members]), members) for members in keyed.values()]
+        config = group_config(record)
+        home = None
+        if config is not None:
+            home = next((members for first, members in grouped if first is not None and same_configuration(first, config)), None)
+        if home is None:
+            grouped.append((config, [record]))
+        else:
+            home.append(record)
+    groups = [RunGroup(group_name([r.name for r in members]), members) for _, members in grouped]
     names = [g.name for g in groups]
     for g in groups:  # two groups that share a name are named by their first run
         if names.count(g.name) > 1:
