@@ -94,7 +94,6 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
         if features is None:
             penultimate = captured[chains[-1].unit_name]
         else:
-            features.remove()
             penultimate = features.result(batch)
     finally:
         if features is not None:

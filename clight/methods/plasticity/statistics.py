@@ -37,22 +37,18 @@ def redo_dormant_fraction(h: torch.Tensor, tau: float = 0.025) -> float:
     return float((a / a.mean().clamp_min(1e-12) <= tau).float().mean())
 
 
-def _singular_values(matrix: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending, float64) of a representation ``[N, units]`` (conv maps: averaged over positions)."""
+def singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float64) of a representation ``[N, units]`` (conv maps: averaged
+    over positions); ``effective_rank`` and ``stable_rank`` take them as ``spectrum``, so that one SVD
+    serves both (half the monitor's time on a small MLP)."""
     m = matrix.mean(dim=(2, 3)) if matrix.dim() == 4 else matrix.reshape(matrix.shape[0], -1)
     return torch.linalg.svdvals(m.double())
-
-
-def singular_values(matrix: torch.Tensor) -> torch.Tensor:
-    """What ``effective_rank`` and ``stable_rank`` take instead of a representation, so that one
-    SVD serves both (half the monitor's time on a small MLP)."""
-    return _singular_values(matrix)
 
 
 def effective_rank(matrix: torch.Tensor, spectrum: Optional[torch.Tensor] = None) -> float:
     """``exp(-sum_k p_k log p_k)``, ``p_k = sigma_k / sum sigma`` (conv maps: averaged over positions);
     ``spectrum``: the matrix's ``singular_values``, when already computed."""
-    s = _singular_values(matrix) if spectrum is None else spectrum
+    s = singular_values(matrix) if spectrum is None else spectrum
     total = s.sum()
     if total <= 0:
         return 0.0
@@ -67,7 +63,7 @@ def stable_rank(matrix: torch.Tensor, delta: float = 0.01, spectrum: Optional[to
     the spectrum (conv maps: averaged over positions; 0 for an all-zero matrix)."""
     if not 0 <= delta < 1:
         raise ValueError(f"stable_rank needs 0 <= delta < 1, got {delta}")
-    s = _singular_values(matrix) if spectrum is None else spectrum
+    s = singular_values(matrix) if spectrum is None else spectrum
     total = s.sum()
     if total <= 0:
         return 0
