@@ -54,6 +54,35 @@ def start_next_epoch_afresh(trainer: L.Trainer) -> None:
     fit_loop._resuming_from_checkpoint = False
 
 
+#: the callback hooks Lightning calls around every batch
+BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
+
+
+def skip_unused_batch_hooks(callback: L.Callback) -> None:
+    """Lightning calls every hook of every callback, overridden or not, through a profiler
+    section named by the callback's ``state_key`` (about 9 us a call, six calls a training step
+    per callback). Its dispatcher calls a hook only when the attribute is callable: each batch
+    hook ``callback``'s class leaves as ``Callback``'s no-op is set to None on the instance."""
+    from lightning.pytorch.callbacks import Callback
+
+    for name in BATCH_HOOKS:
+        if getattr(type(callback), name, None) is getattr(Callback, name):
+            setattr(callback, name, None)
+
+
 def callback_state_key(callback: L.Callback, **kwargs: Any) -> str:
     """Lightning's own form of a callback's ``state_key``: the class name and ``repr(kwargs)``."""
     return callback._generate_state_key(**kwargs)

@@ -89,6 +89,34 @@ def test_state_key_form_and_ddp_unused_parameters():
     assert not internals.finds_unused_parameters(DDPStrategy())
 
 
+class _BatchEndCounter(Callback):
+    def __init__(self) -> None:
+        self.batch_ends = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.batch_ends += 1
+
+
+def test_batch_hooks_left_as_callbacks_no_ops_are_skipped_and_overridden_ones_still_run():
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    idle, counter = Method(), _BatchEndCounter()
+    for callback in (idle, counter):
+        internals.skip_unused_batch_hooks(callback)
+    assert idle.on_train_batch_end is None and counter.on_train_batch_end is not None
+    assert counter.on_train_batch_start is None
+    profiler = SimpleProfiler()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(3, 2)), batch_size=1)
+    _trainer(max_epochs=1, callbacks=[idle, counter], profiler=profiler).fit(_Probe(), data)
+    assert counter.batch_ends == 3
+    # Lightning's dispatcher passed over the None hooks: no profiler section was opened for them
+    sections = set(profiler.recorded_durations)
+    assert any(s.startswith("[Callback]_BatchEndCounter") and s.endswith(".on_train_batch_end") for s in sections)
+    assert not any(s.startswith("[Callback]Method") and s.endswith(".on_train_batch_end") for s in sections), (
+        f"Lightning {L.__version__} calls callback hooks that are None: adapt skip_unused_batch_hooks"
+    )
+
+
 def _private_lightning_names() -> set[str]:
     """Private names of the Lightning objects clight code meets, less what torch's nn.Module has."""
     trainer = _trainer()

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from clight.choices import check_choice
 from clight.distributed import world_size
+from clight.lightning_internals import skip_unused_batch_hooks
 from clight.runner.checkpoints import EpochCheckpoint, write_checkpoints_in_place
 from clight.runner.interrupt import StopOnSignal, StopRequest
 from clight.runner.schedule import Baseline, Evaluation, Schedule, make_schedule
@@ -157,7 +158,7 @@ def make_trainer(
     kwargs["enable_checkpointing"] = settings.checkpoint_every_epoch and kwargs.get("enable_checkpointing", True) is not False
     fresh: list[Callback] = [EpochSeed(seed, fit_index), StopOnSignal(stop)]
     if kwargs["enable_checkpointing"]:
-        fresh.append(EpochCheckpoint(checkpoint_dir))
+        fresh.append(EpochCheckpoint(checkpoint_dir, settings.epoch_checkpoint_min_s))
     if settings.early_stopping_patience is not None:
         fresh.append(EarlyStopping(monitor=settings.monitor, mode="max", patience=settings.early_stopping_patience))
     if settings.select_best:
