@@ -18,7 +18,7 @@ from clight.data import (
     sources,
 )
 from clight.data.replay import GreedyClassBalancedMemory
-from clight.data.views import ArrayDataset
+from clight.data.views import ArrayDataset, TaskView
 
 
 def _signature(seq: TaskSequence):
@@ -62,6 +62,32 @@ def test_permuted_inputs_apply_one_fixed_permutation_per_task():
     assert torch.equal(x0, t0.test.base[t0.test.indices[5]][0])  # identity first task
     again = TaskSequence(PermutedInputs("digits", num_tasks=3, identity_first=True), seed=1)
     assert torch.equal(again.tasks[2].train.transform.permutation, seq.tasks[2].train.transform.permutation)
+
+
+def test_a_gathered_view_serves_the_same_batches_and_is_gathered_only_when_exact_and_small():
+    seq = TaskSequence(PermutedInputs("digits", num_tasks=2), seed=1)
+    view = seq.tasks[1].train
+    gathered = view.gathered()
+    assert gathered is not view and len(gathered) == len(view)
+    index = [7, 0, 3, 3, len(view) - 1]
+    for key, value in view.__getitems__(index).items():
+        assert torch.equal(gathered.__getitems__(index)[key], value), key  # bit for bit: resume stays exact
+    assert view.gathered(max_bytes=4 * 64 * len(view) - 1) is view  # too large (digits: 64 float pixels a sample)
+
+    class RandomShift:  # a transform without ``deterministic``: a gathered copy would freeze its draws
+        def __call__(self, x):
+            return x + torch.rand(())
+
+    shifted = TaskView(view.base, view.indices, 1, RandomShift())
+    assert shifted.gathered() is shifted
+
+
+def test_the_training_and_validation_loaders_of_a_small_task_read_gathered_views():
+    seq = TaskSequence(PermutedInputs("digits", num_tasks=2), seed=1, batch_size=8)
+    seq.set_task(1)
+    train, val = seq.train_dataloader().dataset, seq.val_dataloader().dataset
+    assert train is not seq.tasks[1].train and val is not seq.tasks[1].val
+    assert type(train.base) is ArrayDataset and train.transform is None and train.task_id == 1
 
 
 def test_dataset_list_offsets_classes():

@@ -18,6 +18,9 @@ from clight.data.samples import dataset_targets, fetch_pairs
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
+#: a task view whose float inputs fit in this many bytes is gathered once per fit (``TaskView.gathered``)
+GATHER_BYTES = 64 * 2**20
+
 
 class ArrayDataset(Dataset):
     """``(inputs[i], targets[i])`` over tensors; uint8 inputs are scaled to [0, 1]."""
@@ -78,6 +81,19 @@ class TaskView(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {k: v[0] for k, v in self.__getitems__([int(i)]).items()}
+
+    def gathered(self, max_bytes: int = GATHER_BYTES) -> Dataset:
+        """The view with every sample gathered, scaled and transformed once, when that gives the
+        very same batches and is small: an ``ArrayDataset`` base, a transform that is None or
+        ``deterministic``, float inputs of at most ``max_bytes``. Each batch is then one gather
+        of finished rows (as a loop over pre-permuted tensors), not a gather, a scaling and a
+        permutation of its own. Otherwise the view itself."""
+        if type(self.base) is not ArrayDataset or not (self.transform is None or getattr(self.transform, "deterministic", False)):
+            return self
+        if len(self) * self.base.inputs[0].numel() * 4 > max_bytes:
+            return self
+        batch = self.__getitems__(torch.arange(len(self)))
+        return TaskView(ArrayDataset(batch["input"], batch["target"]), torch.arange(len(self)), self.task_id)
 
 
 class ConcatViews(Dataset):
