@@ -209,6 +209,83 @@ def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> b
     return _same_outputs(before, after)
 
 
+def _chains_in(calls: list[_Call], layers: Optional[Sequence[str]], exclude: Sequence[str]) -> tuple[list[Chain], dict[str, str]]:
+    """The chains of a recorded forward (each chain's consumer call kept in ``_consumer_calls``)."""
+    chains: list[Chain] = []
+    skipped: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    wanted = set(layers) if layers is not None else None
+    if wanted is not None:
+        missing = wanted - {c.name for c in calls if isinstance(c.module, UNIT_LAYERS)}
+        if missing:
+            raise ChainError(f"layers {sorted(missing)} are not Linear/Conv2d layers used in the forward pass")
+    for k, c in enumerate(calls):
+        if not isinstance(c.module, UNIT_LAYERS) or c.name in exclude:
+            continue
+        if wanted is not None and c.name not in wanted:
+            continue
+        if not any(p.requires_grad for p in c.module.parameters()):
+            skipped[c.name] = "frozen"
+            continue
+        if counts[c.name] > 1:
+            skipped[c.name] = "called more than once per forward pass (shared weights)"
+            continue
+        norm_at, cons_at, path, why, block = _follow(calls, k, isinstance(c.module, nn.Conv2d))
+        if cons_at is None:
+            skipped[c.name] = why
+            continue
+        cons = calls[cons_at]
+        if counts[cons.name] > 1:
+            skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
+            continue
+        norm = calls[norm_at] if norm_at is not None else None
+        norm_module = norm.module if norm else None
+        # _follow stops at a unit layer and takes a norm only
+        assert isinstance(cons.module, UNIT_LAYERS) and (norm_module is None or isinstance(norm_module, NORMS))
+        chains.append(
+            Chain(
+                c.name,
+                c.module,
+                cons.name,
+                cons.module,
+                norm.name if norm else None,
+                norm_module,
+                path,
+                block,
+            )
+        )
+    return chains, skipped
+
+
+def record_chains(
+    model: nn.Module, batch: Any, forward: ForwardFn = default_forward
+) -> tuple[list[Chain], dict[str, torch.Tensor]]:
+    """One forward of ``model`` on ``batch``, recorded in the mode and grad state the caller set:
+    the chains it shows (every trainable unit layer tried, unverified) and each chain's units'
+    activations in that forward (its consumer's input, keyed by the unit layer's name), so a
+    statistic of the units needs no second forward."""
+    calls = _record(model, forward, batch)
+    chains, skipped = _chains_in(calls, None, ())
+    _require_chains(model, chains, skipped)
+    consumer_inputs = {c.name: c.input for c in calls}  # a chain's consumer runs once per forward (_chains_in)
+    activations: dict[str, torch.Tensor] = {}
+    for chain in chains:
+        consumer_input = consumer_inputs[chain.consumer_name]
+        assert consumer_input is not None  # _follow reached the consumer through this tensor
+        activations[chain.unit_name] = chain.unit_activations(consumer_input.detach())
+    return chains, activations
+
+
+def _require_chains(model: nn.Module, chains: list[Chain], skipped: dict[str, str]) -> None:
+    if not chains:
+        raise ChainError(
+            f"no replaceable unit layer found in {type(model).__name__}: {skipped or 'no Linear/Conv2d layer ran'}. "
+            "Declare chains as [{'unit': ..., 'norm': ..., 'consumer': ...}]."
+        )
+
+
 def _training_flags(model: nn.Module) -> dict[str, bool]:
     return {name: m.training for name, m in model.named_modules()}
 
@@ -240,49 +317,7 @@ def find_chains(
                     chains.append(declared_chain(modules, spec))
             else:
                 calls = _record(model, forward, batch)
-                counts: dict[str, int] = {}
-                for c in calls:
-                    counts[c.name] = counts.get(c.name, 0) + 1
-                wanted = set(layers) if layers is not None else None
-                if wanted is not None:
-                    missing = wanted - {c.name for c in calls if isinstance(c.module, UNIT_LAYERS)}
-                    if missing:
-                        raise ChainError(f"layers {sorted(missing)} are not Linear/Conv2d layers used in the forward pass")
-                for k, c in enumerate(calls):
-                    if not isinstance(c.module, UNIT_LAYERS) or c.name in exclude:
-                        continue
-                    if wanted is not None and c.name not in wanted:
-                        continue
-                    if not any(p.requires_grad for p in c.module.parameters()):
-                        skipped[c.name] = "frozen"
-                        continue
-                    if counts[c.name] > 1:
-                        skipped[c.name] = "called more than once per forward pass (shared weights)"
-                        continue
-                    norm_at, cons_at, path, why, block = _follow(calls, k, isinstance(c.module, nn.Conv2d))
-                    if cons_at is None:
-                        skipped[c.name] = why
-                        continue
-                    cons = calls[cons_at]
-                    if counts[cons.name] > 1:
-                        skipped[c.name] = f"consumer {cons.name} is called more than once per forward pass"
-                        continue
-                    norm = calls[norm_at] if norm_at is not None else None
-                    norm_module = norm.module if norm else None
-                    # _follow stops at a unit layer and takes a norm only
-                    assert isinstance(cons.module, UNIT_LAYERS) and (norm_module is None or isinstance(norm_module, NORMS))
-                    chains.append(
-                        Chain(
-                            c.name,
-                            c.module,
-                            cons.name,
-                            cons.module,
-                            norm.name if norm else None,
-                            norm_module,
-                            path,
-                            block,
-                        )
-                    )
+                chains, skipped = _chains_in(calls, layers, exclude)
             if verify:
                 kept = []
                 for ch in chains:
@@ -303,9 +338,5 @@ def find_chains(
         raise ChainError(
             f"these layers cannot have their units replaced: {bad}. Declare the chain yourself (chains=[...]) or leave them out."
         )
-    if not chains:
-        raise ChainError(
-            f"no replaceable unit layer found in {type(model).__name__}: {skipped or 'no Linear/Conv2d layer ran'}. "
-            "Declare chains as [{'unit': ..., 'norm': ..., 'consumer': ...}]."
-        )
+    _require_chains(model, chains, skipped)
     return chains, skipped

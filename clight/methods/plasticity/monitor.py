@@ -16,7 +16,7 @@ from clight.distributed import is_rank_zero
 from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
 from clight.methods.plasticity.chain import ForwardFn
-from clight.methods.plasticity.discovery import default_forward, find_chains
+from clight.methods.plasticity.discovery import default_forward, record_chains
 from clight.methods.plasticity.statistics import (
     dead_fraction,
     dormant_fraction,
@@ -78,28 +78,15 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     replaceable layers, plus the effective rank and the stable rank (delta 0.01) of the
     penultimate representation (``features`` when the module has it, else the input of the last
     hidden layer's consumer)."""
-    chains, _ = find_chains(module, batch, forward, verify=False)
-    captured: dict[str, torch.Tensor] = {}
-    handles = [
-        c.consumer.register_forward_pre_hook(
-            lambda m, a, c=c: captured.__setitem__(c.unit_name, c.unit_activations(a[0].detach()))
-        )
-        for c in chains
-    ]
     flags = {n: m.training for n, m in module.named_modules()}
     module.eval()
     features = _FeaturesTap(module, batch) if isinstance(module, ContinualModule) and isinstance(batch, dict) else None
     try:
-        forward(module, batch)
-        if features is None:
-            penultimate = captured[chains[-1].unit_name]
-        else:
-            penultimate = features.result(batch)
+        chains, captured = record_chains(module, batch, forward)
+        penultimate = captured[chains[-1].unit_name] if features is None else features.result(batch)
     finally:
         if features is not None:
             features.remove()
-        for h in handles:
-            h.remove()
         for n, m in module.named_modules():
             m.training = flags.get(n, m.training)
     spectrum = singular_values(penultimate)
