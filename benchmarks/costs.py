@@ -36,6 +36,7 @@ TARGETS: list[tuple[str, str, str]] = [
     ("log_writes", "clight.logger", "SequenceCSVLogger.log_hyperparams"),
     ("log_writes", "clight.logger", "SequenceCSVLogger.save"),
     ("log_writes", "clight.logger", "SequenceCSVLogger.flush"),
+    ("log_writes", "clight.logger", "SequenceCSVLogger.finalize"),
     ("plots", "clight.plots", "save_figure"),
     ("plots", "clight.plots", "plot_matrix"),
     ("plots", "clight.plots", "plot_task_curves"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -29,7 +30,14 @@ class SequenceCSVLogger(CSVLogger):
     returns the number of rows in the file. ``columns``: keys known before the first row (one per
     task), in the first header: a key first logged later makes the writer rewrite the whole file,
     which after every one of 100 short tasks cost more than the task's other writes together.
+
+    Lightning saves after every logged step; rows are appended at most every ``WRITE_EVERY_S``
+    seconds instead, and always by ``flush`` (before every checkpoint) and when a fit ends or
+    fails. A kill loses no row a resume keeps: those past the last checkpoint are dropped anyway.
     """
+
+    #: the longest a logged row waits in memory before it is appended to the file
+    WRITE_EVERY_S = 1.0
 
     _experiment: Optional[CrashSafeWriter]
 
@@ -45,6 +53,7 @@ class SequenceCSVLogger(CSVLogger):
         self.step_offset = 0
         self.keep_rows, self.new_run, self.columns = keep_rows, new_run, list(columns)
         self.rows = 0
+        self._written_at = time.monotonic()
 
     @property
     @rank_zero_experiment
@@ -62,13 +71,24 @@ class SequenceCSVLogger(CSVLogger):
 
     @rank_zero_only
     def save(self) -> None:
+        if time.monotonic() - self._written_at >= self.WRITE_EVERY_S:
+            self._write()
+
+    @rank_zero_only
+    def _write(self) -> None:
         pending = len(self.experiment.metrics)
         super().save()
         self.rows += pending
+        self._written_at = time.monotonic()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self._write()
 
     def flush(self) -> int:
         """Write the pending rows, on disk (a checkpoint that counts them may follow); the rows in the file."""
-        self.save()
+        self._write()
         if self._experiment is not None:
             self._experiment.sync()
         return self.rows
