@@ -141,6 +141,7 @@ def test_sigterm_stops_with_a_resume_hint_and_the_hint_finishes_the_run(tmp_path
         "--trainer.max_epochs=2",
         "--data.scenario.init_args.num_tasks=2",
         "--trainer.enable_progress_bar=false",
+        "--runner.epoch_checkpoint_min_s=0",
         _stop_method(marker, task=1, epoch=1, batch=2, signum=15),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", **_with_tests_on_path())

@@ -29,7 +29,7 @@ def _run(run_dir, methods=(), resume=False, **settings):
         run_dir=str(run_dir),
         seed=0,
         resume=resume,
-        **settings,
+        **{"epoch_checkpoint_min_s": 0.0, **settings},  # by default every epoch's checkpoint, however short
     )
     return runner, runner.run()
 
@@ -122,6 +122,44 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path, re
     _assert_same_run(runner, result, reference["epochs"])
 
 
+def test_epochs_shorter_than_epoch_checkpoint_min_s_write_none_and_a_killed_task_restarts_to_the_same_end(tmp_path, reference):
+    full = reference["epochs"][2]
+    with pytest.raises(SimulatedKill):
+        _run(tmp_path / "run", [StopAt(task=1, epoch=2, batch=1)], epoch_checkpoint_min_s=1e9)
+    folder = tmp_path / "run" / "checkpoints" / "task_1"
+    assert not folder.exists() or not list(folder.glob("*.ckpt"))  # no epoch ended 1e9 s into the fit
+    counter = StepCounter()
+    runner, result = _run(tmp_path / "run", [counter], resume=True, epoch_checkpoint_min_s=1e9)
+    assert counter.steps[1] == full[1]  # the whole task again, from its boundary
+    _assert_same_run(runner, result, reference["epochs"])
+
+
+def test_an_epoch_checkpoint_is_due_after_min_seconds_of_training_on_rank_zero_s_clock(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from clight.runner import checkpoints
+
+    now = [100.0]
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    asked = []
+
+    def broadcast(obj, src=0):
+        asked.append((obj, src))
+        return rank_zero_says
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=broadcast))
+    callback = checkpoints.EpochCheckpoint(tmp_path, min_seconds=10.0)
+    callback.on_fit_start(trainer, None)
+    now[0] += 9.0
+    rank_zero_says = False
+    assert callback._due(trainer) is False and asked == [(False, 0)]
+    now[0] += 2.0
+    assert callback._due(trainer) is False and asked[-1] == (True, 0)  # due here, but rank 0 says not yet
+    rank_zero_says = True
+    assert callback._due(trainer) is True
+    assert checkpoints.EpochCheckpoint(tmp_path)._due(None) is True  # 0 s: every epoch, no collective
+
+
 def test_with_every_epoch_checkpoint_damaged_the_task_restarts_from_its_boundary(tmp_path, reference):
     full = reference["epochs"][2]
     with pytest.raises(SimulatedKill):
@@ -175,6 +213,7 @@ def test_an_epoch_checkpoint_holds_only_what_a_fit_changes(tmp_path):
         run_dir=str(tmp_path / "run"),
         early_stopping_patience=5,
         select_best=True,
+        epoch_checkpoint_min_s=0.0,
     )
     with pytest.raises(SimulatedKill):
         runner.run()

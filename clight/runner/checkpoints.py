@@ -1,7 +1,10 @@
-"""Checkpoints inside a fit, so a run killed mid-task loses at most the epoch it was in.
+"""Checkpoints inside a fit, so a run killed mid-task loses at most the epoch it was in (or, with
+short epochs, at most ``min_seconds`` of training).
 
-After every training epoch (after validation, early stopping and best-epoch bookkeeping)
-``EpochCheckpoint`` writes ``checkpoints/task_F/epoch_E.ckpt`` through Lightning's own
+After a training epoch (after validation, early stopping and best-epoch bookkeeping)
+``EpochCheckpoint`` writes ``checkpoints/task_F/epoch_E.ckpt``, unless the fit has trained for less
+than ``min_seconds`` since it started or since its last checkpoint (rank 0's clock decides for
+every rank). It writes it through Lightning's own
 ``Trainer.save_checkpoint``, whose ``RunFolderCheckpointIO`` writes it to a temporary name next to
 it and renames it into place (atomic; Lightning's own would stage it in ``$TMPDIR``). A
 checkpoint holds what changes during a fit and nothing else: the trainable parameters and the
@@ -105,20 +108,27 @@ class EpochCheckpoint(Checkpoint):
     seconds the fit had run.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, min_seconds: float = 0.0) -> None:
         self.folder = Path(folder)
+        self.min_seconds = min_seconds
         self.log_rows = 0
         self.should_stop = False
         self.seconds_before = 0.0
         self.restored = False
-        self._started = time.perf_counter()
+        self._started = self._saved = time.perf_counter()
 
     @property
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self._started
 
     def on_fit_start(self, trainer, module) -> None:
-        self._started = time.perf_counter()
+        self._started = self._saved = time.perf_counter()
+
+    def _due(self, trainer) -> bool:
+        """Whether this epoch's checkpoint is written: the same answer on every rank (rank 0's)."""
+        if self.min_seconds <= 0:
+            return True
+        return bool(trainer.strategy.broadcast(time.perf_counter() - self._saved >= self.min_seconds, src=0))
 
     def on_train_start(self, trainer, module) -> None:
         if not self.restored:
@@ -135,6 +145,8 @@ class EpochCheckpoint(Checkpoint):
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, module) -> None:
+        if not self._due(trainer):
+            return
         epoch = trainer.current_epoch
         self.should_stop = bool(trainer.should_stop)
         logger = trainer.logger
@@ -157,6 +169,7 @@ class EpochCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             for old in epoch_checkpoints(self.folder)[KEPT:]:
                 remove_checkpoint(old)
+        self._saved = time.perf_counter()
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         # written at the end of the epoch: record the epoch as completed (Lightning counts it

@@ -25,6 +25,7 @@ NO_EFFECT = frozenset(
         "trainer.profiler",
         "data.init_args.num_workers",
         "runner.checkpoint_every_epoch",
+        "runner.epoch_checkpoint_min_s",
         "runner.check_rank_consistency",
     }
 )

@@ -57,6 +57,11 @@ class RunnerSettings:
         select_best: restore the weights of the best validation epoch when a task's fit ends.
         checkpoint_every_epoch: keep a checkpoint after every epoch of the running task, so a
             killed run resumes from its last epoch (not only from its last finished task).
+        epoch_checkpoint_min_s: skip an epoch's checkpoint while the fit has trained for less than
+            this many seconds since it started or since its last checkpoint: a kill then costs at
+            most that much training again, and a sequence of short tasks does not write a
+            checkpoint every few hundred milliseconds (each task still ends with its boundary
+            checkpoint). 0: after every epoch.
         check_rank_consistency: compare every rank's parameters and methods' state after every
             task and stop on any difference (clight.rank_check; it costs a pass over the model).
     """
@@ -68,6 +73,7 @@ class RunnerSettings:
     monitor: str = "val/acc"
     select_best: bool = False
     checkpoint_every_epoch: bool = True
+    epoch_checkpoint_min_s: float = 10.0
     check_rank_consistency: bool = False
 
     def __post_init__(self) -> None:
@@ -75,6 +81,8 @@ class RunnerSettings:
         check_choice("runner.evaluate", self.evaluate, Evaluation)
         if self.max_steps_per_task is not None and self.max_steps_per_task < 1:
             raise ValueError(f"runner.max_steps_per_task must be a positive integer, got {self.max_steps_per_task}")
+        if not self.epoch_checkpoint_min_s >= 0:
+            raise ValueError(f"runner.epoch_checkpoint_min_s must be 0 or more seconds, got {self.epoch_checkpoint_min_s}")
 
     def schedule(self) -> Schedule:
         return make_schedule(self.baseline, self.evaluate)
@@ -169,8 +177,11 @@ def make_trainer(
         # Rich's live display redraws from a thread that competes for the GIL (about 5% of a
         # small model's step); a tqdm bar updated every 10th step costs nothing measurable.
         fresh.append(TQDMProgressBar(refresh_rate=10, leave=False))
+    callbacks = [*methods, *fresh]
+    for callback in callbacks:
+        skip_unused_batch_hooks(callback)
     trainer = L.Trainer(
-        **kwargs, callbacks=[*methods, *fresh], logger=list(loggers), default_root_dir=str(run_dir), use_distributed_sampler=False
+        **kwargs, callbacks=callbacks, logger=list(loggers), default_root_dir=str(run_dir), use_distributed_sampler=False
     )
     write_checkpoints_in_place(trainer)
     return trainer

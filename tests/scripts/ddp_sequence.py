@@ -38,7 +38,14 @@ if args.devices > 1:
 counter = StepCounter()
 methods = [counter] + ([StopAt(*map(int, args.stop_at.split(",")))] if args.stop_at else [])
 result = SequenceRunner(
-    model, data, methods=methods, trainer=trainer, run_dir=os.path.join(args.out, "run"), seed=0, resume=args.resume
+    model,
+    data,
+    methods=methods,
+    trainer=trainer,
+    run_dir=os.path.join(args.out, "run"),
+    seed=0,
+    resume=args.resume,
+    epoch_checkpoint_min_s=0.0,  # every epoch's checkpoint, however short the epoch
 ).run()
 rank = int(os.environ.get("LOCAL_RANK", 0))
 torch.save(
