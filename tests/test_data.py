@@ -80,14 +80,21 @@ def test_a_gathered_view_serves_the_same_batches_and_is_gathered_only_when_exact
 
     shifted = TaskView(view.base, view.indices, 1, RandomShift())
     assert shifted.gathered() is shifted
+    plain = TaskSequence(SplitClasses("digits", 5), seed=1).tasks[1].train
+    assert plain.gathered() is plain  # no transform: a batch is one gather already
 
 
-def test_the_training_and_validation_loaders_of_a_small_task_read_gathered_views():
+def test_a_fit_of_several_epochs_reads_the_training_and_validation_views_gathered():
+    import lightning as L
+
     seq = TaskSequence(PermutedInputs("digits", num_tasks=2), seed=1, batch_size=8)
     seq.set_task(1)
-    train, val = seq.train_dataloader().dataset, seq.val_dataloader().dataset
-    assert train is not seq.tasks[1].train and val is not seq.tasks[1].val
-    assert type(train.base) is ArrayDataset and train.transform is None and train.task_id == 1
+    for epochs, gathered in ((3, True), (1, False)):
+        seq.trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+        train, val = seq.train_dataloader().dataset, seq.val_dataloader().dataset
+        assert (train is not seq.tasks[1].train) is gathered and (val is not seq.tasks[1].val) is gathered
+        if gathered:  # rows already permuted: no transform left
+            assert type(train.base) is ArrayDataset and train.transform is None and train.task_id == 1
 
 
 def test_dataset_list_offsets_classes():

@@ -166,6 +166,12 @@ class TaskSequence(L.LightningDataModule):
             return global_rank(), world_size()
         return trainer.global_rank, trainer.world_size
 
+    def _read_repeatedly(self, view: Dataset) -> Dataset:
+        """A view the fit reads once an epoch, gathered once for the fit (``TaskView.gathered``)
+        when the fit has several epochs: gathering costs one reading."""
+        epochs = getattr(self.trainer, "max_epochs", None) if self.trainer is not None else None
+        return view.gathered() if isinstance(view, TaskView) and epochs is not None and epochs > 1 else view
+
     def _loader(self, dataset, batch_sampler, collate_fn: Optional[Callable] = None) -> DataLoader:
         return DataLoader(
             dataset,
@@ -181,7 +187,7 @@ class TaskSequence(L.LightningDataModule):
             return ConcatViews([self.tasks[t].train for t in self.training_tasks]), 0
         current = self.tasks[self.current_task].train
         if self.memory is None or len(self.memory) == 0:
-            return _gathered(current), 0
+            return self._read_repeatedly(current), 0
         memory = self._grouped_memory(self.memory.entries)
         if self.replay_sampling()[1] == "only":
             return memory, 0
@@ -222,7 +228,7 @@ class TaskSequence(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.joint:
             return self._eval_loader(ConcatViews([self.tasks[t].val for t in self.training_tasks]))
-        return self._eval_loader(_gathered(self.tasks[self.current_task].val))  # read once every epoch
+        return self._eval_loader(self._read_repeatedly(self.tasks[self.current_task].val))
 
     def evaluation_loader(self, task: int, split: str = "test") -> DataLoader:
         """Task ``task``'s ``test`` (or ``val``, or ``train``) split, this rank's share of it, in order
@@ -277,11 +283,6 @@ class TaskSequence(L.LightningDataModule):
             capacity = getattr(self.memory, "capacity", None)
             return {"memory": f"kept by {self.memory_owner}", "capacity": capacity, "batch_size": batch_size, "mode": mode}
         return self.replay.describe() if self.replay else None
-
-
-def _gathered(view: Dataset) -> Dataset:
-    """A small in-memory task view gathered once for the fit (``TaskView.gathered``); anything else as it is."""
-    return view.gathered() if isinstance(view, TaskView) else view
 
 
 def _subset(view: TaskView, rows: torch.Tensor, entries: torch.Tensor) -> TaskView:

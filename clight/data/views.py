@@ -84,11 +84,12 @@ class TaskView(Dataset):
 
     def gathered(self, max_bytes: int = GATHER_BYTES) -> Dataset:
         """The view with every sample gathered, scaled and transformed once, when that gives the
-        very same batches and is small: an ``ArrayDataset`` base, a transform that is None or
-        ``deterministic``, float inputs of at most ``max_bytes``. Each batch is then one gather
-        of finished rows (as a loop over pre-permuted tensors), not a gather, a scaling and a
-        permutation of its own. Otherwise the view itself."""
-        if type(self.base) is not ArrayDataset or not (self.transform is None or getattr(self.transform, "deterministic", False)):
+        very same batches and is small: an ``ArrayDataset`` base, a ``deterministic`` transform
+        (such as the pixel permutation), float inputs of at most ``max_bytes``. Each batch is then
+        one gather of finished rows (as a loop over pre-permuted tensors), not a gather, a
+        scaling and a transform of its own. Otherwise the view itself: without a transform a
+        batch is already one gather and a scaling, and a copy would cost more than it saves."""
+        if type(self.base) is not ArrayDataset or not getattr(self.transform, "deterministic", False):
             return self
         if len(self) * self.base.inputs[0].numel() * 4 > max_bytes:
             return self
