@@ -107,3 +107,8 @@ def test_fit_help_lists_every_shipped_class_and_describes_the_runner_options(cap
     for option in RunnerSettings.__dataclass_fields__:
         described = re.search(rf"--runner\.{option} \S+ (.*?)\(type:", help_text)
         assert described and len(described[1].strip()) > 10, option
+
+
+def test_a_negative_epoch_checkpoint_interval_is_refused_in_one_line(tmp_path, capsys):
+    error = _one_line_error(capsys, tmp_path, "--config", str(QUICKSTART), "--runner.epoch_checkpoint_min_s=-1")
+    assert "runner.epoch_checkpoint_min_s must be 0 or more seconds, got -1" in error

@@ -210,7 +210,7 @@ def _verify(model: nn.Module, forward: ForwardFn, batch: Any, chain: Chain) -> b
 
 
 def _chains_in(calls: list[_Call], layers: Optional[Sequence[str]], exclude: Sequence[str]) -> tuple[list[Chain], dict[str, str]]:
-    """The chains of a recorded forward (each chain's consumer call kept in ``_consumer_calls``)."""
+    """The chains a recorded forward shows, and why each other unit layer is not one."""
     chains: list[Chain] = []
     skipped: dict[str, str] = {}
     counts: dict[str, int] = {}
