@@ -2,7 +2,7 @@
 ``costs.CostMeter`` measured (a helper module, not a benchmark itself).
 
 - ``split_run``: the split Fashion-MNIST protocol of ``handwritten_cl.py`` through
-  ``SequenceRunner`` with its defaults (epoch checkpoints, the tqdm bar, the CSV logger;
+  ``SequenceRunner`` with its defaults (epoch checkpoints after 10 s of training, the tqdm bar, the CSV logger;
   validation off, as the hand-written loop has none);
 - ``plasticity_run``: ``configs/plasticity_backprop.yaml`` itself (parsed as ``clight fit`` parses
   it), with ``--tasks`` tasks, the protocol of ``handwritten_plasticity.py``.

@@ -2,8 +2,8 @@
 
 The protocol: split Fashion-MNIST, 5 class-incremental tasks of 2 classes, MLP 784-256-256-10,
 SGD (lr 0.01, momentum 0.9), batch 64, one epoch per task, every task scored after every task.
-clight runs it as a user does (``SequenceRunner`` with its defaults: epoch checkpoints, the
-progress bar, the CSV logger; validation off because the hand-written loop has none);
+clight runs it as a user does (``SequenceRunner`` with its defaults: epoch checkpoints after 10 s
+of training, the progress bar, the CSV logger; validation off because the hand-written loop has none);
 ``handwritten_cl.py`` runs it in plain PyTorch over tensors already in memory. Parts:
 
 - ``small``: fine-tuning, replay, EWC and LwF in both, in-process: time per step (median gap
@@ -372,7 +372,7 @@ def summarize(args, small, large, process, plasticity=None, fisher=None) -> dict
             "replay": "class-balanced memory of 1000, 64 replayed samples added to each batch",
             "ewc": "online EWC, lambda 100, Fisher of 200 samples",
             "lwf": "T=2, alpha 1, previous model frozen",
-            "clight_settings": "SequenceRunner defaults (epoch checkpoints, tqdm bar every 10 steps, CSV logger), limit_val_batches=0",
+            "clight_settings": "SequenceRunner defaults (epoch checkpoints after 10 s of training, tqdm bar every 10 steps, CSV logger), limit_val_batches=0",
             "plasticity": f"configs/plasticity_backprop.yaml with {args.plasticity_tasks} tasks of "
             f"{args.plasticity_epochs} epochs (permuted Fashion-MNIST, 1200 training / 1200 validation / 1000 test samples "
             "per task, MLP 784-256-256-256-10, batch 16, SGD 0.3, gradient clipping 20, PlasticityMonitor); "
