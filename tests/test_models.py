@@ -20,6 +20,12 @@ def test_class_incremental_head_masks_unseen_classes():
     model.on_task_start(_task(0, [0, 1]))
     logits = model(torch.rand(3, 1, 8, 8))
     assert torch.isinf(logits[:, 2:]).all() and torch.isfinite(logits[:, :2]).all()
+    model.on_task_start(_task(1, [2, 3]))  # the mask changes in place: the next forward sees it
+    assert torch.isfinite(model(torch.rand(3, 1, 8, 8))).all()
+    model.load_state_dict({**model.state_dict(), "seen_mask": torch.tensor([True, False, False, False])})
+    assert torch.isinf(model(torch.rand(3, 1, 8, 8))[:, 1:]).all()  # a restored mask, copied in place
+    model.setup_sequence(_info())  # a new sequence, a new mask: nothing seen
+    assert torch.isinf(model(torch.rand(3, 1, 8, 8))).all()
 
 
 def test_task_incremental_scores_each_sample_with_its_own_head():

@@ -53,6 +53,7 @@ class ContinualClassifier(ContinualModule):
         self._class_indices: dict = {}
         self.register_buffer("seen_mask", torch.zeros(0, dtype=torch.bool), persistent=True)
         self.register_buffer("local_index", torch.zeros(0, dtype=torch.long), persistent=True)
+        self._unseen: Optional[tuple[torch.Tensor, int, Optional[torch.Tensor]]] = None  # see _unseen_classes
 
     @property
     def multi_head(self) -> bool:
@@ -117,7 +118,23 @@ class ContinualClassifier(ContinualModule):
         return stacked[self._head_position(task_id), torch.arange(len(features), device=features.device)]
 
     def _mask_unseen(self, raw_logits: torch.Tensor) -> torch.Tensor:
-        return raw_logits.masked_fill(~self.seen_mask, float("-inf"))
+        unseen = self._unseen_classes()
+        return raw_logits if unseen is None else raw_logits.masked_fill(unseen, float("-inf"))
+
+    def _unseen_classes(self) -> Optional[torch.Tensor]:
+        """``~seen_mask``, or None once every class is seen (a domain-incremental sequence: no
+        mask at all), worked out again only when the mask changed: another tensor (a new
+        sequence, a move to a device) or the same one changed in place (its version counter)."""
+        seen = self.seen_mask
+        try:
+            version = seen._version
+        except RuntimeError:  # an inference-mode tensor keeps no version: no caching
+            return ~seen
+        cached = self._unseen
+        if cached is None or cached[0] is not seen or cached[1] != version:
+            unseen = ~seen
+            cached = self._unseen = (seen, version, unseen if bool(unseen.any()) else None)
+        return cached[2]
 
     def _head_position(self, task_id: torch.Tensor) -> torch.Tensor:
         keys = [int(k) for k in self.heads.keys()]
