@@ -546,6 +546,19 @@ def test_monitor_ranks_are_those_of_the_features_computed_apart_and_leave_no_tap
     assert fallback["effective_rank"] == pytest.approx(stats["effective_rank"], abs=1e-12)
 
 
+def test_measuring_and_discovery_run_in_eval_mode_and_leave_every_submodule_s_mode_as_it_was():
+    model = make_model(SmallCNN([4, 6]))
+    model.train()
+    model.backbone.blocks[1].eval()  # a frozen norm kept in eval mode by its owner
+    before = {name: m.training for name, m in model.named_modules()}
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    measure(model, make_batch())
+    find_chains(model, make_batch(), verify=False)
+    assert seen and not any(seen)
+    assert {name: m.training for name, m in model.named_modules()} == before
+
+
 def test_cbp_on_a_cnn_with_batchnorm_in_trainer():
     model = make_model(SmallCNN([4, 6]), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     cb = ContinualBackprop(replacement_rate=0.1, maturity_threshold=1, init="kaiming_normal_fan_out")

@@ -15,8 +15,9 @@ recorded; layers the user names explicitly must pass or discovery raises.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -286,8 +287,16 @@ def _require_chains(model: nn.Module, chains: list[Chain], skipped: dict[str, st
         )
 
 
-def _training_flags(model: nn.Module) -> dict[str, bool]:
-    return {name: m.training for name, m in model.named_modules()}
+@contextmanager
+def in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, and afterwards every submodule's own training flag as it was."""
+    flags = {name: m.training for name, m in model.named_modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, m in model.named_modules():
+            m.training = flags.get(name, m.training)
 
 
 def find_chains(
@@ -306,32 +315,26 @@ def find_chains(
     models too irregular to trace (still verified unless ``verify=False``).
     """
     modules = dict(model.named_modules())
-    flags = _training_flags(model)
-    model.eval()
     chains: list[Chain] = []
     skipped: dict[str, str] = {}
-    try:
-        with torch.no_grad():
-            if declared:
-                for spec in declared:
-                    chains.append(declared_chain(modules, spec))
-            else:
-                calls = _record(model, forward, batch)
-                chains, skipped = _chains_in(calls, layers, exclude)
-            if verify:
-                kept = []
-                for ch in chains:
-                    if _verify(model, forward, batch, ch):
-                        kept.append(ch)
-                    else:
-                        skipped[ch.unit_name] = (
-                            f"verification failed: with {ch.consumer_name}'s input columns zeroed the output still depends on "
-                            "these units (a residual/shortcut or another function uses them)"
-                        )
-                chains = kept
-    finally:
-        for name, m in model.named_modules():
-            m.training = flags.get(name, m.training)
+    with in_eval_mode(model), torch.no_grad():
+        if declared:
+            for spec in declared:
+                chains.append(declared_chain(modules, spec))
+        else:
+            calls = _record(model, forward, batch)
+            chains, skipped = _chains_in(calls, layers, exclude)
+        if verify:
+            kept = []
+            for ch in chains:
+                if _verify(model, forward, batch, ch):
+                    kept.append(ch)
+                else:
+                    skipped[ch.unit_name] = (
+                        f"verification failed: with {ch.consumer_name}'s input columns zeroed the output still depends on "
+                        "these units (a residual/shortcut or another function uses them)"
+                    )
+            chains = kept
     explicit = list(layers or []) + [s["unit"] for s in (declared or [])]
     bad = {name: skipped[name] for name in explicit if name in skipped}
     if bad:

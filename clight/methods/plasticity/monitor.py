@@ -16,7 +16,7 @@ from clight.distributed import is_rank_zero
 from clight.io import write_json_atomic
 from clight.methods.base import ContinualCallback
 from clight.methods.plasticity.chain import ForwardFn
-from clight.methods.plasticity.discovery import default_forward, record_chains
+from clight.methods.plasticity.discovery import default_forward, in_eval_mode, record_chains
 from clight.methods.plasticity.statistics import (
     dead_fraction,
     dormant_fraction,
@@ -78,17 +78,14 @@ def measure(module: nn.Module, batch: Any, forward: ForwardFn = default_forward,
     replaceable layers, plus the effective rank and the stable rank (delta 0.01) of the
     penultimate representation (``features`` when the module has it, else the input of the last
     hidden layer's consumer)."""
-    flags = {n: m.training for n, m in module.named_modules()}
-    module.eval()
-    features = _FeaturesTap(module, batch) if isinstance(module, ContinualModule) and isinstance(batch, dict) else None
-    try:
-        chains, captured = record_chains(module, batch, forward)
-        penultimate = captured[chains[-1].unit_name] if features is None else features.result(batch)
-    finally:
-        if features is not None:
-            features.remove()
-        for n, m in module.named_modules():
-            m.training = flags.get(n, m.training)
+    with in_eval_mode(module):
+        features = _FeaturesTap(module, batch) if isinstance(module, ContinualModule) and isinstance(batch, dict) else None
+        try:
+            chains, captured = record_chains(module, batch, forward)
+            penultimate = captured[chains[-1].unit_name] if features is None else features.result(batch)
+        finally:
+            if features is not None:
+                features.remove()
     spectrum = singular_values(penultimate)
     units = sum(captured[c.unit_name].shape[1 if captured[c.unit_name].dim() == 4 else -1] for c in chains)
 
