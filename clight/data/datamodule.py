@@ -169,8 +169,8 @@ class TaskSequence(L.LightningDataModule):
     def _read_repeatedly(self, view: Dataset) -> Dataset:
         """A view the fit reads once an epoch, gathered once for the fit (``TaskView.gathered``)
         when the fit has several epochs: gathering costs one reading."""
-        epochs = getattr(self.trainer, "max_epochs", None) if self.trainer is not None else None
-        return view.gathered() if isinstance(view, TaskView) and epochs is not None and epochs > 1 else view
+        epochs = getattr(self.trainer, "max_epochs", None) or 0  # no trainer, or max_epochs None or -1: not known
+        return view.gathered() if isinstance(view, TaskView) and epochs > 1 else view
 
     def _loader(self, dataset, batch_sampler, collate_fn: Optional[Callable] = None) -> DataLoader:
         return DataLoader(
